@@ -1,0 +1,21 @@
+//! Compiles the KServe v2 protos with a vendored protoc, so `cargo build` needs nothing else.
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // Build scripts run single-threaded, so setting the variable is sound; prost-build
+    // reads PROTOC.
+    unsafe { env::set_var("PROTOC", protoc) };
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        // Tensor payloads as `Bytes`, so they are sliced and passed on rather than copied.
+        .bytes(".inference.ModelInferRequest.raw_input_contents")
+        .bytes(".inference.ModelInferResponse.raw_output_contents")
+        .file_descriptor_set_path(out.join("inference_descriptor.bin"))
+        .compile_protos(
+            &["proto/grpc_service.proto", "proto/model_config.proto"],
+            &["proto"],
+        )?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

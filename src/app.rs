@@ -1,0 +1,197 @@
+//! Wiring: binds the listener, starts loading the repository, serves gRPC (inference,
+//! health, reflection), and runs the drain sequence on shutdown.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use thiserror::Error;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::{server::HealthReporter, ServingStatus};
+use tracing::{info, warn};
+
+use crate::{
+    config::ServerConfig,
+    grpc::{pb, pb::grpc_inference_service_server::GrpcInferenceServiceServer, InferenceService},
+    inference::Inference,
+    repository::Repository,
+};
+
+/// The service name health reports the whole server under, besides "".
+pub const INFERENCE_SERVICE: &str = "inference.GRPCInferenceService";
+
+#[derive(Debug, Error)]
+pub enum AppError {
+    #[error("model repository {path}: {source}")]
+    Repository {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A running server. Dropping it without `shutdown` leaves the server task running.
+pub struct Server {
+    grpc_addr: SocketAddr,
+    inference: Arc<Inference>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), AppError>>,
+}
+
+impl Server {
+    /// Binds, starts serving at once (live, not yet ready) and loads models in the
+    /// background; each model turns READY once warm.
+    pub async fn start(config: ServerConfig) -> Result<Server, AppError> {
+        let repository =
+            Repository::scan(&config.model_repository).map_err(|source| AppError::Repository {
+                path: config.model_repository.display().to_string(),
+                source,
+            })?;
+        let repository = Arc::new(repository);
+        let listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: config.grpc_addr,
+                source,
+            })?;
+        let grpc_addr = listener.local_addr().map_err(|source| AppError::Bind {
+            addr: config.grpc_addr,
+            source,
+        })?;
+        info!(%grpc_addr, repository = %config.model_repository.display(), "gRPC listening");
+
+        let inference = Arc::new(Inference::new(Arc::clone(&repository)));
+        let loader = Arc::clone(&repository);
+        let parallelism = config.load_parallelism;
+        tokio::task::spawn_blocking(move || loader.load_all(parallelism));
+
+        let (reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(follow_health(
+            reporter,
+            Arc::clone(&inference),
+            config.strict_readiness,
+        ));
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let service = InferenceService::new(
+            Arc::clone(&inference),
+            config.max_request_bytes,
+            config.strict_readiness,
+        );
+        // Room for the largest request wharf accepts plus protobuf framing, so that an
+        // oversized tensor reaches validation and gets a message that names it.
+        let max_message = config
+            .max_request_bytes
+            .saturating_mul(2)
+            .saturating_add(1 << 20);
+        let inference_server = GrpcInferenceServiceServer::new(service)
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(usize::MAX);
+
+        let (stop, stopped) = oneshot::channel::<()>();
+        let drain = Arc::clone(&inference);
+        let exit_timeout = config.exit_timeout;
+        let mut draining = inference.draining();
+        let task = tokio::spawn(async move {
+            let signal = async move {
+                let _ = stopped.await;
+                info!("draining: refusing new requests, finishing those admitted");
+                drain.begin_drain();
+            };
+            let serve = tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(inference_server)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+            let result = tokio::select! {
+                result = serve => result.map_err(AppError::from),
+                () = async {
+                    let _ = draining.wait_for(|d| *d).await;
+                    tokio::time::sleep(exit_timeout).await;
+                } => {
+                    warn!(grace_secs = exit_timeout.as_secs(), "grace period over with requests still in flight");
+                    Ok(())
+                }
+            };
+            // Joins the worker threads once what they hold is done.
+            let _ = tokio::task::spawn_blocking(move || repository.unload_all()).await;
+            info!("stopped");
+            result
+        });
+        Ok(Server {
+            grpc_addr,
+            inference,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Resolves once no model is LOADING any more.
+    pub async fn loaded(&self) {
+        let repository = self.inference.repository();
+        let mut changes = repository.subscribe();
+        while !repository.settled() {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Drains and stops: health NOT_SERVING, new requests refused, admitted ones finished
+    /// within the grace period, workers joined.
+    pub async fn shutdown(mut self) -> Result<(), AppError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.expect("server task does not panic")
+    }
+}
+
+/// Keeps gRPC health in step with the models: "" and the inference service follow server
+/// readiness, and each model name follows whether a version of it is READY.
+async fn follow_health(reporter: HealthReporter, inference: Arc<Inference>, strict: bool) {
+    let repository = Arc::clone(inference.repository());
+    let mut changes = repository.subscribe();
+    let mut draining = inference.draining();
+    loop {
+        let serving = |up: bool| {
+            if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            }
+        };
+        let drained = inference.is_draining();
+        let ready = !drained && repository.settled() && (!strict || repository.all_ready());
+        reporter.set_service_status("", serving(ready)).await;
+        reporter
+            .set_service_status(INFERENCE_SERVICE, serving(ready))
+            .await;
+        for row in repository.index() {
+            let up = !drained && repository.is_ready(&row.name, "");
+            reporter.set_service_status(&row.name, serving(up)).await;
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            changed = draining.changed() => if changed.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The engine boundary: a loaded model shared by every instance, and per-instance state
+//! that runs one batch at a time. One module per engine.
+
+pub mod tract;
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::tensor::{DataType, Tensor};
+
+/// What an engine reads from the model file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signature {
+    pub inputs: Vec<TensorSignature>,
+    pub outputs: Vec<TensorSignature>,
+}
+
+/// One graph input or output as the file declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSignature {
+    pub name: String,
+    /// `None` where the file leaves the type open.
+    pub datatype: Option<DataType>,
+    /// The full shape, -1 for a dimension the file leaves open; `None` for unknown rank.
+    pub dims: Option<Vec<i64>>,
+}
+
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error("cannot load model: {0}")]
+    Load(String),
+    /// The engine cannot build a plan for these input shapes (the graph rejects them).
+    #[error("the model cannot run input shapes {shapes}: {reason}")]
+    ShapeRejected { shapes: String, reason: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("inference failed: {0}")]
+    Execution(String),
+}
+
+/// A loaded model: weights and compiled plans, shared by all instances through `Arc`.
+pub trait Model: Send + Sync + 'static {
+    fn signature(&self) -> &Signature;
+
+    /// A fresh instance that shares this model and owns only its mutable run state.
+    /// Called on the thread that will use it, so instances need not be `Send`.
+    fn new_instance(self: Arc<Self>) -> Box<dyn Instance>;
+}
+
+/// Runs batches: inputs in the model's input order, outputs in its output order.
+pub trait Instance {
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError>;
+}

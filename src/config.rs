@@ -1,0 +1,143 @@
+//! The server's own settings: typed, from defaults, an optional YAML file and explicit
+//! overrides (the CLI and WHARF_* variables, which clap reads), in that order of strength.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+/// Tensor data one request may carry unless configured otherwise.
+pub const DEFAULT_MAX_REQUEST_SIZE: ByteSize = ByteSize::mib(64);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub model_repository: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    /// How long a drain may take before the process exits with work still in flight.
+    pub exit_timeout: Duration,
+    /// Tensor bytes per request; larger requests are INVALID_ARGUMENT.
+    pub max_request_bytes: usize,
+    /// Ready only when every model is READY (Triton's default); otherwise once loading
+    /// has settled, whatever failed.
+    pub strict_readiness: bool,
+    /// Models loaded at once at start-up.
+    pub load_parallelism: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for a repository, listening on loopback with OS-chosen ports (for tests and
+    /// embedding).
+    pub fn local(model_repository: impl Into<PathBuf>) -> ServerConfig {
+        let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        ServerConfig {
+            model_repository: model_repository.into(),
+            grpc_addr: any,
+            metrics_addr: any,
+            exit_timeout: Duration::from_secs(30),
+            max_request_bytes: DEFAULT_MAX_REQUEST_SIZE.as_u64() as usize,
+            strict_readiness: true,
+            load_parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// The YAML file given with `--config`; every key optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub model_repository: Option<PathBuf>,
+    pub host: Option<IpAddr>,
+    pub grpc_port: Option<u16>,
+    pub metrics_port: Option<u16>,
+    pub exit_timeout_secs: Option<u64>,
+    pub max_request_size: Option<ByteSize>,
+    pub strict_readiness: Option<bool>,
+}
+
+impl ServerFile {
+    pub fn read(path: &Path) -> Result<ServerFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let de = serde_yaml::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize(de)
+            .map_err(|e| format!("{}: key `{}`: {}", path.display(), e.path(), e.inner()))
+    }
+
+    /// Applies `overrides` over this file over the defaults.
+    pub fn resolve(self, overrides: ServerFile) -> Result<ServerConfig, String> {
+        let host = overrides
+            .host
+            .or(self.host)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let grpc_port = overrides.grpc_port.or(self.grpc_port).unwrap_or(8001);
+        let metrics_port = overrides.metrics_port.or(self.metrics_port).unwrap_or(8002);
+        let max = overrides
+            .max_request_size
+            .or(self.max_request_size)
+            .unwrap_or(DEFAULT_MAX_REQUEST_SIZE);
+        if max.as_u64() == 0 || max.as_u64() > u32::MAX as u64 {
+            return Err(format!(
+                "max_request_size: expected 1 byte to 4GiB, found {max}"
+            ));
+        }
+        Ok(ServerConfig {
+            model_repository: overrides
+                .model_repository
+                .or(self.model_repository)
+                .unwrap_or_else(|| "models".into()),
+            grpc_addr: SocketAddr::new(host, grpc_port),
+            metrics_addr: SocketAddr::new(host, metrics_port),
+            exit_timeout: Duration::from_secs(
+                overrides
+                    .exit_timeout_secs
+                    .or(self.exit_timeout_secs)
+                    .unwrap_or(30),
+            ),
+            max_request_bytes: max.as_u64() as usize,
+            strict_readiness: overrides
+                .strict_readiness
+                .or(self.strict_readiness)
+                .unwrap_or(true),
+            load_parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_beat_the_file_which_beats_defaults() {
+        let file: ServerFile =
+            serde_yaml::from_str("grpc_port: 9001\nmetrics_port: 9002\nmax_request_size: 1MiB")
+                .unwrap();
+        let overrides = ServerFile {
+            grpc_port: Some(0),
+            ..Default::default()
+        };
+        let c = file.resolve(overrides).unwrap();
+        assert_eq!(c.grpc_addr.port(), 0);
+        assert_eq!(c.metrics_addr.port(), 9002);
+        assert_eq!(c.max_request_bytes, 1 << 20);
+        assert_eq!(c.model_repository, PathBuf::from("models"));
+        assert_eq!(c.exit_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wharf.yaml");
+        std::fs::write(&path, "grpc_prot: 1").unwrap();
+        let err = ServerFile::read(&path).unwrap_err();
+        assert!(
+            err.contains("wharf.yaml") && err.contains("grpc_prot"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,438 @@
+//! `inference.GRPCInferenceService`: each handler converts, hands off to the core or the
+//! repository, and converts back. No policy lives here.
+
+use std::{pin::Pin, sync::Arc};
+
+use futures::{stream::FuturesOrdered, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{
+    convert::{decode_request, encode_response},
+    pb::{self, grpc_inference_service_server::GrpcInferenceService},
+};
+use crate::{
+    error::InferError,
+    inference::Inference,
+    repository::{config::BackendKind, ServedModel},
+};
+
+/// Requests of one stream computed at once; past it the stream stops reading until an
+/// answer goes out, so one client cannot queue without bound through a single stream.
+const STREAM_IN_FLIGHT: usize = 64;
+/// Answers buffered for a slow stream reader before workers' results wait on it.
+const STREAM_OUT_BUFFER: usize = 16;
+
+#[derive(Clone)]
+pub struct InferenceService {
+    inference: Arc<Inference>,
+    max_request_bytes: usize,
+    strict_readiness: bool,
+}
+
+impl InferenceService {
+    pub fn new(
+        inference: Arc<Inference>,
+        max_request_bytes: usize,
+        strict_readiness: bool,
+    ) -> Self {
+        InferenceService {
+            inference,
+            max_request_bytes,
+            strict_readiness,
+        }
+    }
+
+    async fn infer(
+        &self,
+        request: pb::ModelInferRequest,
+    ) -> Result<pb::ModelInferResponse, InferError> {
+        let (request, form) = decode_request(request, self.max_request_bytes)?;
+        let response = self.inference.infer(request).await?;
+        Ok(encode_response(response, form))
+    }
+
+    async fn stream_answer(&self, request: pb::ModelInferRequest) -> pb::ModelStreamInferResponse {
+        // Kept for the error answer, so the client can tell which request failed.
+        let echo = pb::ModelInferResponse {
+            model_name: request.model_name.clone(),
+            model_version: request.model_version.clone(),
+            id: request.id.clone(),
+            ..Default::default()
+        };
+        match self.infer(request).await {
+            Ok(response) => pb::ModelStreamInferResponse {
+                error_message: String::new(),
+                infer_response: Some(response),
+            },
+            Err(e) => pb::ModelStreamInferResponse {
+                error_message: e.to_string(),
+                infer_response: Some(echo),
+            },
+        }
+    }
+
+    fn ready_model(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, Status> {
+        Ok(self.inference.repository().get(name, version)?)
+    }
+}
+
+fn unimplemented<T>(rpc: &str) -> Result<Response<T>, Status> {
+    Err(Status::unimplemented(format!(
+        "{rpc} is not implemented by wharf"
+    )))
+}
+
+fn platform(backend: BackendKind) -> String {
+    match backend {
+        BackendKind::Tract => "tract_onnx".into(),
+        BackendKind::Onnxruntime => "onnxruntime_onnx".into(),
+    }
+}
+
+type AnswerStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        let repo = self.inference.repository();
+        let ready = !self.inference.is_draining()
+            && repo.settled()
+            && (!self.strict_readiness || repo.all_ready());
+        Ok(Response::new(pb::ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        r: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = r.into_inner();
+        let ready = !self.inference.is_draining()
+            && self.inference.repository().is_ready(&r.name, &r.version);
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: "wharf".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec!["model_configuration".into()],
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        r: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = r.into_inner();
+        let model = self.ready_model(&r.name, &r.version)?;
+        let versions = self
+            .inference
+            .repository()
+            .entry(&r.name)
+            .map(|e| e.versions.keys().map(u64::to_string).collect())
+            .unwrap_or_default();
+        let describe =
+            |t: &crate::repository::spec::TensorSpec| pb::model_metadata_response::TensorMetadata {
+                name: t.name.clone(),
+                datatype: t.datatype.as_str().into(),
+                shape: model.spec.full_dims(t, -1),
+            };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: model.name.clone(),
+            versions,
+            platform: platform(model.config.backend),
+            inputs: model.spec.inputs.iter().map(describe).collect(),
+            outputs: model.spec.outputs.iter().map(describe).collect(),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        r: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        Ok(Response::new(self.infer(r.into_inner()).await?))
+    }
+
+    type ModelStreamInferStream = AnswerStream;
+
+    async fn model_stream_infer(
+        &self,
+        r: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<AnswerStream>, Status> {
+        let mut incoming = r.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_OUT_BUFFER);
+        let service = self.clone();
+        let mut draining = self.inference.draining();
+        tokio::spawn(async move {
+            let mut pending = FuturesOrdered::new();
+            // Stops reading at the client's end of stream, a transport error, or a drain;
+            // what was read is still answered.
+            let mut reading = true;
+            loop {
+                if !reading && pending.is_empty() {
+                    break;
+                }
+                tokio::select! {
+                    Some(answer) = pending.next(), if !pending.is_empty() => {
+                        if tx.send(Ok(answer)).await.is_err() {
+                            return; // the client has gone: drop the rest uncomputed
+                        }
+                    }
+                    message = incoming.message(), if reading && pending.len() < STREAM_IN_FLIGHT => match message {
+                        Ok(Some(request)) => {
+                            let service = service.clone();
+                            pending.push_back(async move { service.stream_answer(request).await });
+                        }
+                        Ok(None) | Err(_) => reading = false,
+                    },
+                    Ok(()) = draining.changed(), if reading => {
+                        if *draining.borrow() {
+                            reading = false;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn model_config(
+        &self,
+        r: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let r = r.into_inner();
+        let model = self.ready_model(&r.name, &r.version)?;
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some(model_config_message(&model)),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        _: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        unimplemented("ModelStatistics")
+    }
+
+    async fn repository_index(
+        &self,
+        r: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let ready_only = r.into_inner().ready;
+        let models = self
+            .inference
+            .repository()
+            .index()
+            .into_iter()
+            .filter(|row| !ready_only || row.state == "READY")
+            .map(|row| pb::repository_index_response::ModelIndex {
+                name: row.name,
+                version: row.version,
+                state: row.state.into(),
+                reason: row.reason,
+            })
+            .collect();
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        _: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        unimplemented("RepositoryModelLoad")
+    }
+
+    async fn repository_model_unload(
+        &self,
+        _: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        unimplemented("RepositoryModelUnload")
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        _: Request<pb::SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
+        unimplemented("SystemSharedMemoryStatus")
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        _: Request<pb::SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
+        unimplemented("SystemSharedMemoryRegister")
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        _: Request<pb::SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
+        unimplemented("SystemSharedMemoryUnregister")
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<pb::CudaSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
+        unimplemented("CudaSharedMemoryStatus")
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
+        unimplemented("CudaSharedMemoryRegister")
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
+        unimplemented("CudaSharedMemoryUnregister")
+    }
+
+    async fn trace_setting(
+        &self,
+        _: Request<pb::TraceSettingRequest>,
+    ) -> Result<Response<pb::TraceSettingResponse>, Status> {
+        unimplemented("TraceSetting")
+    }
+
+    async fn log_settings(
+        &self,
+        _: Request<pb::LogSettingsRequest>,
+    ) -> Result<Response<pb::LogSettingsResponse>, Status> {
+        unimplemented("LogSettings")
+    }
+}
+
+/// Triton's ModelConfig message for a served version: the config as resolved.
+fn model_config_message(model: &ServedModel) -> pb::ModelConfig {
+    use crate::repository::config::{InstanceKind, VersionPolicy};
+    let c = &model.config;
+    let dtype = |t: crate::tensor::DataType| {
+        pb::DataType::from_str_name(&t.config_name()).unwrap_or(pb::DataType::TypeInvalid) as i32
+    };
+    let batching = c.dynamic_batching.as_ref().map(|b| {
+        pb::model_config::SchedulingChoice::DynamicBatching(pb::ModelDynamicBatching {
+            preferred_batch_size: b.preferred_batch_size.iter().map(|s| *s as i32).collect(),
+            max_queue_delay_microseconds: b.max_queue_delay_microseconds,
+            preserve_ordering: b.preserve_ordering,
+            priority_levels: b.priority_levels.into(),
+            default_priority_level: b.default_priority_level.into(),
+            default_queue_policy: b
+                .default_queue_policy
+                .as_ref()
+                .map(|p| pb::ModelQueuePolicy {
+                    timeout_action: p.timeout_action as i32,
+                    default_timeout_microseconds: p.default_timeout_microseconds,
+                    allow_timeout_override: p.allow_timeout_override,
+                    max_queue_size: p.max_queue_size,
+                }),
+            priority_queue_policy: Default::default(),
+        })
+    });
+    let groups = match c.instance_group.as_deref() {
+        Some(groups) if !groups.is_empty() => groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| pb::ModelInstanceGroup {
+                name: g
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("{}_{i}", model.name)),
+                count: g.count.get() as i32,
+                gpus: g.gpus.iter().map(|g| *g as i32).collect(),
+                kind: match g.kind {
+                    InstanceKind::Gpu => pb::model_instance_group::Kind::Gpu,
+                    InstanceKind::Cpu | InstanceKind::Auto => pb::model_instance_group::Kind::Cpu,
+                } as i32,
+                ..Default::default()
+            })
+            .collect(),
+        _ => vec![pb::ModelInstanceGroup {
+            name: format!("{}_0", model.name),
+            count: 1,
+            kind: pb::model_instance_group::Kind::Cpu as i32,
+            ..Default::default()
+        }],
+    };
+    let policy = match c.version_policy.clone().unwrap_or_default() {
+        VersionPolicy::Latest { num_versions } => {
+            pb::model_version_policy::PolicyChoice::Latest(pb::model_version_policy::Latest {
+                num_versions: num_versions.get(),
+            })
+        }
+        VersionPolicy::All {} => {
+            pb::model_version_policy::PolicyChoice::All(pb::model_version_policy::All {})
+        }
+        VersionPolicy::Specific { versions } => {
+            pb::model_version_policy::PolicyChoice::Specific(pb::model_version_policy::Specific {
+                versions: versions.iter().map(|v| *v as i64).collect(),
+            })
+        }
+    };
+    let mut parameters = std::collections::HashMap::new();
+    for (i, g) in c.instance_group.iter().flatten().enumerate() {
+        if let Some(budget) = g.memory_budget {
+            parameters.insert(
+                format!("instance_group[{i}].memory_budget_bytes"),
+                pb::ModelParameter {
+                    string_value: budget.as_u64().to_string(),
+                },
+            );
+        }
+    }
+    pb::ModelConfig {
+        name: model.name.clone(),
+        platform: platform(c.backend),
+        backend: c.backend.as_str().into(),
+        version_policy: Some(pb::ModelVersionPolicy {
+            policy_choice: Some(policy),
+        }),
+        max_batch_size: model.spec.max_batch_size as i32,
+        input: model
+            .spec
+            .inputs
+            .iter()
+            .map(|t| pb::ModelInput {
+                name: t.name.clone(),
+                data_type: dtype(t.datatype),
+                dims: t.dims.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        output: model
+            .spec
+            .outputs
+            .iter()
+            .map(|t| pb::ModelOutput {
+                name: t.name.clone(),
+                data_type: dtype(t.datatype),
+                dims: t.dims.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        instance_group: groups,
+        default_model_filename: c.model_filename().into(),
+        scheduling_choice: batching,
+        parameters,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,27 @@
+//! The one table from serving errors to gRPC status codes.
+
+use tonic::{Code, Status};
+
+use crate::{backend::BackendError, error::InferError};
+
+pub fn code(error: &InferError) -> Code {
+    match error {
+        InferError::ModelNotFound(_) | InferError::VersionNotFound { .. } => Code::NotFound,
+        InferError::ModelUnavailable { .. } | InferError::ShuttingDown => Code::Unavailable,
+        InferError::InvalidArgument(_) => Code::InvalidArgument,
+        InferError::QueueFull { .. } => Code::ResourceExhausted,
+        InferError::Backend { source, .. } => match source {
+            BackendError::ShapeRejected { .. } | BackendError::Unsupported(_) => {
+                Code::InvalidArgument
+            }
+            BackendError::Load(_) | BackendError::Execution(_) => Code::Internal,
+        },
+        InferError::WorkerGone(_) => Code::Internal,
+    }
+}
+
+impl From<InferError> for Status {
+    fn from(error: InferError) -> Status {
+        Status::new(code(&error), error.to_string())
+    }
+}

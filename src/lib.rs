@@ -1,0 +1,16 @@
+//! wharf: a KServe v2 / Open Inference Protocol gRPC inference server.
+//!
+//! Transport (`grpc`) → serving core (`inference`, `validate`) → workers → engines
+//! (`backend`), over a model repository (`repository`); `app` wires them together.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod inference;
+pub mod repository;
+pub mod tensor;
+pub mod validate;
+pub mod workers;

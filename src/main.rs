@@ -1,0 +1,176 @@
+//! The `wharf` command: `serve` a model repository over gRPC, or `check` that it loads.
+
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wharf::{
+    app::Server,
+    config::{ServerConfig, ServerFile},
+    repository::Repository,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "wharf",
+    version,
+    about = "A lightweight KServe v2 gRPC inference server"
+)]
+struct Cli {
+    /// Log lines for people (text) or for log collectors (json).
+    #[arg(long, global = true, env = "WHARF_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the model repository over gRPC until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Load and warm every model, print each one's state, exit 1 if any failed.
+    Check {
+        #[arg(long, env = "WHARF_MODEL_REPOSITORY", default_value = "models")]
+        model_repository: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Folder of models [default: models]
+    #[arg(long, env = "WHARF_MODEL_REPOSITORY")]
+    model_repository: Option<PathBuf>,
+    /// gRPC port; 0 picks a free one (logged) [default: 8001]
+    #[arg(long, env = "WHARF_GRPC_PORT")]
+    grpc_port: Option<u16>,
+    /// Metrics port [default: 8002]
+    #[arg(long, env = "WHARF_METRICS_PORT")]
+    metrics_port: Option<u16>,
+    /// Address to listen on [default: 0.0.0.0]
+    #[arg(long, env = "WHARF_HOST")]
+    host: Option<IpAddr>,
+    /// Server settings in YAML; flags and WHARF_* variables override it.
+    #[arg(long, env = "WHARF_CONFIG")]
+    config: Option<PathBuf>,
+    /// Seconds a drain may take before exiting with requests in flight [default: 30]
+    #[arg(long, env = "WHARF_EXIT_TIMEOUT_SECS")]
+    exit_timeout_secs: Option<u64>,
+    /// Tensor data one request may carry, such as 64MiB [default: 64MiB]
+    #[arg(long, env = "WHARF_MAX_REQUEST_SIZE")]
+    max_request_size: Option<ByteSize>,
+    /// Ready only when every model is READY [default: true]
+    #[arg(long, env = "WHARF_STRICT_READINESS")]
+    strict_readiness: Option<bool>,
+}
+
+impl ServeArgs {
+    fn resolve(self) -> anyhow::Result<ServerConfig> {
+        let file = match &self.config {
+            Some(path) => ServerFile::read(path).map_err(anyhow::Error::msg)?,
+            None => ServerFile::default(),
+        };
+        let overrides = ServerFile {
+            model_repository: self.model_repository,
+            host: self.host,
+            grpc_port: self.grpc_port,
+            metrics_port: self.metrics_port,
+            exit_timeout_secs: self.exit_timeout_secs,
+            max_request_size: self.max_request_size,
+            strict_readiness: self.strict_readiness,
+        };
+        file.resolve(overrides).map_err(anyhow::Error::msg)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Check { model_repository } => check(model_repository),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.resolve()?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let server = Server::start(config).await?;
+        shutdown_signal().await;
+        server.shutdown().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+fn check(model_repository: PathBuf) -> anyhow::Result<ExitCode> {
+    let repository = Repository::scan(&model_repository)
+        .with_context(|| format!("reading model repository {}", model_repository.display()))?;
+    repository.load_all(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rows = repository.index();
+    let mut failed = false;
+    for row in &rows {
+        failed |= row.state != "READY";
+        let version = if row.version.is_empty() {
+            "-"
+        } else {
+            &row.version
+        };
+        println!(
+            "{:<24} {:<8} {:<12} {}",
+            row.name, version, row.state, row.reason
+        );
+    }
+    repository.unload_all();
+    if rows.is_empty() {
+        println!("no models in {}", model_repository.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,445 @@
+//! A model's `config.yaml`: Triton's model-config field names in YAML, parsed strictly and
+//! validated, with errors that name the file, the key and what was expected.
+
+use std::{collections::BTreeMap, num::NonZeroU32, path::Path};
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Deserializer};
+
+use crate::tensor::DataType;
+
+/// The file as written; every key is optional so that a bare ONNX model needs no config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Triton allows the name to be repeated in the config; it must match the folder.
+    pub name: Option<String>,
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// Largest batch a request or a formed batch may carry; 0 means the model has no batch
+    /// dimension. Read from the ONNX graph where absent.
+    pub max_batch_size: Option<u32>,
+    pub input: Option<Vec<TensorConfig>>,
+    pub output: Option<Vec<TensorConfig>>,
+    pub dynamic_batching: Option<DynamicBatching>,
+    pub instance_group: Option<Vec<InstanceGroup>>,
+    pub model_warmup: Option<Warmup>,
+    pub version_policy: Option<VersionPolicy>,
+    /// The file inside each version folder; Triton's key, default `model.onnx`.
+    pub default_model_filename: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Tract,
+    Onnxruntime,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Tract => "tract",
+            BackendKind::Onnxruntime => "onnxruntime",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorConfig {
+    pub name: String,
+    #[serde(default, deserialize_with = "datatype_opt")]
+    pub data_type: Option<DataType>,
+    /// Dims without the batch dimension when `max_batch_size > 0`; -1 for any size.
+    pub dims: Option<Vec<i64>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicBatching {
+    #[serde(default)]
+    pub preferred_batch_size: Vec<u32>,
+    #[serde(default)]
+    pub max_queue_delay_microseconds: u64,
+    #[serde(default)]
+    pub preserve_ordering: bool,
+    #[serde(default)]
+    pub priority_levels: u32,
+    #[serde(default)]
+    pub default_priority_level: u32,
+    pub default_queue_policy: Option<QueuePolicy>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuePolicy {
+    #[serde(default)]
+    pub timeout_action: TimeoutAction,
+    #[serde(default)]
+    pub default_timeout_microseconds: u64,
+    #[serde(default)]
+    pub allow_timeout_override: bool,
+    /// 0 means wharf's default bound (the queue is never unbounded).
+    #[serde(default)]
+    pub max_queue_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TimeoutAction {
+    #[default]
+    #[serde(rename = "REJECT")]
+    Reject,
+    #[serde(rename = "DELAY")]
+    Delay,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceGroup {
+    pub name: Option<String>,
+    #[serde(default = "one")]
+    pub count: NonZeroU32,
+    #[serde(default)]
+    pub kind: InstanceKind,
+    #[serde(default)]
+    pub gpus: Vec<u32>,
+    /// wharf's own key: a fixed memory budget per instance ("512MiB").
+    pub memory_budget: Option<ByteSize>,
+}
+
+fn one() -> NonZeroU32 {
+    NonZeroU32::MIN
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum InstanceKind {
+    #[default]
+    #[serde(rename = "KIND_AUTO")]
+    Auto,
+    #[serde(rename = "KIND_CPU")]
+    Cpu,
+    #[serde(rename = "KIND_GPU")]
+    Gpu,
+}
+
+impl InstanceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceKind::Auto => "KIND_AUTO",
+            InstanceKind::Cpu => "KIND_CPU",
+            InstanceKind::Gpu => "KIND_GPU",
+        }
+    }
+}
+
+/// `model_warmup: true|false`, or Triton's list of named samples.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Warmup {
+    Enabled(bool),
+    Samples(Vec<WarmupSample>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupSample {
+    pub name: String,
+    #[serde(default = "one")]
+    pub batch_size: NonZeroU32,
+    pub inputs: BTreeMap<String, WarmupInput>,
+    #[serde(default = "one")]
+    pub count: NonZeroU32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupInput {
+    #[serde(deserialize_with = "datatype")]
+    pub data_type: DataType,
+    pub dims: Vec<i64>,
+    #[serde(default)]
+    pub zero_data: bool,
+    #[serde(default)]
+    pub random_data: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum VersionPolicy {
+    Latest { num_versions: NonZeroU32 },
+    All {},
+    Specific { versions: Vec<u64> },
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest {
+            num_versions: NonZeroU32::MIN,
+        }
+    }
+}
+
+impl VersionPolicy {
+    /// The versions to serve out of those found on disk (sorted ascending).
+    pub fn select(&self, found: &[u64]) -> Vec<u64> {
+        match self {
+            VersionPolicy::Latest { num_versions } => {
+                let n = (num_versions.get() as usize).min(found.len());
+                found[found.len() - n..].to_vec()
+            }
+            VersionPolicy::All {} => found.to_vec(),
+            VersionPolicy::Specific { versions } => found
+                .iter()
+                .copied()
+                .filter(|v| versions.contains(v))
+                .collect(),
+        }
+    }
+}
+
+fn datatype<'de, D: Deserializer<'de>>(d: D) -> Result<DataType, D::Error> {
+    let name = String::deserialize(d)?;
+    DataType::parse(&name).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown data type `{name}`, expected one of TYPE_BOOL, TYPE_UINT8..TYPE_UINT64, \
+             TYPE_INT8..TYPE_INT64, TYPE_FP16, TYPE_BF16, TYPE_FP32, TYPE_FP64, TYPE_STRING \
+             (or the same without TYPE_)"
+        ))
+    })
+}
+
+fn datatype_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DataType>, D::Error> {
+    datatype(d).map(Some)
+}
+
+impl ModelConfig {
+    /// Reads and validates `path`; every error message starts with the file and the key.
+    pub fn from_file(path: &Path) -> Result<ModelConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        Self::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn from_yaml(text: &str) -> Result<ModelConfig, String> {
+        // An empty file is a valid, empty config.
+        if text.trim().is_empty() {
+            return Ok(ModelConfig::default());
+        }
+        let de = serde_yaml::Deserializer::from_str(text);
+        let config: ModelConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            if key == "." {
+                inner.to_string()
+            } else {
+                format!("key `{key}`: {inner}")
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot.
+    fn validate(&self) -> Result<(), String> {
+        let key_err = |key: &str, what: String| Err(format!("key `{key}`: {what}"));
+        for (list, key) in [(&self.input, "input"), (&self.output, "output")] {
+            for (i, t) in list.iter().flatten().enumerate() {
+                if t.name.is_empty() {
+                    return key_err(
+                        &format!("{key}[{i}].name"),
+                        "expected a non-empty name".into(),
+                    );
+                }
+                if let Some(d) = t.dims.iter().flatten().find(|d| **d < -1 || **d == 0) {
+                    return key_err(
+                        &format!("{key}[{i}].dims"),
+                        format!("expected sizes >= 1 or -1 (any size), found {d}"),
+                    );
+                }
+            }
+        }
+        if let Some(batching) = &self.dynamic_batching {
+            if let Some(0) = batching
+                .preferred_batch_size
+                .iter()
+                .copied()
+                .find(|s| *s == 0)
+            {
+                return key_err(
+                    "dynamic_batching.preferred_batch_size",
+                    "expected sizes >= 1, found 0".into(),
+                );
+            }
+            if let (Some(max), Some(big)) = (
+                self.max_batch_size,
+                batching.preferred_batch_size.iter().max(),
+            ) {
+                if *big > max {
+                    return key_err(
+                        "dynamic_batching.preferred_batch_size",
+                        format!("expected sizes <= max_batch_size ({max}), found {big}"),
+                    );
+                }
+            }
+            if self.max_batch_size == Some(0) {
+                return key_err(
+                    "dynamic_batching",
+                    "a model with max_batch_size 0 has no batch dimension to batch along".into(),
+                );
+            }
+        }
+        for (i, group) in self.instance_group.iter().flatten().enumerate() {
+            if group.kind == InstanceKind::Gpu && self.backend == BackendKind::Tract {
+                return key_err(
+                    &format!("instance_group[{i}].kind"),
+                    "tract runs on CPU only: expected KIND_CPU or KIND_AUTO, or backend onnxruntime for KIND_GPU".into(),
+                );
+            }
+            if group.memory_budget.is_some_and(|b| b.as_u64() == 0) {
+                return key_err(
+                    &format!("instance_group[{i}].memory_budget"),
+                    "expected a size above zero, such as 512MiB".into(),
+                );
+            }
+        }
+        if let Some(Warmup::Samples(samples)) = &self.model_warmup {
+            for (i, s) in samples.iter().enumerate() {
+                if s.inputs
+                    .values()
+                    .any(|inp| inp.zero_data && inp.random_data)
+                {
+                    return key_err(
+                        &format!("model_warmup[{i}].inputs"),
+                        "expected one of zero_data or random_data, not both".into(),
+                    );
+                }
+                if let Some((name, inp)) = s
+                    .inputs
+                    .iter()
+                    .find(|(_, inp)| inp.dims.iter().any(|d| *d < 1))
+                {
+                    return key_err(
+                        &format!("model_warmup[{i}].inputs.{name}.dims"),
+                        format!("expected concrete sizes >= 1, found {:?}", inp.dims),
+                    );
+                }
+            }
+        }
+        if let Some(f) = &self.default_model_filename {
+            if f.contains('/') || f.contains("..") || f.is_empty() {
+                return key_err(
+                    "default_model_filename",
+                    format!("expected a plain file name inside the version folder, found `{f}`"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn model_filename(&self) -> &str {
+        self.default_model_filename
+            .as_deref()
+            .unwrap_or("model.onnx")
+    }
+
+    pub fn instance_count(&self) -> usize {
+        match &self.instance_group {
+            Some(groups) if !groups.is_empty() => {
+                groups.iter().map(|g| g.count.get() as usize).sum()
+            }
+            _ => 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = ModelConfig::from_yaml(
+            r#"
+backend: tract
+max_batch_size: 8
+input:  [{ name: x, data_type: TYPE_FP32, dims: [3, 48, 320] }]
+output: [{ name: y, data_type: FP32, dims: [40, 6625] }]
+dynamic_batching:
+  preferred_batch_size: [4, 8]
+  max_queue_delay_microseconds: 2000
+  default_queue_policy: { max_queue_size: 256, default_timeout_microseconds: 0, allow_timeout_override: true }
+instance_group:
+  - { count: 2, kind: KIND_CPU, memory_budget: 512MiB }
+model_warmup: true
+version_policy: { latest: { num_versions: 2 } }
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.max_batch_size, Some(8));
+        assert_eq!(c.input.as_ref().unwrap()[0].data_type, Some(DataType::Fp32));
+        assert_eq!(c.instance_count(), 2);
+        assert_eq!(
+            c.instance_group.unwrap()[0].memory_budget.unwrap().as_u64(),
+            512 * 1024 * 1024
+        );
+        assert_eq!(c.version_policy.unwrap().select(&[1, 2, 3]), vec![2, 3]);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_expectation() {
+        let cases = [
+            ("max_batch_sise: 8", "max_batch_sise"),
+            ("max_batch_size: -1", "max_batch_size"),
+            (
+                "input: [{name: x, data_type: FLOAT32}]",
+                "input[0].data_type",
+            ),
+            ("input: [{name: x, dims: [0]}]", "input[0].dims"),
+            (
+                "dynamic_batching: {preferred_batch_size: [a]}",
+                "dynamic_batching.preferred_batch_size[0]",
+            ),
+            (
+                "max_batch_size: 4\ndynamic_batching: {preferred_batch_size: [8]}",
+                "dynamic_batching.preferred_batch_size",
+            ),
+            ("instance_group: [{count: 0}]", "instance_group[0].count"),
+            (
+                "instance_group: [{kind: KIND_GPU}]",
+                "instance_group[0].kind",
+            ),
+            (
+                "instance_group: [{memory_budget: lots}]",
+                "instance_group[0].memory_budget",
+            ),
+            ("backend: pytorch", "backend"),
+            ("version_policy: {newest: {}}", "version_policy"),
+            (
+                "default_model_filename: ../x.onnx",
+                "default_model_filename",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let err = ModelConfig::from_yaml(yaml).unwrap_err();
+            assert!(err.contains(&format!("`{key}`")), "{yaml:?} gave {err:?}");
+        }
+        let err = ModelConfig::from_yaml("backend: pytorch").unwrap_err();
+        assert!(err.contains("expected `tract` or `onnxruntime`"), "{err}");
+    }
+
+    #[test]
+    fn version_policies_select() {
+        let found = [1, 2, 5];
+        assert_eq!(VersionPolicy::default().select(&found), vec![5]);
+        assert_eq!(VersionPolicy::All {}.select(&found), vec![1, 2, 5]);
+        assert_eq!(
+            VersionPolicy::Specific {
+                versions: vec![2, 9]
+            }
+            .select(&found),
+            vec![2]
+        );
+    }
+}
