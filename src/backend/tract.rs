@@ -9,6 +9,7 @@ use std::{
 
 use bytes::Bytes;
 use lru::LruCache;
+use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::{Factoid, InferenceFact};
 
@@ -37,20 +38,21 @@ pub struct TractModel {
 
 impl TractModel {
     pub fn load(path: &Path) -> Result<Arc<TractModel>, BackendError> {
-        let graph = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| BackendError::Load(format!("{}: {e:#}", path.display())))?;
-        let signature = read_signature(&graph).map_err(|e| BackendError::Load(format!("{e:#}")))?;
-        let input_types = graph
-            .input_outlets()
-            .map_err(|e| BackendError::Load(format!("{e:#}")))?
+        let load = |e: TractError| BackendError::Load(format!("{}: {e:#}", path.display()));
+        let onnx = tract_onnx::onnx();
+        let proto = onnx.proto_model_for_path(path).map_err(load)?;
+        let graph = onnx.model_for_proto_model(&proto).map_err(load)?;
+        let signature = read_signature(&graph, &proto).map_err(load)?;
+        // The declared type where the file gives one; tract's own guess otherwise.
+        let input_types = signature
+            .inputs
             .iter()
-            .map(|o| {
-                graph
-                    .outlet_fact(*o)
-                    .ok()
-                    .and_then(|f| f.datum_type.concretize())
-                    .unwrap_or(f32::datum_type())
+            .zip(graph.input_outlets().map_err(load)?)
+            .map(|(sig, outlet)| {
+                sig.datatype
+                    .and_then(to_datum_type)
+                    .or_else(|| graph.outlet_fact(*outlet).ok()?.datum_type.concretize())
+                    .unwrap_or(DatumType::F32)
             })
             .collect();
         Ok(Arc::new(TractModel {
@@ -137,46 +139,68 @@ impl Instance for TractInstance {
     }
 }
 
-fn read_signature(graph: &InferenceModel) -> TractResult<Signature> {
-    let describe = |outlet: OutletId| -> TractResult<TensorSignature> {
-        let fact = graph.outlet_fact(outlet)?;
-        let name = graph
-            .outlet_label(outlet)
-            .map(str::to_owned)
-            .unwrap_or_else(|| graph.node(outlet.node).name.clone());
-        let datatype = fact.datum_type.concretize().and_then(from_datum_type);
-        let dims = if fact.shape.is_open() {
-            None
-        } else {
-            Some(
-                fact.shape
-                    .dims()
-                    .map(|d| {
-                        d.concretize()
-                            .and_then(|d| d.as_i64())
-                            .filter(|d| *d > 0)
-                            .unwrap_or(-1)
+/// The graph's inputs (as tract sees them: initializers excluded) and outputs, with the
+/// types and dims the file declares for them.
+fn read_signature(graph: &InferenceModel, proto: &pb::ModelProto) -> TractResult<Signature> {
+    let declared = proto.graph.as_ref().map(|g| (&g.input, &g.output));
+    let describe = |name: String, infos: Option<&Vec<pb::ValueInfoProto>>| {
+        let tensor_type = infos
+            .and_then(|infos| infos.iter().find(|i| i.name == name))
+            .and_then(|i| i.r#type.as_ref()?.value.as_ref())
+            .map(|pb::type_proto::Value::TensorType(t)| t);
+        TensorSignature {
+            datatype: tensor_type.and_then(|t| from_onnx_elem_type(t.elem_type)),
+            dims: tensor_type.and_then(|t| t.shape.as_ref()).map(|shape| {
+                shape
+                    .dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => v,
+                        _ => -1,
                     })
-                    .collect(),
-            )
-        };
-        Ok(TensorSignature {
+                    .collect()
+            }),
             name,
-            datatype,
-            dims,
-        })
+        }
+    };
+    let label = |outlet: &OutletId| {
+        graph
+            .outlet_label(*outlet)
+            .map(str::to_owned)
+            .unwrap_or_else(|| graph.node(outlet.node).name.clone())
     };
     Ok(Signature {
         inputs: graph
             .input_outlets()?
             .iter()
-            .map(|o| describe(*o))
-            .collect::<TractResult<_>>()?,
+            .map(|o| describe(label(o), declared.map(|d| d.0)))
+            .collect(),
         outputs: graph
             .output_outlets()?
             .iter()
-            .map(|o| describe(*o))
-            .collect::<TractResult<_>>()?,
+            .map(|o| describe(label(o), declared.map(|d| d.1)))
+            .collect(),
+    })
+}
+
+/// ONNX TensorProto.DataType numbers.
+fn from_onnx_elem_type(elem_type: i32) -> Option<DataType> {
+    Some(match elem_type {
+        1 => DataType::Fp32,
+        2 => DataType::Uint8,
+        3 => DataType::Int8,
+        4 => DataType::Uint16,
+        5 => DataType::Int16,
+        6 => DataType::Int32,
+        7 => DataType::Int64,
+        8 => DataType::Bytes,
+        9 => DataType::Bool,
+        10 => DataType::Fp16,
+        11 => DataType::Fp64,
+        12 => DataType::Uint32,
+        13 => DataType::Uint64,
+        16 => DataType::Bf16,
+        _ => return None,
     })
 }
 

@@ -1,0 +1,115 @@
+//! Starts the real server on a loopback port and connects real gRPC clients to it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use tonic::transport::Channel;
+use wharf::{
+    app::Server,
+    config::ServerConfig,
+    grpc::pb::{
+        self, grpc_inference_service_client::GrpcInferenceServiceClient,
+        model_infer_request::InferInputTensor, InferTensorContents, ModelInferRequest,
+    },
+};
+
+pub type Client = GrpcInferenceServiceClient<Channel>;
+
+pub fn test_models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/models")
+}
+
+pub struct TestServer {
+    pub server: Server,
+    pub client: Client,
+    pub channel: Channel,
+}
+
+impl TestServer {
+    pub async fn start(config: ServerConfig) -> TestServer {
+        let server = Server::start(config).await.expect("server starts");
+        server.loaded().await;
+        let channel = connect(&server).await;
+        TestServer {
+            client: GrpcInferenceServiceClient::new(channel.clone()),
+            channel,
+            server,
+        }
+    }
+
+    /// The test repository with default settings.
+    pub async fn default() -> TestServer {
+        TestServer::start(ServerConfig::local(test_models())).await
+    }
+}
+
+pub async fn connect(server: &Server) -> Channel {
+    Channel::from_shared(format!("http://{}", server.grpc_addr()))
+        .expect("valid uri")
+        .connect()
+        .await
+        .expect("connects")
+}
+
+pub fn input(name: &str, datatype: &str, shape: &[i64]) -> InferInputTensor {
+    InferInputTensor {
+        name: name.into(),
+        datatype: datatype.into(),
+        shape: shape.to_vec(),
+        ..Default::default()
+    }
+}
+
+pub fn fp32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A raw FP32 request for a one-input model.
+pub fn raw_request(model: &str, name: &str, shape: &[i64], values: &[f32]) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![input(name, "FP32", shape)],
+        raw_input_contents: vec![fp32_bytes(values).into()],
+        ..Default::default()
+    }
+}
+
+pub fn typed(
+    name: &str,
+    datatype: &str,
+    shape: &[i64],
+    contents: InferTensorContents,
+) -> InferInputTensor {
+    InferInputTensor {
+        contents: Some(contents),
+        ..input(name, datatype, shape)
+    }
+}
+
+pub fn f32s(raw: &[u8]) -> Vec<f32> {
+    raw.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+pub fn add_sub_request() -> ModelInferRequest {
+    let a = [1.0, 2.0, 3.0, 4.0];
+    let b = [0.5, 0.5, 0.5, 0.5];
+    ModelInferRequest {
+        model_name: "add_sub".into(),
+        id: "req-1".into(),
+        inputs: vec![
+            input("INPUT0", "FP32", &[1, 4]),
+            input("INPUT1", "FP32", &[1, 4]),
+        ],
+        raw_input_contents: vec![fp32_bytes(&a).into(), fp32_bytes(&b).into()],
+        ..Default::default()
+    }
+}
+
+pub fn requested(name: &str) -> pb::model_infer_request::InferRequestedOutputTensor {
+    pb::model_infer_request::InferRequestedOutputTensor {
+        name: name.into(),
+        parameters: Default::default(),
+    }
+}
