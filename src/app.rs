@@ -19,6 +19,9 @@ use crate::{
 /// The service name health reports the whole server under, besides "".
 pub const INFERENCE_SERVICE: &str = "inference.GRPCInferenceService";
 
+/// Time allowed after the drain for connections to deliver the last answers and close.
+const CONNECTION_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, Error)]
 pub enum AppError {
     #[error("model repository {path}: {source}")]
@@ -73,6 +76,10 @@ impl Server {
         tokio::task::spawn_blocking(move || loader.load_all(parallelism));
 
         let (reporter, health) = tonic_health::server::health_reporter();
+        // tonic-health starts "" as SERVING; nothing is ready before the first model is.
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         tokio::spawn(follow_health(
             reporter,
             Arc::clone(&inference),
@@ -104,12 +111,26 @@ impl Server {
         let (stop, stopped) = oneshot::channel::<()>();
         let drain = Arc::clone(&inference);
         let exit_timeout = config.exit_timeout;
-        let mut draining = inference.draining();
+        let watcher = Arc::clone(&inference);
+        let mut closing = inference.draining();
         let task = tokio::spawn(async move {
+            // 1. refuse new work (UNAVAILABLE, health NOT_SERVING) and let admitted work
+            //    finish; 2. only then close connections (GOAWAY), so that requests arriving
+            //    during the drain get a clear answer rather than a reset stream.
             let signal = async move {
                 let _ = stopped.await;
-                info!("draining: refusing new requests, finishing those admitted");
+                info!(
+                    in_flight = drain.in_flight().count(),
+                    "draining: refusing new requests, finishing those admitted"
+                );
                 drain.begin_drain();
+                if !drain.in_flight().drained(exit_timeout).await {
+                    warn!(
+                        grace_secs = exit_timeout.as_secs(),
+                        in_flight = drain.in_flight().count(),
+                        "grace period over with requests still in flight"
+                    );
+                }
             };
             let serve = tonic::transport::Server::builder()
                 .add_service(health)
@@ -119,13 +140,13 @@ impl Server {
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
             let result = tokio::select! {
                 result = serve => result.map_err(AppError::from),
+                // Long-lived streams (health Watch) never end by themselves: once the work
+                // is drained, give connections a moment to flush answers, then close.
                 () = async {
-                    let _ = draining.wait_for(|d| *d).await;
-                    tokio::time::sleep(exit_timeout).await;
-                } => {
-                    warn!(grace_secs = exit_timeout.as_secs(), "grace period over with requests still in flight");
-                    Ok(())
-                }
+                    let _ = closing.wait_for(|d| *d).await;
+                    let _ = watcher.in_flight().drained(exit_timeout).await;
+                    tokio::time::sleep(CONNECTION_FLUSH).await;
+                } => Ok(()),
             };
             // Joins the worker threads once what they hold is done.
             let _ = tokio::task::spawn_blocking(move || repository.unload_all()).await;
@@ -180,15 +201,16 @@ async fn follow_health(reporter: HealthReporter, inference: Arc<Inference>, stri
             }
         };
         let drained = inference.is_draining();
-        let ready = !drained && repository.settled() && (!strict || repository.all_ready());
-        reporter.set_service_status("", serving(ready)).await;
-        reporter
-            .set_service_status(INFERENCE_SERVICE, serving(ready))
-            .await;
+        // Models first: whoever sees the server SERVING finds its models' states current.
         for row in repository.index() {
             let up = !drained && repository.is_ready(&row.name, "");
             reporter.set_service_status(&row.name, serving(up)).await;
         }
+        let ready = !drained && repository.settled() && (!strict || repository.all_ready());
+        reporter
+            .set_service_status(INFERENCE_SERVICE, serving(ready))
+            .await;
+        reporter.set_service_status("", serving(ready)).await;
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             changed = draining.changed() => if changed.is_err() { return },

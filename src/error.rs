@@ -20,7 +20,7 @@ pub enum InferError {
     /// The request is malformed or does not fit the model; the text names the input.
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("model '{model}' queue is full ({capacity} requests waiting); retry later")]
+    #[error("model '{model}' queue is full ({capacity} waiting, its max_queue_size); retry later")]
     QueueFull { model: String, capacity: usize },
     #[error("server is shutting down and takes no new requests")]
     ShuttingDown,

@@ -5,7 +5,10 @@ use std::{sync::Arc, time::Instant};
 
 use tokio::sync::{oneshot, watch};
 
-use crate::{error::InferError, repository::Repository, tensor::Tensor, validate, workers::Job};
+use crate::{
+    error::InferError, repository::Repository, shutdown::InFlight, tensor::Tensor, validate,
+    workers::Job,
+};
 
 /// A decoded request: inputs already checked against the protocol, not yet the model.
 #[derive(Debug)]
@@ -29,6 +32,7 @@ pub struct InferResponse {
 pub struct Inference {
     repository: Arc<Repository>,
     draining: watch::Sender<bool>,
+    in_flight: InFlight,
 }
 
 impl Inference {
@@ -36,6 +40,7 @@ impl Inference {
         Inference {
             repository,
             draining: watch::channel(false).0,
+            in_flight: InFlight::default(),
         }
     }
 
@@ -56,7 +61,14 @@ impl Inference {
         *self.draining.borrow()
     }
 
+    /// Requests admitted and not yet answered.
+    pub fn in_flight(&self) -> &InFlight {
+        &self.in_flight
+    }
+
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, InferError> {
+        // Counted before the drain check, so a drain that sees zero cannot miss this one.
+        let _admitted = self.in_flight.admit();
         if self.is_draining() {
             return Err(InferError::ShuttingDown);
         }

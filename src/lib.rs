@@ -11,6 +11,7 @@ pub mod error;
 pub mod grpc;
 pub mod inference;
 pub mod repository;
+pub mod shutdown;
 pub mod tensor;
 pub mod validate;
 pub mod workers;

@@ -1,6 +1,6 @@
 //! The `wharf` command: `serve` a model repository over gRPC, or `check` that it loads.
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, net::IpAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use bytesize::ByteSize;
@@ -110,6 +110,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

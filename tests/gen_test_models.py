@@ -71,7 +71,7 @@ def main():
     # A model without a batch dimension that takes a while: a chain of square matmuls on its
     # input, to hold a request in flight during shutdown tests.
     nodes, prev = [], "x"
-    for i in range(24):
+    for i in range(16):
         nodes.append(helper.make_node("MatMul", [prev, "x"], [f"m{i}"]))
         nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"t{i}"]))
         prev = f"t{i}"
@@ -79,10 +79,10 @@ def main():
     slow = helper.make_graph(
         nodes,
         "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [384, 384])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [384, 384])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1024, 1024])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1024, 1024])],
     )
-    save("slow", slow, "max_batch_size: 0\ninstance_group: [{ count: 1, kind: KIND_CPU }]\n")
+    save("slow", slow, "max_batch_size: 0\nmodel_warmup: false\ninstance_group: [{ count: 1, kind: KIND_CPU }]\n")
 
 
 if __name__ == "__main__":

@@ -165,12 +165,52 @@ pub struct WarmupInput {
     pub random_data: bool,
 }
 
+/// Which versions to serve, written as Triton writes it: `{ latest: { num_versions: 1 } }`,
+/// `{ all: {} }` or `{ specific: { versions: [1, 3] } }`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[serde(try_from = "VersionPolicyFile")]
 pub enum VersionPolicy {
     Latest { num_versions: NonZeroU32 },
     All {},
     Specific { versions: Vec<u64> },
+}
+
+/// The YAML form: a map with exactly one of the three keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionPolicyFile {
+    latest: Option<LatestPolicy>,
+    all: Option<BTreeMap<String, serde_yaml::Value>>,
+    specific: Option<SpecificPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LatestPolicy {
+    num_versions: NonZeroU32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecificPolicy {
+    versions: Vec<u64>,
+}
+
+impl TryFrom<VersionPolicyFile> for VersionPolicy {
+    type Error = &'static str;
+
+    fn try_from(f: VersionPolicyFile) -> Result<Self, Self::Error> {
+        match (f.latest, f.all, f.specific) {
+            (Some(l), None, None) => Ok(VersionPolicy::Latest {
+                num_versions: l.num_versions,
+            }),
+            (None, Some(_), None) => Ok(VersionPolicy::All {}),
+            (None, None, Some(s)) => Ok(VersionPolicy::Specific {
+                versions: s.versions,
+            }),
+            _ => Err("expected exactly one of latest, all or specific"),
+        }
+    }
 }
 
 impl Default for VersionPolicy {
@@ -282,12 +322,6 @@ impl ModelConfig {
                         format!("expected sizes <= max_batch_size ({max}), found {big}"),
                     );
                 }
-            }
-            if self.max_batch_size == Some(0) {
-                return key_err(
-                    "dynamic_batching",
-                    "a model with max_batch_size 0 has no batch dimension to batch along".into(),
-                );
             }
         }
         for (i, group) in self.instance_group.iter().flatten().enumerate() {
@@ -415,7 +449,11 @@ version_policy: { latest: { num_versions: 2 } }
                 "instance_group[0].memory_budget",
             ),
             ("backend: pytorch", "backend"),
-            ("version_policy: {newest: {}}", "version_policy"),
+            ("version_policy: {newest: {}}", "version_policy.newest"),
+            (
+                "version_policy: {all: {}, latest: {num_versions: 1}}",
+                "version_policy",
+            ),
             (
                 "default_model_filename: ../x.onnx",
                 "default_model_filename",

@@ -30,8 +30,11 @@ impl TestServer {
         let server = Server::start(config).await.expect("server starts");
         server.loaded().await;
         let channel = connect(&server).await;
+        let client = GrpcInferenceServiceClient::new(channel.clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
         TestServer {
-            client: GrpcInferenceServiceClient::new(channel.clone()),
+            client,
             channel,
             server,
         }

@@ -1,0 +1,331 @@
+//! Each bad request gets its gRPC code and a message naming what was wrong, and the server
+//! keeps serving others.
+
+mod common;
+
+use common::*;
+use tonic::Code;
+use wharf::{
+    config::ServerConfig,
+    grpc::pb::{self, InferTensorContents, ModelInferRequest},
+};
+
+async fn expect(t: &mut TestServer, request: ModelInferRequest, code: Code, message: &str) {
+    let status = t
+        .client
+        .model_infer(request)
+        .await
+        .expect_err("request must fail");
+    assert_eq!(status.code(), code, "{}", status.message());
+    assert!(
+        status.message().contains(message),
+        "expected {message:?} in {:?}",
+        status.message()
+    );
+    // The server is still there for everyone else.
+    let ok = t
+        .client
+        .model_infer(add_sub_request())
+        .await
+        .expect("good request after a bad one");
+    assert_eq!(ok.into_inner().outputs.len(), 2);
+}
+
+#[tokio::test]
+async fn unknown_models_and_versions_are_not_found() {
+    let mut t = TestServer::default().await;
+    let mut r = add_sub_request();
+    r.model_name = "nope".into();
+    expect(&mut t, r, Code::NotFound, "unknown model 'nope'").await;
+    let mut r = add_sub_request();
+    r.model_version = "3".into();
+    expect(
+        &mut t,
+        r,
+        Code::NotFound,
+        "model 'add_sub' has no version 3; it serves 1",
+    )
+    .await;
+    let status = t
+        .client
+        .model_metadata(pb::ModelMetadataRequest {
+            name: "nope".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn inputs_that_do_not_fit_the_model_are_invalid() {
+    let mut t = TestServer::default().await;
+    let cases: Vec<(Box<dyn Fn(&mut ModelInferRequest)>, &str)> = vec![
+        (
+            Box::new(|r| r.inputs[1].name = "INPUT9".into()),
+            "model 'add_sub' has no input named 'INPUT9'; its inputs are: INPUT0, INPUT1",
+        ),
+        (
+            Box::new(|r| {
+                r.inputs.pop();
+                r.raw_input_contents.pop();
+            }),
+            "missing input 'INPUT1' for model 'add_sub'",
+        ),
+        (
+            Box::new(|r| {
+                r.inputs.push(input("INPUT0", "FP32", &[1, 4]));
+                r.raw_input_contents.push(fp32_bytes(&[0.0; 4]).into());
+            }),
+            "input 'INPUT0' is given more than once",
+        ),
+        (
+            Box::new(|r| r.inputs[0].datatype = "INT32".into()),
+            "input 'INPUT0' has datatype INT32 but model 'add_sub' expects FP32",
+        ),
+        (
+            Box::new(|r| {
+                r.inputs[0].shape = vec![1, 2, 2];
+            }),
+            "input 'INPUT0' has shape [1, 2, 2] but model 'add_sub' expects [-1, 4]",
+        ),
+        (
+            Box::new(|r| {
+                r.inputs[0].shape = vec![9, 4];
+                r.inputs[1].shape = vec![9, 4];
+                r.raw_input_contents =
+                    vec![fp32_bytes(&[0.0; 36]).into(), fp32_bytes(&[0.0; 36]).into()];
+            }),
+            "input 'INPUT0' has batch size 9 but model 'add_sub' takes 1 to 8",
+        ),
+        (
+            Box::new(|r| r.raw_input_contents[0].truncate(15)),
+            "input 'INPUT0': raw_input_contents holds 15 bytes but shape [1, 4] of FP32 needs 16",
+        ),
+        (
+            Box::new(|r| {
+                r.inputs[0].contents = Some(InferTensorContents {
+                    fp32_contents: vec![0.0; 4],
+                    ..Default::default()
+                })
+            }),
+            "input 'INPUT0' has typed contents but the request also carries raw_input_contents",
+        ),
+        (
+            Box::new(|r| r.inputs[0].datatype = "FLOAT".into()),
+            "input 'INPUT0': unknown datatype 'FLOAT'",
+        ),
+        (
+            Box::new(|r| r.outputs = vec![requested("OUTPUT7")]),
+            "model 'add_sub' has no output named 'OUTPUT7'",
+        ),
+    ];
+    for (mutate, message) in cases {
+        let mut r = add_sub_request();
+        mutate(&mut r);
+        expect(&mut t, r, Code::InvalidArgument, message).await;
+    }
+    // A shape the graph itself rejects, though its dims are open in the spec.
+    let r = ModelInferRequest {
+        model_name: "identity_bytes".into(),
+        inputs: vec![input("INPUT0", "BYTES", &[1, 2])],
+        raw_input_contents: vec![[&5u32.to_le_bytes()[..], b"ab"].concat().into()],
+        ..Default::default()
+    };
+    expect(
+        &mut t,
+        r,
+        Code::InvalidArgument,
+        "input 'INPUT0': BYTES element 0 of 2: declares 5 bytes but only 2 remain",
+    )
+    .await;
+    let r = ModelInferRequest {
+        model_name: "identity_bytes".into(),
+        inputs: vec![input("INPUT0", "BYTES", &[1, 1])],
+        raw_input_contents: vec![[&2u32.to_le_bytes()[..], &[0xff, 0xfe]].concat().into()],
+        ..Default::default()
+    };
+    expect(
+        &mut t,
+        r,
+        Code::InvalidArgument,
+        "takes BYTES as UTF-8 text only",
+    )
+    .await;
+    let r = ModelInferRequest {
+        model_name: "identity_fp16".into(),
+        inputs: vec![typed(
+            "INPUT0",
+            "FP16",
+            &[1, 1],
+            InferTensorContents {
+                fp32_contents: vec![1.0],
+                ..Default::default()
+            },
+        )],
+        ..Default::default()
+    };
+    expect(
+        &mut t,
+        r,
+        Code::InvalidArgument,
+        "FP16 has no typed contents field; send it in raw_input_contents",
+    )
+    .await;
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_requests_are_refused_by_name() {
+    let mut config = ServerConfig::local(test_models());
+    config.max_request_bytes = 1 << 20;
+    let mut t = TestServer::start(config).await;
+    let big = vec![0f32; (1 << 20) / 4 + 4];
+    let r = ModelInferRequest {
+        model_name: "identity_fp32".into(),
+        inputs: vec![input("INPUT0", "FP32", &[1, big.len() as i64])],
+        raw_input_contents: vec![fp32_bytes(&big).into()],
+        ..Default::default()
+    };
+    expect(
+        &mut t,
+        r,
+        Code::InvalidArgument,
+        "input 'INPUT0': shape [1, 262148] of FP32 is larger than the limit of 1048576 bytes",
+    )
+    .await;
+    // A shape whose element count overflows is refused before anything is allocated.
+    let r = ModelInferRequest {
+        model_name: "identity_fp32".into(),
+        inputs: vec![input("INPUT0", "FP32", &[i64::MAX, i64::MAX])],
+        raw_input_contents: vec![vec![0u8; 4].into()],
+        ..Default::default()
+    };
+    expect(&mut t, r, Code::InvalidArgument, "larger than the limit").await;
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_model_that_failed_to_load_is_unavailable_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |name: &str| {
+        let to = dir.path().join(name).join("1");
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(
+            test_models().join("add_sub/1/model.onnx"),
+            to.join("model.onnx"),
+        )
+        .unwrap();
+    };
+    copy("add_sub");
+    copy("bad_config");
+    std::fs::write(
+        dir.path().join("bad_config/config.yaml"),
+        "max_batch_size: 8\ninstance_group: [{count: two}]\n",
+    )
+    .unwrap();
+    copy("bad_graph");
+    std::fs::write(
+        dir.path().join("bad_graph/1/model.onnx"),
+        b"not an onnx file",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("no_versions")).unwrap();
+
+    let mut t = TestServer::start(ServerConfig::local(dir.path())).await;
+    // One broken model does not stop the others.
+    t.client.model_infer(add_sub_request()).await.unwrap();
+    let mut r = add_sub_request();
+    r.model_name = "bad_config".into();
+    let status = t.client.model_infer(r).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status
+            .message()
+            .contains("config.yaml: key `instance_group[0].count`"),
+        "{}",
+        status.message()
+    );
+
+    let index = t
+        .client
+        .repository_index(pb::RepositoryIndexRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let reason = |name: &str| {
+        index
+            .models
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| (m.state.clone(), m.reason.clone()))
+            .unwrap()
+    };
+    assert_eq!(reason("add_sub").0, "READY");
+    let (state, why) = reason("bad_graph");
+    assert_eq!(state, "UNAVAILABLE");
+    assert!(why.contains("bad_graph/1/model.onnx"), "{why}");
+    let (state, why) = reason("no_versions");
+    assert_eq!(state, "UNAVAILABLE");
+    assert!(why.contains("no version folder"), "{why}");
+    // Strict readiness: the server is not ready while a model is broken.
+    assert!(
+        !t.client
+            .server_ready(pb::ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_queue_is_resource_exhausted_at_once() {
+    // One instance and room for one waiting request: of sixteen sent at once, some are
+    // refused straight away and every admitted one is answered.
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("slow/1");
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::copy(
+        test_models().join("slow/1/model.onnx"),
+        to.join("model.onnx"),
+    )
+    .unwrap();
+    let yaml = "max_batch_size: 0\ninstance_group: [{count: 1}]\ndynamic_batching: {default_queue_policy: {max_queue_size: 1}}\n";
+    std::fs::write(dir.path().join("slow/config.yaml"), yaml).unwrap();
+    let t = TestServer::start(ServerConfig::local(dir.path())).await;
+    let request = raw_request("slow", "x", &[1024, 1024], &vec![0.01; 1024 * 1024]);
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let mut client = t.client.clone();
+            let request = request.clone();
+            tokio::spawn(async move { client.model_infer(request).await })
+        })
+        .collect();
+    let (mut ok, mut exhausted) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(status) => {
+                assert_eq!(
+                    status.code(),
+                    Code::ResourceExhausted,
+                    "{}",
+                    status.message()
+                );
+                assert!(
+                    status
+                        .message()
+                        .contains("model 'slow' queue is full (1 waiting, its max_queue_size)"),
+                    "{}",
+                    status.message()
+                );
+                exhausted += 1;
+            }
+        }
+    }
+    assert!(exhausted >= 1 && ok >= 2, "ok {ok}, refused {exhausted}");
+    t.server.shutdown().await.unwrap();
+}

@@ -1,0 +1,207 @@
+//! Health transitions and the drain: in-process, and the real binary under SIGTERM.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
+use wharf::{config::ServerConfig, grpc::pb};
+
+fn slow_request() -> pb::ModelInferRequest {
+    raw_request("slow", "x", &[1024, 1024], &vec![0.01; 1024 * 1024])
+}
+
+async fn health(
+    channel: &tonic::transport::Channel,
+    service: &str,
+) -> Result<ServingStatus, tonic::Status> {
+    let mut client = HealthClient::new(channel.clone());
+    let answer = client
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await?;
+    Ok(answer.into_inner().status())
+}
+
+/// Follows the health Watch stream until `service` reports `wanted` (health is updated by
+/// a task of its own, a moment after the models change).
+async fn reaches(channel: &tonic::transport::Channel, service: &str, wanted: ServingStatus) {
+    let mut client = HealthClient::new(channel.clone());
+    let request = HealthCheckRequest {
+        service: service.into(),
+    };
+    let mut watch = client.watch(request).await.unwrap().into_inner();
+    let follow = async {
+        while let Some(update) = watch.next().await {
+            if update.unwrap().status() == wanted {
+                return;
+            }
+        }
+        panic!("health stream for {service:?} ended before {wanted:?}");
+    };
+    tokio::time::timeout(Duration::from_secs(10), follow)
+        .await
+        .expect("health reaches the wanted state");
+}
+
+#[tokio::test]
+async fn health_follows_models() {
+    let t = TestServer::default().await;
+    reaches(&t.channel, "", ServingStatus::Serving).await;
+    let status = |s: &'static str| health(&t.channel, s);
+    assert_eq!(
+        status("inference.GRPCInferenceService").await.unwrap(),
+        ServingStatus::Serving
+    );
+    assert_eq!(status("add_sub").await.unwrap(), ServingStatus::Serving);
+    assert_eq!(
+        status("no_such_model").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    t.server.shutdown().await.unwrap();
+
+    // A broken model is NOT_SERVING, and with strict readiness so is the server.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("broken/1")).unwrap();
+    std::fs::write(dir.path().join("broken/1/model.onnx"), b"garbage").unwrap();
+    let t = TestServer::start(ServerConfig::local(dir.path())).await;
+    reaches(&t.channel, "broken", ServingStatus::NotServing).await;
+    reaches(&t.channel, "", ServingStatus::NotServing).await;
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_finishes_admitted_requests_and_refuses_new_ones() {
+    let t = TestServer::default().await;
+    reaches(&t.channel, "", ServingStatus::Serving).await;
+    let mut watch = HealthClient::new(t.channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+
+    // Admit a request that takes a while, and make sure it is running before the drain.
+    let mut client = t.client.clone();
+    client.model_infer(slow_request()).await.unwrap(); // builds the plan
+    let in_flight = tokio::spawn(async move { client.model_infer(slow_request()).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let mut late = t.client.clone();
+    let shutdown = tokio::spawn(t.server.shutdown());
+    // Health turns NOT_SERVING as the drain starts.
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status(),
+        ServingStatus::NotServing
+    );
+    // New requests are refused while the admitted one still runs.
+    let refused = late.model_infer(add_sub_request()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    assert!(
+        refused.message().contains("shutting down"),
+        "{}",
+        refused.message()
+    );
+
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the admitted request is answered");
+    assert_eq!(answer.into_inner().outputs[0].shape, vec![1024, 1024]);
+    shutdown.await.unwrap().unwrap();
+}
+
+/// The binary, as Kubernetes runs it: SIGTERM drains and exits 0.
+#[tokio::test]
+async fn the_binary_drains_on_sigterm_and_exits_zero() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ])
+        .arg("--model-repository")
+        .arg(test_models())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+            v["fields"]["grpc_addr"].as_str().map(str::to_owned)
+        })
+        .expect("the bound port is logged");
+    // Keep draining the child's log so it never blocks on a full pipe.
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while watch.next().await.unwrap().unwrap().status() != ServingStatus::Serving {}
+
+    let mut client = pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel)
+        .max_decoding_message_size(usize::MAX);
+    client.model_infer(slow_request()).await.unwrap();
+    let mut busy = client.clone();
+    let in_flight = tokio::spawn(async move { busy.model_infer(slow_request()).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    in_flight
+        .await
+        .unwrap()
+        .expect("the admitted request is answered");
+    // Requests during the drain are refused with a reason, on the open connection.
+    let refused = client.model_infer(slow_request()).await.unwrap_err();
+    assert!(
+        matches!(refused.code(), Code::Unavailable | Code::Cancelled),
+        "{refused:?}"
+    );
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let log = log.join().unwrap().join("\n");
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(log.contains("draining"), "{log}");
+}
