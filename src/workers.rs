@@ -171,11 +171,7 @@ pub fn concat_rows(parts: &[&Tensor]) -> Tensor {
 /// data is sliced without copying.
 pub fn split_rows(t: Tensor, rows: &[usize]) -> Vec<Tensor> {
     let total: usize = rows.iter().sum();
-    let per_row = if total == 0 {
-        0
-    } else {
-        t.element_count() / total
-    };
+    let per_row = t.element_count().checked_div(total).unwrap_or(0);
     let mut at = 0;
     rows.iter()
         .map(|&n| {

@@ -58,10 +58,13 @@ async fn unknown_models_and_versions_are_not_found() {
     t.server.shutdown().await.unwrap();
 }
 
+/// A change that spoils a good request.
+type Mutation = dyn Fn(&mut ModelInferRequest);
+
 #[tokio::test]
 async fn inputs_that_do_not_fit_the_model_are_invalid() {
     let mut t = TestServer::default().await;
-    let cases: Vec<(Box<dyn Fn(&mut ModelInferRequest)>, &str)> = vec![
+    let cases: Vec<(Box<Mutation>, &str)> = vec![
         (
             Box::new(|r| r.inputs[1].name = "INPUT9".into()),
             "model 'add_sub' has no input named 'INPUT9'; its inputs are: INPUT0, INPUT1",

@@ -1,0 +1,81 @@
+"""Starts the real wharf binary on a loopback port over a repository made for the suite."""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import pytest
+import tritonclient.grpc as grpcclient
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+WHARF = os.environ.get("WHARF_BIN", str(ROOT / "target" / "release" / "wharf"))
+
+# A test model with every Triton config section that get_model_config must parse.
+ADD_SUB_CONFIG = """\
+name: add_sub
+backend: tract
+max_batch_size: 8
+input:
+  - { name: INPUT0, data_type: TYPE_FP32, dims: [4] }
+  - { name: INPUT1, data_type: TYPE_FP32, dims: [4] }
+output:
+  - { name: OUTPUT0, data_type: TYPE_FP32, dims: [4] }
+  - { name: OUTPUT1, data_type: TYPE_FP32, dims: [4] }
+dynamic_batching:
+  preferred_batch_size: [4, 8]
+  max_queue_delay_microseconds: 2000
+  default_queue_policy: { max_queue_size: 64 }
+instance_group:
+  - { count: 2, kind: KIND_CPU }
+"""
+
+
+def make_repository(target: pathlib.Path) -> None:
+    for model in (ROOT / "tests" / "models").iterdir():
+        shutil.copytree(model, target / model.name)
+    (target / "add_sub" / "config.yaml").write_text(ADD_SUB_CONFIG)
+    shutil.copytree(ROOT / "models" / "ppocr_cls", target / "ppocr_cls")
+
+
+@pytest.fixture(scope="session")
+def server():
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = pathlib.Path(tmp)
+        make_repository(repo)
+        proc = subprocess.Popen(
+            [WHARF, "--log-format", "json", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
+             "--model-repository", str(repo)],
+            stderr=subprocess.PIPE, text=True,
+        )
+        address = None
+        for line in proc.stderr:
+            try:
+                fields = json.loads(line).get("fields", {})
+            except json.JSONDecodeError:
+                continue
+            if "grpc_addr" in fields:
+                address = fields["grpc_addr"]
+                break
+        assert address, "wharf did not log its address"
+        # Keep reading the log so the pipe never fills.
+        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+        client = grpcclient.InferenceServerClient(address)
+        import time
+        deadline = time.monotonic() + 60
+        while not client.is_server_ready():
+            assert time.monotonic() < deadline, "wharf did not become ready"
+            time.sleep(0.05)
+        yield address
+        client.close()
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
+@pytest.fixture
+def client(server):
+    c = grpcclient.InferenceServerClient(server)
+    yield c
+    c.close()
