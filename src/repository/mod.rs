@@ -139,7 +139,8 @@ impl Repository {
                 })
                 .collect()
         };
-        let (tx, rx) = crossbeam_channel::unbounded::<LoadTask>();
+        // Filled once with the fixed task list, then only drained.
+        let (tx, rx) = crossbeam_channel::bounded::<LoadTask>(tasks.len().max(1));
         for task in tasks {
             tx.send(task).expect("receiver alive");
         }
@@ -382,4 +383,73 @@ fn load_version(task: &LoadTask) -> Result<ServedModel, String> {
         pool,
         load_time,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_with(models: &[(&str, Option<&str>)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let source =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/models/identity_fp32/1/model.onnx");
+        for (name, config) in models {
+            std::fs::create_dir_all(dir.path().join(name).join("1")).unwrap();
+            std::fs::copy(&source, dir.path().join(name).join("1/model.onnx")).unwrap();
+            if let Some(config) = config {
+                std::fs::write(dir.path().join(name).join("config.yaml"), config).unwrap();
+            }
+        }
+        dir
+    }
+
+    #[test]
+    fn models_are_unavailable_until_loaded_then_ready() {
+        let dir = repo_with(&[("a", None)]);
+        let repo = Repository::scan(dir.path()).unwrap();
+        let err = repo.get("a", "").err().unwrap().to_string();
+        assert_eq!(err, "model 'a' is not ready: it is still loading");
+        assert!(!repo.settled());
+        repo.load_all(2);
+        assert!(repo.settled() && repo.all_ready());
+        assert_eq!(repo.get("a", "1").unwrap().version, 1);
+        assert!(matches!(
+            repo.get("b", ""),
+            Err(InferError::ModelNotFound(_))
+        ));
+        repo.unload_all();
+        assert!(repo.index().is_empty());
+    }
+
+    #[test]
+    fn version_policy_picks_the_served_versions() {
+        let dir = repo_with(&[("a", Some("version_policy: { all: {} }\n"))]);
+        std::fs::create_dir_all(dir.path().join("a/3")).unwrap();
+        std::fs::copy(
+            dir.path().join("a/1/model.onnx"),
+            dir.path().join("a/3/model.onnx"),
+        )
+        .unwrap();
+        let repo = Repository::scan(dir.path()).unwrap();
+        repo.load_all(1);
+        let versions: Vec<String> = repo.index().into_iter().map(|r| r.version).collect();
+        assert_eq!(versions, vec!["1", "3"]);
+        assert_eq!(repo.get("a", "").unwrap().version, 3);
+        let err = repo.get("a", "2").err().unwrap().to_string();
+        assert_eq!(err, "model 'a' has no version 2; it serves 1, 3");
+    }
+
+    #[test]
+    fn a_folder_name_mismatch_is_named() {
+        let dir = repo_with(&[("a", Some("name: b\n"))]);
+        let repo = Repository::scan(dir.path()).unwrap();
+        let row = &repo.index()[0];
+        assert_eq!(row.state, "UNAVAILABLE");
+        assert!(
+            row.reason
+                .contains("key `name`: expected the folder's name 'a', found 'b'"),
+            "{}",
+            row.reason
+        );
+    }
 }
