@@ -73,7 +73,8 @@ impl Server {
         let inference = Arc::new(Inference::new(Arc::clone(&repository)));
         let loader = Arc::clone(&repository);
         let parallelism = config.load_parallelism;
-        tokio::task::spawn_blocking(move || loader.load_all(parallelism));
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || loader.load_all(parallelism, &runtime));
 
         let (reporter, health) = tonic_health::server::health_reporter();
         // tonic-health starts "" as SERVING; nothing is ready before the first model is.

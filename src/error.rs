@@ -22,6 +22,11 @@ pub enum InferError {
     InvalidArgument(String),
     #[error("model '{model}' queue is full ({capacity} waiting, its max_queue_size); retry later")]
     QueueFull { model: String, capacity: usize },
+    #[error("model '{model}': the request waited {waited:?} in the queue, past its deadline, and was not computed")]
+    DeadlineExceeded {
+        model: String,
+        waited: std::time::Duration,
+    },
     #[error("server is shutting down and takes no new requests")]
     ShuttingDown,
     #[error("model '{model}': {source}")]

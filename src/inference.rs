@@ -1,13 +1,21 @@
 //! The serving core shared by unary and streaming RPCs: find the model, validate, queue,
 //! await the worker's answer. Knows nothing of protobuf.
 
-use std::{sync::Arc, time::Instant};
+use std::{sync::Arc, time::Duration};
 
-use tokio::sync::{oneshot, watch};
+use tokio::{
+    sync::{oneshot, watch},
+    time::Instant,
+};
 
 use crate::{
-    error::InferError, repository::Repository, shutdown::InFlight, tensor::Tensor, validate,
-    workers::Job,
+    batching::Entry,
+    error::InferError,
+    repository::{Repository, ServedModel},
+    shutdown::InFlight,
+    tensor::Tensor,
+    validate,
+    workers::{shape_key, Job},
 };
 
 /// A decoded request: inputs already checked against the protocol, not yet the model.
@@ -19,6 +27,12 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// Output names asked for; empty means all.
     pub outputs: Vec<String>,
+    /// The `priority` parameter: 1 is the highest; None or 0 for the model's default.
+    pub priority: Option<u64>,
+    /// The `timeout` parameter: how long the request may wait in the queue.
+    pub timeout: Option<Duration>,
+    /// What is left of the caller's gRPC deadline on arrival.
+    pub deadline: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -75,30 +89,58 @@ impl Inference {
         let model = self
             .repository
             .get(&request.model_name, &request.model_version)?;
+        let arrived = Instant::now();
+        let result = Self::run(&model, request, arrived).await;
+        match &result {
+            Ok(response) => {
+                let rows = response.rows;
+                model.stats.record_success(rows, arrived.elapsed());
+            }
+            Err(_) => model.stats.record_failure(arrived.elapsed()),
+        }
+        result.map(|r| r.response)
+    }
+
+    async fn run(
+        model: &ServedModel,
+        request: InferRequest,
+        arrived: Instant,
+    ) -> Result<Answered, InferError> {
         validate::requested_outputs(&model.name, &model.spec, &request.outputs)?;
-        let (inputs, _rows) = validate::inputs(&model.name, &model.spec, request.inputs)?;
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
-            inputs,
-            reply,
-            enqueued: Instant::now(),
+        let policy = model.scheduler.policy();
+        let (inputs, rows) = validate::inputs(&model.name, &model.spec, request.inputs)?;
+        if rows > policy.max_rows && model.spec.max_batch_size > 0 {
+            return Err(InferError::invalid(format!(
+                "batch size {rows} does not fit model '{}': its memory budget allows {} rows per call",
+                model.name, policy.max_rows
+            )));
+        }
+        let priority = policy
+            .priority(request.priority)
+            .map_err(InferError::invalid)?;
+        let timeout = match request.timeout {
+            Some(t) if policy.allow_timeout_override || policy.default_timeout.is_none() => Some(t),
+            _ => policy.default_timeout,
         };
-        model
-            .pool
-            .try_submit(vec![job])
-            .map_err(|_| InferError::QueueFull {
-                model: model.name.clone(),
-                capacity: model.pool.capacity(),
-            })?;
-        // Dropping this future (the caller went away) closes `answer`, which the worker
-        // checks before computing.
+        let deadline = [timeout, request.deadline]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| arrived + d);
+        let (reply, answer) = oneshot::channel();
+        model.scheduler.submit(Entry {
+            key: shape_key(&inputs),
+            rows,
+            priority,
+            enqueued: arrived,
+            deadline,
+            payload: Job { inputs, reply },
+        })?;
+        // Dropping this future (the caller went away) closes `answer`, which the scheduler
+        // and the worker check before computing.
         let outputs = answer
             .await
-            .map_err(|_| InferError::WorkerGone(model.name.clone()))?
-            .map_err(|source| InferError::Backend {
-                model: model.name.clone(),
-                source,
-            })?;
+            .map_err(|_| InferError::WorkerGone(model.name.clone()))??;
         let outputs = if request.outputs.is_empty() {
             outputs
         } else {
@@ -108,11 +150,19 @@ impl Inference {
                 .filter_map(|name| outputs.iter().find(|o| &o.name == name).cloned())
                 .collect()
         };
-        Ok(InferResponse {
-            model_name: model.name.clone(),
-            model_version: model.version.to_string(),
-            id: request.id,
-            outputs,
+        Ok(Answered {
+            rows,
+            response: InferResponse {
+                model_name: model.name.clone(),
+                model_version: model.version.to_string(),
+                id: request.id,
+                outputs,
+            },
         })
     }
+}
+
+struct Answered {
+    rows: usize,
+    response: InferResponse,
 }

@@ -6,12 +6,14 @@
 
 pub mod app;
 pub mod backend;
+pub mod batching;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod inference;
 pub mod repository;
 pub mod shutdown;
+pub mod stats;
 pub mod tensor;
 pub mod validate;
 pub mod workers;

@@ -149,7 +149,12 @@ async fn shutdown_signal() {
 fn check(model_repository: PathBuf) -> anyhow::Result<ExitCode> {
     let repository = Repository::scan(&model_repository)
         .with_context(|| format!("reading model repository {}", model_repository.display()))?;
-    repository.load_all(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Schedulers are tokio tasks even when nothing is served.
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    repository.load_all(
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        runtime.handle(),
+    );
     let rows = repository.index();
     let mut failed = false;
     for row in &rows {

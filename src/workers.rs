@@ -1,134 +1,202 @@
 //! The worker pool: OS threads per model fed through a bounded crossbeam channel. Each
-//! thread owns one engine instance; every request gets its answer through a oneshot.
+//! thread owns one engine instance, runs the batches the scheduler closes (as pieces where
+//! the measured cost curve says that is cheaper), and answers each request by its oneshot.
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     thread::{self, JoinHandle},
     time::Instant,
 };
 
 use bytes::{Bytes, BytesMut};
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-use tokio::sync::oneshot;
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    backend::{BackendError, Model},
+    backend::{Instance, Model},
+    batching::{cost::CostCurve, ShapeKey},
+    error::InferError,
+    stats::ModelStats,
     tensor::{Tensor, TensorData},
 };
 
-pub type JobResult = Result<Vec<Tensor>, BackendError>;
+pub type JobResult = Result<Vec<Tensor>, InferError>;
 
 /// One request's inputs (in the model's input order) and the way back to its caller.
 pub struct Job {
     pub inputs: Vec<Tensor>,
     pub reply: oneshot::Sender<JobResult>,
-    pub enqueued: Instant,
 }
 
-/// Requests that run together as one engine call; their inputs share every dim but the
-/// first, along which they are concatenated.
+/// Requests that may run together; their inputs share every dim but the first, along
+/// which they are concatenated.
 pub type Batch = Vec<Job>;
 
+/// Cost curves by shape key, measured at warmup; shapes not measured use `fallback`.
+#[derive(Debug, Clone, Default)]
+pub struct CostCurves {
+    pub by_shape: HashMap<ShapeKey, CostCurve>,
+    pub fallback: CostCurve,
+}
+
+impl CostCurves {
+    fn for_shape(&self, key: &ShapeKey) -> &CostCurve {
+        self.by_shape.get(key).unwrap_or(&self.fallback)
+    }
+}
+
+/// The shape key of a request's inputs (all dims but the first).
+pub fn shape_key(inputs: &[Tensor]) -> ShapeKey {
+    inputs
+        .iter()
+        .map(|t| (t.datatype, t.shape.get(1..).unwrap_or_default().to_vec()))
+        .collect()
+}
+
 pub struct WorkerPool {
-    sender: Option<Sender<Batch>>,
     threads: Vec<JoinHandle<()>>,
-    capacity: usize,
+}
+
+/// What every worker of a model shares.
+pub struct WorkerContext {
+    pub model_name: String,
+    pub model: Arc<dyn Model>,
+    pub costs: CostCurves,
+    pub stats: Arc<ModelStats>,
+    /// Whether inputs carry a batch dimension to concatenate along.
+    pub batched: bool,
 }
 
 impl WorkerPool {
-    /// Starts `instances` threads named after the model. `capacity` bounds the batches
-    /// waiting for a free instance: that bound is the model's admission limit, past which
-    /// callers are told to retry rather than queue without end.
+    /// Starts `instances` threads that take batches from `batches` and say `done` after
+    /// each, so the scheduler knows an instance is free.
     pub fn start(
-        label: &str,
-        model: Arc<dyn Model>,
+        context: Arc<WorkerContext>,
         instances: usize,
-        capacity: usize,
+        batches: Receiver<Batch>,
+        done: mpsc::Sender<()>,
     ) -> std::io::Result<WorkerPool> {
-        let (sender, receiver) = crossbeam_channel::bounded::<Batch>(capacity);
         let threads = (0..instances)
             .map(|i| {
-                let model = Arc::clone(&model);
-                let receiver = receiver.clone();
+                let context = Arc::clone(&context);
+                let batches = batches.clone();
+                let done = done.clone();
                 thread::Builder::new()
-                    .name(format!("wharf-{label}-{i}"))
-                    .spawn(move || work(model, receiver))
+                    .name(format!("wharf-{}-{i}", context.model_name))
+                    .spawn(move || work(&context, batches, done))
             })
             .collect::<std::io::Result<_>>()?;
-        Ok(WorkerPool {
-            sender: Some(sender),
-            threads,
-            capacity,
-        })
+        Ok(WorkerPool { threads })
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Hands a batch to the instances without waiting; a full queue gives it back.
-    pub fn try_submit(&self, batch: Batch) -> Result<(), Batch> {
-        let sender = self.sender.as_ref().expect("sender lives until drop");
-        sender.try_send(batch).map_err(|e| match e {
-            TrySendError::Full(b) | TrySendError::Disconnected(b) => b,
-        })
+    /// The channel a pool of `instances` is fed through: one slot per instance, since the
+    /// scheduler only sends to an idle one.
+    pub fn channel(instances: usize) -> (Sender<Batch>, Receiver<Batch>) {
+        crossbeam_channel::bounded(instances.max(1))
     }
 }
 
 impl Drop for WorkerPool {
-    /// Closes the channel, lets the instances finish what is queued, and joins them.
+    /// Joins the instances once their channel is closed and what they hold is done.
     fn drop(&mut self) {
-        self.sender.take();
         for handle in self.threads.drain(..) {
             let _ = handle.join();
         }
     }
 }
 
-fn work(model: Arc<dyn Model>, batches: Receiver<Batch>) {
-    let mut instance = model.new_instance();
+fn work(context: &WorkerContext, batches: Receiver<Batch>, done: mpsc::Sender<()>) {
+    let mut instance = Arc::clone(&context.model).new_instance();
     for batch in batches {
         // A caller that has gone costs nothing more.
-        let batch: Batch = batch
-            .into_iter()
-            .filter(|job| !job.reply.is_closed())
-            .collect();
-        match batch.len() {
-            0 => {}
-            1 => {
-                let job = batch.into_iter().next().expect("one job");
-                let result = instance.run(&job.inputs);
-                let _ = job.reply.send(result);
-            }
-            _ => run_batch(instance.as_mut(), batch),
+        let (live, gone): (Batch, Batch) =
+            batch.into_iter().partition(|job| !job.reply.is_closed());
+        for _ in gone {
+            context.stats.record_cancelled();
         }
+        if !live.is_empty() {
+            if context.batched {
+                let rows: Vec<usize> = live.iter().map(|j| j.inputs[0].shape[0]).collect();
+                let pieces = context
+                    .costs
+                    .for_shape(&shape_key(&live[0].inputs))
+                    .plan(&rows);
+                let mut jobs = live.into_iter();
+                for size in pieces {
+                    run_piece(
+                        context,
+                        instance.as_mut(),
+                        jobs.by_ref().take(size).collect(),
+                    );
+                }
+            } else {
+                for job in live {
+                    run_piece(context, instance.as_mut(), vec![job]);
+                }
+            }
+        }
+        // The scheduler may be gone (unloading); then nobody needs to know.
+        let _ = done.blocking_send(());
     }
 }
 
-fn run_batch(instance: &mut dyn crate::backend::Instance, batch: Batch) {
-    let rows: Vec<usize> = batch.iter().map(|job| job.inputs[0].shape[0]).collect();
-    let inputs: Vec<Tensor> = (0..batch[0].inputs.len())
-        .map(|ix| concat_rows(&batch.iter().map(|job| &job.inputs[ix]).collect::<Vec<_>>()))
+/// One engine call for `jobs`: concatenated, run, split back.
+fn run_piece(context: &WorkerContext, instance: &mut dyn Instance, jobs: Batch) {
+    let started = Instant::now();
+    let rows: Vec<usize> = jobs
+        .iter()
+        .map(|j| {
+            j.inputs
+                .first()
+                .map_or(1, |t| t.shape.first().copied().unwrap_or(1))
+        })
         .collect();
-    match instance.run(&inputs) {
+    let joined: Vec<Tensor>;
+    let inputs: &[Tensor] = if jobs.len() == 1 {
+        &jobs[0].inputs
+    } else {
+        joined = (0..jobs[0].inputs.len())
+            .map(|ix| concat_rows(&jobs.iter().map(|job| &job.inputs[ix]).collect::<Vec<_>>()))
+            .collect();
+        &joined
+    };
+    let prepared = Instant::now();
+    let result = instance.run(inputs);
+    let computed = Instant::now();
+    match result {
         Ok(outputs) => {
-            let mut per_job: Vec<Vec<Tensor>> =
-                vec![Vec::with_capacity(outputs.len()); batch.len()];
-            for output in outputs {
-                for (slot, part) in per_job.iter_mut().zip(split_rows(output, &rows)) {
-                    slot.push(part);
+            let answers: Vec<Vec<Tensor>> = if jobs.len() == 1 {
+                vec![outputs]
+            } else {
+                let mut per_job: Vec<Vec<Tensor>> =
+                    vec![Vec::with_capacity(outputs.len()); jobs.len()];
+                for output in outputs {
+                    for (slot, part) in per_job.iter_mut().zip(split_rows(output, &rows)) {
+                        slot.push(part);
+                    }
                 }
-            }
-            for (job, outputs) in batch.into_iter().zip(per_job) {
+                per_job
+            };
+            let finished = Instant::now();
+            context.stats.record_execution(
+                rows.iter().sum(),
+                jobs.len(),
+                prepared - started,
+                computed - prepared,
+                finished - computed,
+            );
+            for (job, outputs) in jobs.into_iter().zip(answers) {
                 let _ = job.reply.send(Ok(outputs));
             }
         }
-        Err(e) => {
-            let message = e.to_string();
-            for job in batch {
-                let _ = job
-                    .reply
-                    .send(Err(BackendError::Execution(message.clone())));
+        Err(source) => {
+            for job in jobs {
+                let error = InferError::Backend {
+                    model: context.model_name.clone(),
+                    source: source.clone(),
+                };
+                let _ = job.reply.send(Err(error));
             }
         }
     }

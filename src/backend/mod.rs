@@ -26,7 +26,7 @@ pub struct TensorSignature {
     pub dims: Option<Vec<i64>>,
 }
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum BackendError {
     #[error("cannot load model: {0}")]
     Load(String),

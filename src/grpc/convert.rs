@@ -75,8 +75,27 @@ pub fn decode_request(
         id: request.id,
         inputs,
         outputs: request.outputs.into_iter().map(|o| o.name).collect(),
+        priority: uint_param(&request.parameters, "priority")?,
+        timeout: uint_param(&request.parameters, "timeout")?.map(std::time::Duration::from_micros),
+        deadline: None,
     };
     Ok((decoded, form))
+}
+
+/// A reserved integer parameter (`priority`, `timeout` in microseconds); tritonclient
+/// sends the first as uint64_param and the second as int64_param.
+fn uint_param(
+    params: &std::collections::HashMap<String, InferParameter>,
+    key: &str,
+) -> Result<Option<u64>, InferError> {
+    match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+        None => Ok(None),
+        Some(ParameterChoice::Uint64Param(v)) => Ok(Some(*v)),
+        Some(ParameterChoice::Int64Param(v)) if *v >= 0 => Ok(Some(*v as u64)),
+        Some(other) => Err(InferError::invalid(format!(
+            "parameter '{key}' must be a non-negative integer, found {other:?}"
+        ))),
+    }
 }
 
 fn bool_param(

@@ -1,7 +1,7 @@
 //! `inference.GRPCInferenceService`: each handler converts, hands off to the core or the
 //! repository, and converts back. No policy lives here.
 
-use std::{pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::{stream::FuturesOrdered, Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -47,8 +47,10 @@ impl InferenceService {
     async fn infer(
         &self,
         request: pb::ModelInferRequest,
+        deadline: Option<Duration>,
     ) -> Result<pb::ModelInferResponse, InferError> {
-        let (request, form) = decode_request(request, self.max_request_bytes)?;
+        let (mut request, form) = decode_request(request, self.max_request_bytes)?;
+        request.deadline = deadline;
         let response = self.inference.infer(request).await?;
         Ok(encode_response(response, form))
     }
@@ -61,7 +63,7 @@ impl InferenceService {
             id: request.id.clone(),
             ..Default::default()
         };
-        match self.infer(request).await {
+        match self.infer(request, None).await {
             Ok(response) => pb::ModelStreamInferResponse {
                 error_message: String::new(),
                 infer_response: Some(response),
@@ -76,6 +78,23 @@ impl InferenceService {
     fn ready_model(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, Status> {
         Ok(self.inference.repository().get(name, version)?)
     }
+}
+
+/// The caller's deadline, from the `grpc-timeout` header (digits and a unit: H, M, S, m,
+/// u or n); None when absent or malformed.
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 fn unimplemented<T>(rpc: &str) -> Result<Response<T>, Status> {
@@ -166,7 +185,8 @@ impl GrpcInferenceService for InferenceService {
         &self,
         r: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        Ok(Response::new(self.infer(r.into_inner()).await?))
+        let deadline = grpc_timeout(r.metadata());
+        Ok(Response::new(self.infer(r.into_inner(), deadline).await?))
     }
 
     type ModelStreamInferStream = AnswerStream;

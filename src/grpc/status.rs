@@ -10,6 +10,7 @@ pub fn code(error: &InferError) -> Code {
         InferError::ModelUnavailable { .. } | InferError::ShuttingDown => Code::Unavailable,
         InferError::InvalidArgument(_) => Code::InvalidArgument,
         InferError::QueueFull { .. } => Code::ResourceExhausted,
+        InferError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
         InferError::Backend { source, .. } => match source {
             BackendError::ShapeRejected { .. } | BackendError::Unsupported(_) => {
                 Code::InvalidArgument

@@ -17,15 +17,14 @@ use tracing::{info, warn};
 
 use crate::{
     backend::{tract::TractModel, Model},
+    batching::{BatchPolicy, Scheduler},
     error::InferError,
-    workers::WorkerPool,
+    stats::ModelStats,
+    workers::{WorkerContext, WorkerPool},
 };
 use config::{BackendKind, ModelConfig};
 use spec::ModelSpec;
-
-/// Queue bound per model when the config sets no `max_queue_size`: deep enough to absorb a
-/// burst at the default batch sizes, short enough that a request never waits seconds.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+pub use warmup::Profile;
 
 /// A loaded, warmed version that can take requests.
 pub struct ServedModel {
@@ -33,7 +32,14 @@ pub struct ServedModel {
     pub version: u64,
     pub config: ModelConfig,
     pub spec: ModelSpec,
+    /// Declared before `pool`: dropping it closes the pool's channel, which lets the
+    /// pool's threads end before the pool joins them.
+    pub scheduler: Scheduler,
     pub pool: WorkerPool,
+    pub stats: Arc<ModelStats>,
+    pub profile: Profile,
+    /// Bytes the model keeps however many instances run it (weights, compiled plans).
+    pub shared_bytes: u64,
     pub load_time: Duration,
 }
 
@@ -120,7 +126,7 @@ impl Repository {
 
     /// Loads and warms every LOADING version, `parallelism` at a time, on the calling
     /// thread and helpers (blocking). A failure marks its own version only.
-    pub fn load_all(&self, parallelism: usize) {
+    pub fn load_all(&self, parallelism: usize, runtime: &tokio::runtime::Handle) {
         let tasks: Vec<LoadTask> = {
             let models = self.models.read().expect("repository lock");
             models
@@ -150,7 +156,7 @@ impl Repository {
                 let rx = rx.clone();
                 scope.spawn(move || {
                     for task in rx {
-                        let state = match load_version(&task) {
+                        let state = match load_version(&task, runtime) {
                             Ok(model) => VersionState::Ready(Arc::new(model)),
                             Err(reason) => {
                                 warn!(model = %task.name, version = task.version, %reason, "model failed to load");
@@ -336,7 +342,23 @@ fn scan_model(name: &str, dir: &Path) -> ModelEntry {
     }
 }
 
-fn load_version(task: &LoadTask) -> Result<ServedModel, String> {
+/// Row counts worth measuring: 1, powers of two, the preferred sizes and the maximum.
+fn candidate_rows(policy: &BatchPolicy, max_batch_size: u32) -> Vec<usize> {
+    if max_batch_size == 0 {
+        return Vec::new();
+    }
+    let max = max_batch_size as usize;
+    let mut rows: Vec<usize> = std::iter::successors(Some(1usize), |r| Some(r * 2))
+        .take_while(|r| *r <= max)
+        .collect();
+    rows.extend(policy.preferred.iter().copied());
+    rows.push(max);
+    rows.sort_unstable();
+    rows.dedup();
+    rows
+}
+
+fn load_version(task: &LoadTask, runtime: &tokio::runtime::Handle) -> Result<ServedModel, String> {
     let started = Instant::now();
     let config = &task.config;
     if config.backend == BackendKind::Onnxruntime {
@@ -349,29 +371,68 @@ fn load_version(task: &LoadTask) -> Result<ServedModel, String> {
     if !path.is_file() {
         return Err(format!("{}: no such model file", path.display()));
     }
-    let model: Arc<dyn Model> = TractModel::load(&path).map_err(|e| e.to_string())?;
-    let spec = ModelSpec::resolve(config, model.signature())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let parsed = started.elapsed();
-    let warmed = warmup::run(&model, &spec, config)?;
-    let capacity = config
-        .dynamic_batching
-        .as_ref()
-        .and_then(|b| b.default_queue_policy.as_ref())
-        .map(|p| p.max_queue_size as usize)
-        .filter(|n| *n > 0)
-        .unwrap_or(DEFAULT_QUEUE_CAPACITY);
-    let label = format!("{}-{}", task.name, task.version);
-    let pool = WorkerPool::start(&label, model, config.instance_count(), capacity)
+    // What loading and warming keep allocated on this thread is what every instance shares.
+    let mut loaded = Err(String::new());
+    let kept = allocation_counter::measure(|| {
+        loaded = (|| {
+            let model: Arc<dyn Model> = TractModel::load(&path).map_err(|e| e.to_string())?;
+            let spec = ModelSpec::resolve(config, model.signature())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut policy = BatchPolicy::from_config(config, spec.max_batch_size);
+            let candidates = candidate_rows(&policy, spec.max_batch_size);
+            let profile = warmup::run(&model, &spec, config, &candidates)?;
+            enforce_budget(config, &spec, &profile, &mut policy)?;
+            Ok((model, spec, policy, profile))
+        })();
+    });
+    let (model, spec, policy, profile) = loaded?;
+    let shared_bytes = kept.bytes_current.max(0) as u64;
+
+    let instances = config.instance_count();
+    let stats = Arc::new(ModelStats::default());
+    let (batches_tx, batches_rx) = WorkerPool::channel(instances);
+    let (done_tx, done_rx) = tokio::sync::mpsc::channel(instances);
+    let context = Arc::new(WorkerContext {
+        model_name: task.name.clone(),
+        model,
+        costs: profile.curves.clone(),
+        stats: Arc::clone(&stats),
+        batched: spec.max_batch_size > 0,
+    });
+    let pool = WorkerPool::start(context, instances, batches_rx, done_tx)
         .map_err(|e| format!("cannot start worker threads: {e}"))?;
+    let scheduler = Scheduler::start(
+        runtime,
+        task.name.clone(),
+        policy.clone(),
+        instances,
+        batches_tx,
+        done_rx,
+        Arc::clone(&stats),
+    );
     let load_time = started.elapsed();
+    let curve: Vec<String> = profile
+        .curves
+        .fallback
+        .points()
+        .iter()
+        .map(|(rows, t)| format!("{rows}:{:.2}ms", t.as_secs_f64() * 1000.0))
+        .collect();
+    let peaks: Vec<String> = profile
+        .peak_bytes
+        .iter()
+        .map(|(r, b)| format!("{r}:{}", bytesize::ByteSize::b(*b)))
+        .collect();
     info!(
         model = %task.name,
         version = task.version,
-        instances = config.instance_count(),
+        instances,
         max_batch_size = spec.max_batch_size,
-        parse_ms = parsed.as_millis() as u64,
-        warmed_shapes = warmed,
+        batch_rows = policy.max_rows,
+        warmed_samples = profile.samples,
+        cost_per_call = %curve.join(" "),
+        peak_per_call = %peaks.join(" "),
+        shared = %bytesize::ByteSize::b(shared_bytes),
         ready_ms = load_time.as_millis() as u64,
         "model ready"
     );
@@ -380,14 +441,69 @@ fn load_version(task: &LoadTask) -> Result<ServedModel, String> {
         version: task.version,
         config: config.clone(),
         spec,
+        scheduler,
         pool,
+        stats,
+        profile,
+        shared_bytes,
         load_time,
     })
+}
+
+/// Lowers the rows a batch may hold to what fits each instance's memory budget, measured
+/// at warmup; a model whose single row does not fit does not load.
+fn enforce_budget(
+    config: &ModelConfig,
+    spec: &ModelSpec,
+    profile: &Profile,
+    policy: &mut BatchPolicy,
+) -> Result<(), String> {
+    let Some(budget) = config
+        .instance_group
+        .iter()
+        .flatten()
+        .filter_map(|g| g.memory_budget)
+        .map(|b| b.as_u64())
+        .min()
+    else {
+        return Ok(());
+    };
+    let shown = bytesize::ByteSize::b(budget);
+    let Some(&(first_rows, first_peak)) = profile.peak_bytes.first() else {
+        return Err(format!(
+            "memory_budget {shown} cannot be enforced: no warm shape to measure; add model_warmup samples with concrete dims"
+        ));
+    };
+    if first_peak > budget {
+        return Err(format!(
+            "memory_budget {shown} per instance is below what one call needs: {} measured at batch {first_rows}",
+            bytesize::ByteSize::b(first_peak)
+        ));
+    }
+    if spec.max_batch_size > 0 {
+        let fits = profile
+            .peak_bytes
+            .iter()
+            .filter(|(_, peak)| *peak <= budget)
+            .map(|(rows, _)| *rows)
+            .max()
+            .unwrap_or(1);
+        policy.cap_rows(fits);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn runtime() -> tokio::runtime::Handle {
+        static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        RUNTIME
+            .get_or_init(|| tokio::runtime::Runtime::new().unwrap())
+            .handle()
+            .clone()
+    }
 
     fn repo_with(models: &[(&str, Option<&str>)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -410,7 +526,7 @@ mod tests {
         let err = repo.get("a", "").err().unwrap().to_string();
         assert_eq!(err, "model 'a' is not ready: it is still loading");
         assert!(!repo.settled());
-        repo.load_all(2);
+        repo.load_all(2, &runtime());
         assert!(repo.settled() && repo.all_ready());
         assert_eq!(repo.get("a", "1").unwrap().version, 1);
         assert!(matches!(
@@ -431,7 +547,7 @@ mod tests {
         )
         .unwrap();
         let repo = Repository::scan(dir.path()).unwrap();
-        repo.load_all(1);
+        repo.load_all(1, &runtime());
         let versions: Vec<String> = repo.index().into_iter().map(|r| r.version).collect();
         assert_eq!(versions, vec!["1", "3"]);
         assert_eq!(repo.get("a", "").unwrap().version, 3);

@@ -1,7 +1,11 @@
-//! Warms a model before it is called READY: builds and runs the plan of each shape it is
-//! known to be called with, so the first real request does not pay for compilation.
+//! Warms a model before it is called READY, and measures it while doing so: for each warm
+//! shape, what one engine call costs in time and in peak memory at each candidate batch
+//! size. The batcher and the memory budget act on these measurements, not on guesses.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 
@@ -11,47 +15,140 @@ use super::{
 };
 use crate::{
     backend::Model,
+    batching::cost::CostCurve,
     tensor::{DataType, Tensor, TensorData},
+    workers::{shape_key, CostCurves},
 };
 
-/// Runs the warmup samples; returns how many distinct samples ran.
+/// What warming measured.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    /// How many warm samples ran.
+    pub samples: usize,
+    pub curves: CostCurves,
+    /// Peak bytes one instance allocates during one call, by rows (the largest over the
+    /// warm shapes).
+    pub peak_bytes: Vec<(usize, u64)>,
+}
+
+/// One input of a warm sample, without its batch size.
+struct InputTemplate {
+    name: String,
+    datatype: DataType,
+    /// Dims after the batch dimension (all dims when the model has none).
+    dims: Vec<usize>,
+    random: bool,
+}
+
+struct Sample {
+    name: String,
+    inputs: Vec<InputTemplate>,
+    /// Rows the sample asks for (1 when the model has no batch dimension).
+    rows: usize,
+    count: u32,
+}
+
+/// Runs the warm samples, then measures each warm shape at every row count in
+/// `candidates` (empty when the model has no batch dimension: then the sample as given).
 pub fn run(
     model: &Arc<dyn Model>,
     spec: &ModelSpec,
     config: &ModelConfig,
-) -> Result<usize, String> {
+    candidates: &[usize],
+) -> Result<Profile, String> {
     let samples = samples(spec, config)?;
+    let batched = spec.max_batch_size > 0;
     let mut instance = Arc::clone(model).new_instance();
-    for (name, inputs, count) in &samples {
-        for _ in 0..*count {
+    let mut profile = Profile {
+        samples: samples.len(),
+        ..Profile::default()
+    };
+    for sample in &samples {
+        let inputs = build(&sample.inputs, batched.then_some(sample.rows));
+        for _ in 0..sample.count {
             instance
-                .run(inputs)
-                .map_err(|e| format!("warmup sample '{name}' failed: {e}"))?;
+                .run(&inputs)
+                .map_err(|e| format!("warmup sample '{}' failed: {e}", sample.name))?;
         }
+        let sizes: Vec<usize> = if batched {
+            candidates.to_vec()
+        } else {
+            vec![1]
+        };
+        let mut points = Vec::new();
+        for rows in sizes {
+            let inputs = build(&sample.inputs, batched.then_some(rows));
+            let (took, peak) = measure(model, &inputs).map_err(|e| {
+                format!(
+                    "warmup sample '{}' at batch {rows} failed: {e}",
+                    sample.name
+                )
+            })?;
+            points.push((rows, took));
+            match profile.peak_bytes.iter_mut().find(|(r, _)| *r == rows) {
+                Some((_, p)) => *p = (*p).max(peak),
+                None => profile.peak_bytes.push((rows, peak)),
+            }
+        }
+        let curve = CostCurve::new(points);
+        if profile.curves.by_shape.is_empty() {
+            profile.curves.fallback = curve.clone();
+        }
+        profile.curves.by_shape.insert(shape_key(&inputs), curve);
     }
-    Ok(samples.len())
+    profile.peak_bytes.sort_unstable();
+    Ok(profile)
 }
 
-type Sample = (String, Vec<Tensor>, u32);
+/// One call at these inputs: the best of two timings (the plan is built by the first,
+/// untimed call), and the peak bytes a fresh instance allocates on this thread doing it.
+fn measure(
+    model: &Arc<dyn Model>,
+    inputs: &[Tensor],
+) -> Result<(Duration, u64), crate::backend::BackendError> {
+    let mut instance = Arc::clone(model).new_instance();
+    instance.run(inputs)?;
+    let mut result = Ok(());
+    // Only this thread's allocations count: loads of other models in parallel do not
+    // disturb it, and tract computes one call on the calling thread.
+    let info = allocation_counter::measure(|| {
+        let mut fresh = Arc::clone(model).new_instance();
+        result = fresh.run(inputs).map(drop);
+    });
+    result?;
+    let mut best = Duration::MAX;
+    for _ in 0..2 {
+        let started = Instant::now();
+        instance.run(inputs)?;
+        best = best.min(started.elapsed());
+    }
+    Ok((best, info.bytes_max))
+}
 
 fn samples(spec: &ModelSpec, config: &ModelConfig) -> Result<Vec<Sample>, String> {
     match &config.model_warmup {
         Some(Warmup::Enabled(false)) => Ok(Vec::new()),
-        // By default warm batch 1 of the one shape a fully-specified model takes.
+        // By default warm the one shape a fully specified model takes.
         None | Some(Warmup::Enabled(true)) => {
-            let concrete = spec.inputs.iter().all(|i| i.dims.iter().all(|d| *d > 0));
-            if !concrete {
+            if !spec.inputs.iter().all(|i| i.dims.iter().all(|d| *d > 0)) {
                 return Ok(Vec::new());
             }
             let inputs = spec
                 .inputs
                 .iter()
-                .map(|i| {
-                    let shape = spec.full_dims(i, 1).iter().map(|d| *d as usize).collect();
-                    filled(&i.name, i.datatype, shape, false)
+                .map(|i| InputTemplate {
+                    name: i.name.clone(),
+                    datatype: i.datatype,
+                    dims: i.dims.iter().map(|d| *d as usize).collect(),
+                    random: false,
                 })
                 .collect();
-            Ok(vec![("default".to_owned(), inputs, 1)])
+            Ok(vec![Sample {
+                name: "default".into(),
+                inputs,
+                rows: 1,
+                count: 1,
+            }])
         }
         Some(Warmup::Samples(list)) => list
             .iter()
@@ -75,12 +172,12 @@ fn samples(spec: &ModelSpec, config: &ModelConfig) -> Result<Vec<Sample>, String
                                 i.datatype.config_name()
                             ));
                         }
-                        let mut shape: Vec<usize> =
-                            given.dims.iter().map(|d| *d as usize).collect();
-                        if spec.max_batch_size > 0 {
-                            shape.insert(0, sample.batch_size.get() as usize);
-                        }
-                        Ok(filled(&i.name, i.datatype, shape, given.random_data))
+                        Ok(InputTemplate {
+                            name: i.name.clone(),
+                            datatype: i.datatype,
+                            dims: given.dims.iter().map(|d| *d as usize).collect(),
+                            random: given.random_data,
+                        })
                     })
                     .collect::<Result<Vec<_>, String>>()?;
                 if let Some(extra) = sample
@@ -93,13 +190,28 @@ fn samples(spec: &ModelSpec, config: &ModelConfig) -> Result<Vec<Sample>, String
                         sample.name
                     ));
                 }
-                Ok((sample.name.clone(), inputs, sample.count.get()))
+                Ok(Sample {
+                    name: sample.name.clone(),
+                    inputs,
+                    rows: sample.batch_size.get() as usize,
+                    count: sample.count.get(),
+                })
             })
             .collect(),
     }
 }
 
-/// Zeros, or for float types a fixed pseudo-random pattern in [0, 1) (`random_data`).
+fn build(inputs: &[InputTemplate], rows: Option<usize>) -> Vec<Tensor> {
+    inputs
+        .iter()
+        .map(|t| {
+            let shape: Vec<usize> = rows.into_iter().chain(t.dims.iter().copied()).collect();
+            filled(&t.name, t.datatype, shape, t.random)
+        })
+        .collect()
+}
+
+/// Zeros, or for FP32 a fixed pseudo-random pattern in [0, 1) (`random_data`).
 fn filled(name: &str, datatype: DataType, shape: Vec<usize>, random: bool) -> Tensor {
     let count: usize = shape.iter().product();
     let data = match datatype.element_size() {
@@ -107,7 +219,7 @@ fn filled(name: &str, datatype: DataType, shape: Vec<usize>, random: bool) -> Te
         Some(size) => {
             let mut bytes = vec![0u8; count * size];
             if random && matches!(datatype, DataType::Fp32) {
-                // xorshift: reproducible, no dependency, good enough to exercise kernels.
+                // xorshift: reproducible, no dependency, enough to exercise the kernels.
                 let mut state = 0x9E37_79B9u32;
                 for chunk in bytes.chunks_exact_mut(4) {
                     state ^= state << 13;

@@ -1,0 +1,110 @@
+//! What a batch of each size costs, measured at warmup, and how to run a batch for the
+//! least: as one engine call or as pieces, whichever the measurements say is cheaper.
+
+use std::time::Duration;
+
+/// Measured time per engine call by rows, for one input shape.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CostCurve {
+    /// (rows, time), ascending by rows.
+    points: Vec<(usize, Duration)>,
+}
+
+impl CostCurve {
+    pub fn new(mut points: Vec<(usize, Duration)>) -> CostCurve {
+        points.sort_by_key(|p| p.0);
+        points.dedup_by_key(|p| p.0);
+        CostCurve { points }
+    }
+
+    pub fn points(&self) -> &[(usize, Duration)] {
+        &self.points
+    }
+
+    /// Estimated nanoseconds for one call of `rows` rows: measured where measured, linear
+    /// between measurements, per-row of the nearest measurement beyond them.
+    fn estimate(&self, rows: usize) -> f64 {
+        let ns = |d: Duration| d.as_nanos() as f64;
+        match self.points.iter().position(|p| p.0 >= rows) {
+            Some(i) if self.points[i].0 == rows => ns(self.points[i].1),
+            Some(0) => ns(self.points[0].1) * rows as f64 / self.points[0].0 as f64,
+            Some(i) => {
+                let ((r0, t0), (r1, t1)) = (self.points[i - 1], self.points[i]);
+                let f = (rows - r0) as f64 / (r1 - r0) as f64;
+                ns(t0) + f * (ns(t1) - ns(t0))
+            }
+            None => {
+                let (r, t) = *self.points.last().expect("non-empty");
+                ns(t) * rows as f64 / r as f64
+            }
+        }
+    }
+
+    /// How many consecutive requests each engine call should take, for requests of
+    /// `rows[i]` rows, so the whole batch costs the least. Never splits a request; with no
+    /// measurements, one call.
+    pub fn plan(&self, rows: &[usize]) -> Vec<usize> {
+        if self.points.is_empty() || rows.len() <= 1 {
+            return vec![rows.len()];
+        }
+        // best[i]: least cost of the first i requests; cut[i]: size of the last piece.
+        let n = rows.len();
+        let mut best = vec![f64::INFINITY; n + 1];
+        let mut cut = vec![0; n + 1];
+        best[0] = 0.0;
+        for end in 1..=n {
+            let mut piece_rows = 0;
+            for start in (0..end).rev() {
+                piece_rows += rows[start];
+                let cost = best[start] + self.estimate(piece_rows);
+                // Ties go to the bigger piece: fewer calls, same measured cost.
+                if cost < best[end] * (1.0 - 1e-9) || (cost <= best[end] && end - start > cut[end])
+                {
+                    best[end] = cost;
+                    cut[end] = end - start;
+                }
+            }
+        }
+        let mut pieces = Vec::new();
+        let mut at = n;
+        while at > 0 {
+            pieces.push(cut[at]);
+            at -= cut[at];
+        }
+        pieces.reverse();
+        pieces
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: f64) -> Duration {
+        Duration::from_secs_f64(v / 1000.0)
+    }
+
+    #[test]
+    fn a_batch_that_costs_more_per_row_runs_as_pieces() {
+        // tract on the PP-OCR classifier: batch 4 costs 16x batch 1.
+        let curve = CostCurve::new(vec![(1, ms(1.2)), (4, ms(19.9)), (8, ms(39.9))]);
+        assert_eq!(curve.plan(&[1, 1, 1, 1]), vec![1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn a_batch_that_is_cheaper_per_row_runs_whole() {
+        // A GEMM-bound model: batch 8 costs 2x batch 1.
+        let curve = CostCurve::new(vec![(1, ms(1.0)), (4, ms(1.5)), (8, ms(2.0))]);
+        assert_eq!(curve.plan(&[1; 8]), vec![8]);
+        assert_eq!(curve.plan(&[2, 3, 1]), vec![3]);
+    }
+
+    #[test]
+    fn mixed_curves_pick_the_cheapest_split() {
+        // Cheap up to 4 rows, then steep.
+        let curve = CostCurve::new(vec![(1, ms(1.0)), (4, ms(1.2)), (8, ms(10.0))]);
+        assert_eq!(curve.plan(&[1; 8]), vec![4, 4]);
+        assert_eq!(curve.plan(&[3]), vec![1]);
+        assert!(CostCurve::default().plan(&[1, 1]) == vec![2]);
+    }
+}

@@ -1,0 +1,114 @@
+//! The batching policy of one model version, resolved from its config and its measured
+//! memory needs.
+
+use std::time::Duration;
+
+use crate::repository::config::{ModelConfig, TimeoutAction};
+
+/// Preferred sizes when a config turns dynamic batching on without naming any.
+pub const DEFAULT_PREFERRED: [usize; 2] = [4, 8];
+/// Requests waiting per model when the config sets no `max_queue_size`: deep enough to
+/// absorb a burst at the default batch sizes, short enough that nothing waits for seconds.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchPolicy {
+    /// Whether requests are grouped at all; without dynamic_batching each request runs
+    /// alone, as in Triton.
+    pub enabled: bool,
+    /// Rows a formed batch may hold: the config's max_batch_size, lowered to what fits the
+    /// memory budget.
+    pub max_rows: usize,
+    /// Batch sizes worth waiting for, ascending, each <= max_rows.
+    pub preferred: Vec<usize>,
+    /// How long the oldest request of a group may wait for its batch to fill.
+    pub max_queue_delay: Duration,
+    /// Requests waiting, past which new ones are refused at once.
+    pub max_queue_size: usize,
+    /// How long a request may wait in the queue (None: as long as it takes).
+    pub default_timeout: Option<Duration>,
+    /// Whether a request's own `timeout` parameter may replace the default.
+    pub allow_timeout_override: bool,
+    /// REJECT answers an expired request DEADLINE_EXCEEDED; DELAY lets it wait on.
+    pub timeout_action: TimeoutAction,
+    /// 0: one level; otherwise 1 (highest) ..= priority_levels.
+    pub priority_levels: u32,
+    pub default_priority: u32,
+}
+
+impl BatchPolicy {
+    /// The policy a config asks for; `max_batch_size` is the resolved one (0: unbatched).
+    pub fn from_config(config: &ModelConfig, max_batch_size: u32) -> BatchPolicy {
+        let batching = config.dynamic_batching.as_ref();
+        let queue = batching
+            .and_then(|b| b.default_queue_policy.clone())
+            .unwrap_or_default();
+        let max_rows = max_batch_size.max(1) as usize;
+        let enabled = batching.is_some() && max_batch_size > 0;
+        let mut preferred: Vec<usize> = match batching {
+            Some(b) if !b.preferred_batch_size.is_empty() => {
+                b.preferred_batch_size.iter().map(|s| *s as usize).collect()
+            }
+            _ => DEFAULT_PREFERRED.to_vec(),
+        };
+        preferred.retain(|s| *s <= max_rows);
+        preferred.sort_unstable();
+        preferred.dedup();
+        let levels = batching.map_or(0, |b| b.priority_levels);
+        BatchPolicy {
+            enabled,
+            max_rows,
+            preferred,
+            max_queue_delay: Duration::from_micros(
+                batching.map_or(0, |b| b.max_queue_delay_microseconds),
+            ),
+            max_queue_size: match queue.max_queue_size {
+                0 => DEFAULT_QUEUE_CAPACITY,
+                n => n as usize,
+            },
+            default_timeout: match queue.default_timeout_microseconds {
+                0 => None,
+                us => Some(Duration::from_micros(us)),
+            },
+            allow_timeout_override: queue.allow_timeout_override,
+            timeout_action: queue.timeout_action,
+            priority_levels: levels,
+            default_priority: match batching.map_or(0, |b| b.default_priority_level) {
+                0 => levels.div_ceil(2).max(1),
+                p => p,
+            },
+        }
+    }
+
+    /// Caps formed batches at `rows` (what the memory budget allows).
+    pub fn cap_rows(&mut self, rows: usize) {
+        self.max_rows = self.max_rows.min(rows.max(1));
+        let max = self.max_rows;
+        self.preferred.retain(|s| *s <= max);
+    }
+
+    /// The size at which a group is full without waiting: the largest preferred size, or
+    /// max_rows where none is preferred.
+    pub fn full_rows(&self) -> usize {
+        if !self.enabled {
+            return 1;
+        }
+        self.preferred.last().copied().unwrap_or(self.max_rows)
+    }
+
+    /// The priority a request asked for (1 = highest), or the default; out of range is
+    /// refused by the caller.
+    pub fn priority(&self, asked: Option<u64>) -> Result<u32, String> {
+        match asked {
+            None | Some(0) => Ok(self.default_priority),
+            Some(p) if self.priority_levels == 0 => Err(format!(
+                "priority {p} given but the model has no priority_levels configured"
+            )),
+            Some(p) if p > self.priority_levels as u64 => Err(format!(
+                "priority {p} is out of range: the model has priority levels 1 to {}",
+                self.priority_levels
+            )),
+            Some(p) => Ok(p as u32),
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The waiting room of one model version: requests grouped by shape key, FIFO within a
+//! priority level, and the rules that close a batch. Pure state, driven with explicit
+//! instants, so every rule is testable without a clock.
+
+use std::collections::VecDeque;
+
+use tokio::time::Instant;
+
+use super::policy::BatchPolicy;
+use crate::tensor::DataType;
+
+/// Every input's datatype and dims except the batch dimension: requests that agree on it
+/// can be concatenated.
+pub type ShapeKey = Vec<(DataType, Vec<usize>)>;
+
+/// What the queue needs to know of a waiting request's payload.
+pub trait Waiting {
+    /// Whether the caller has gone, so the request must not be computed.
+    fn cancelled(&self) -> bool;
+}
+
+pub struct Entry<T> {
+    pub key: ShapeKey,
+    pub rows: usize,
+    /// 1 is the highest.
+    pub priority: u32,
+    pub enqueued: Instant,
+    /// Past it the request is answered DEADLINE_EXCEEDED instead of computed.
+    pub deadline: Option<Instant>,
+    pub payload: T,
+}
+
+struct Group<T> {
+    key: ShapeKey,
+    /// Index = priority level - 1; FIFO within each.
+    levels: Vec<VecDeque<Entry<T>>>,
+}
+
+impl<T> Group<T> {
+    fn entries(&self) -> impl Iterator<Item = &Entry<T>> {
+        self.levels.iter().flatten()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.levels.iter().all(VecDeque::is_empty)
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        self.levels
+            .iter()
+            .filter_map(|l| l.front())
+            .map(|e| e.enqueued)
+            .min()
+    }
+
+    /// The highest priority waiting here and the oldest arrival at that level.
+    fn rank(&self) -> Option<(u32, Instant)> {
+        self.levels
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| l.front().map(|e| (i as u32 + 1, e.enqueued)))
+    }
+}
+
+/// What leaving the queue looks like.
+pub enum Left<T> {
+    Expired(Entry<T>),
+    Cancelled(Entry<T>),
+}
+
+pub struct Queue<T> {
+    policy: BatchPolicy,
+    groups: Vec<Group<T>>,
+    len: usize,
+    /// No deadline falls before this; expiry scans are skipped until then.
+    earliest_deadline: Option<Instant>,
+}
+
+impl<T: Waiting> Queue<T> {
+    pub fn new(policy: BatchPolicy) -> Queue<T> {
+        Queue {
+            policy,
+            groups: Vec::new(),
+            len: 0,
+            earliest_deadline: None,
+        }
+    }
+
+    pub fn policy(&self) -> &BatchPolicy {
+        &self.policy
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn push(&mut self, entry: Entry<T>) {
+        if let Some(d) = entry.deadline {
+            self.earliest_deadline = Some(self.earliest_deadline.map_or(d, |e| e.min(d)));
+        }
+        let levels = self.policy.priority_levels.max(1) as usize;
+        let level = (entry.priority.clamp(1, levels as u32) - 1) as usize;
+        let group = match self.groups.iter().position(|g| g.key == entry.key) {
+            Some(i) => &mut self.groups[i],
+            None => {
+                self.groups.push(Group {
+                    key: entry.key.clone(),
+                    levels: (0..levels).map(|_| VecDeque::new()).collect(),
+                });
+                self.groups.last_mut().expect("just pushed")
+            }
+        };
+        group.levels[level].push_back(entry);
+        self.len += 1;
+    }
+
+    /// Removes what has expired by `now` (under REJECT) and what its caller abandoned.
+    /// Cheap when no deadline is due: abandoned requests are otherwise skipped when a
+    /// batch is formed.
+    pub fn expire(&mut self, now: Instant) -> Vec<Left<T>> {
+        let due = self.earliest_deadline.is_some_and(|d| d <= now);
+        if !due {
+            return Vec::new();
+        }
+        self.sweep(now)
+    }
+
+    /// Removes every expired or abandoned request, whatever the deadlines (also used when
+    /// the queue is full, to make room that abandoned requests hold).
+    pub fn sweep(&mut self, now: Instant) -> Vec<Left<T>> {
+        let reject = self.policy.timeout_action == crate::repository::config::TimeoutAction::Reject;
+        let mut left = Vec::new();
+        let mut earliest: Option<Instant> = None;
+        for group in &mut self.groups {
+            for level in &mut group.levels {
+                let mut kept = VecDeque::with_capacity(level.len());
+                for entry in level.drain(..) {
+                    if entry.payload.cancelled() {
+                        left.push(Left::Cancelled(entry));
+                    } else if reject && entry.deadline.is_some_and(|d| d <= now) {
+                        left.push(Left::Expired(entry));
+                    } else {
+                        if let Some(d) = entry.deadline.filter(|_| reject) {
+                            earliest = Some(earliest.map_or(d, |e| e.min(d)));
+                        }
+                        kept.push_back(entry);
+                    }
+                }
+                *level = kept;
+            }
+        }
+        self.groups.retain(|g| !g.is_empty());
+        self.len -= left.len();
+        self.earliest_deadline = earliest;
+        left
+    }
+
+    /// The next instant at which something changes without a new arrival: a group's delay
+    /// running out or a deadline passing.
+    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let delays = self
+            .groups
+            .iter()
+            .filter(|g| !self.ready(g, now))
+            .filter_map(|g| g.oldest())
+            .map(|o| o + self.policy.max_queue_delay);
+        let deadline = self.earliest_deadline.filter(|_| {
+            self.policy.timeout_action == crate::repository::config::TimeoutAction::Reject
+        });
+        delays.chain(deadline).min()
+    }
+
+    /// The rows a batch would take from `group` now, in order: whole requests, by priority
+    /// then arrival, while they fit. Returns (rows per request taken, whether the next one
+    /// could not fit).
+    fn prefix(&self, group: &Group<T>) -> (Vec<usize>, bool) {
+        let max = if self.policy.enabled {
+            self.policy.max_rows
+        } else {
+            0
+        };
+        let mut taken = Vec::new();
+        let mut total = 0;
+        for entry in group.entries() {
+            if entry.payload.cancelled() {
+                taken.push(0);
+                continue;
+            }
+            // Unbatched: exactly one request per batch.
+            if !self.policy.enabled {
+                if total > 0 {
+                    return (taken, true);
+                }
+                taken.push(entry.rows);
+                total += entry.rows;
+                continue;
+            }
+            if total + entry.rows > max {
+                return (taken, true);
+            }
+            taken.push(entry.rows);
+            total += entry.rows;
+        }
+        (taken, false)
+    }
+
+    fn ready(&self, group: &Group<T>, now: Instant) -> bool {
+        let (taken, blocked) = self.prefix(group);
+        let rows: usize = taken.iter().sum();
+        if rows == 0 {
+            // Only abandoned requests: ready to be cleared away.
+            return !taken.is_empty();
+        }
+        blocked
+            || rows >= self.policy.full_rows()
+            || group
+                .oldest()
+                .is_some_and(|o| now.duration_since(o) >= self.policy.max_queue_delay)
+    }
+
+    /// Closes the best ready batch, if any group is ready: groups rank by their highest
+    /// waiting priority, then by the age of its oldest request, so no shape starves.
+    /// Returns the requests to run together (in order) and those found abandoned.
+    pub fn next_batch(&mut self, now: Instant) -> Option<(Vec<Entry<T>>, Vec<Entry<T>>)> {
+        let best = self
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| self.ready(g, now))
+            .min_by_key(|(_, g)| g.rank())
+            .map(|(i, _)| i)?;
+        let (taken, _) = self.prefix(&self.groups[best]);
+        // The largest preferred size the prefix reaches exactly; else all of it.
+        let mut sums = Vec::with_capacity(taken.len());
+        let mut total = 0;
+        for rows in &taken {
+            total += rows;
+            sums.push(total);
+        }
+        let count = if self.policy.enabled {
+            self.policy
+                .preferred
+                .iter()
+                .rev()
+                .find_map(|p| sums.iter().rposition(|s| s == p))
+                .map_or(taken.len(), |i| i + 1)
+        } else {
+            taken.len()
+        };
+        let group = &mut self.groups[best];
+        let mut batch = Vec::new();
+        let mut abandoned = Vec::new();
+        let mut remaining = count;
+        for level in &mut group.levels {
+            while remaining > 0 {
+                let Some(entry) = level.pop_front() else {
+                    break;
+                };
+                remaining -= 1;
+                if entry.payload.cancelled() {
+                    abandoned.push(entry);
+                } else {
+                    batch.push(entry);
+                }
+            }
+        }
+        if group.is_empty() {
+            self.groups.swap_remove(best);
+        }
+        self.len -= batch.len() + abandoned.len();
+        Some((batch, abandoned))
+    }
+}
