@@ -417,9 +417,6 @@ async fn other_rpcs_say_unimplemented() {
     let mut t = TestServer::default().await;
     let c = &mut t.client;
     let statuses = vec![
-        c.model_statistics(pb::ModelStatisticsRequest::default())
-            .await
-            .unwrap_err(),
         c.repository_model_load(pb::RepositoryModelLoadRequest::default())
             .await
             .unwrap_err(),

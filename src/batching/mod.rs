@@ -183,3 +183,237 @@ fn settle(model: &str, left: Left<Job>, now: Instant, stats: &ModelStats) {
         Left::Cancelled(_) => stats.record_cancelled(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use crossbeam_channel::Receiver;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::{
+        repository::config::TimeoutAction,
+        tensor::{DataType, Tensor, TensorData},
+        workers::JobResult,
+    };
+
+    /// A scheduler whose "workers" are the test itself.
+    struct Harness {
+        scheduler: Scheduler,
+        batches: Receiver<Batch>,
+        done: mpsc::Sender<()>,
+        stats: Arc<ModelStats>,
+    }
+
+    fn policy(preferred: &[usize], delay_ms: u64) -> BatchPolicy {
+        BatchPolicy {
+            enabled: true,
+            max_rows: 8,
+            preferred: preferred.to_vec(),
+            max_queue_delay: Duration::from_millis(delay_ms),
+            max_queue_size: 64,
+            default_timeout: None,
+            allow_timeout_override: true,
+            timeout_action: TimeoutAction::Reject,
+            priority_levels: 2,
+            default_priority: 2,
+        }
+    }
+
+    fn harness(policy: BatchPolicy, instances: usize) -> Harness {
+        let (tx, batches) = crossbeam_channel::bounded(instances);
+        let (done, done_rx) = mpsc::channel(instances);
+        let stats = Arc::new(ModelStats::default());
+        let scheduler = Scheduler::start(
+            &tokio::runtime::Handle::current(),
+            "m".into(),
+            policy,
+            instances,
+            tx,
+            done_rx,
+            Arc::clone(&stats),
+        );
+        Harness {
+            scheduler,
+            batches,
+            done,
+            stats,
+        }
+    }
+
+    impl Harness {
+        /// Submits a request named `id` of `rows` rows and shape key `k`.
+        fn send(
+            &self,
+            id: &str,
+            k: usize,
+            rows: usize,
+            priority: u32,
+            deadline_ms: Option<u64>,
+        ) -> oneshot::Receiver<JobResult> {
+            let (reply, answer) = oneshot::channel();
+            let tensor = Tensor {
+                name: id.into(),
+                datatype: DataType::Uint8,
+                shape: vec![rows, k],
+                data: TensorData::Fixed(Bytes::from(vec![0; rows * k])),
+            };
+            let now = Instant::now();
+            self.scheduler
+                .submit(Entry {
+                    key: vec![(DataType::Uint8, vec![k])],
+                    rows,
+                    priority,
+                    enqueued: now,
+                    deadline: deadline_ms.map(|ms| now + Duration::from_millis(ms)),
+                    payload: Job {
+                        inputs: vec![tensor],
+                        reply,
+                    },
+                })
+                .unwrap();
+            answer
+        }
+
+        /// Lets the scheduler task run, then takes the batches it handed out.
+        async fn dispatched(&self) -> Vec<Vec<String>> {
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+            self.batches
+                .try_iter()
+                .map(|b| b.iter().map(|j| j.inputs[0].name.clone()).collect())
+                .collect()
+        }
+
+        async fn finish_one(&self) {
+            self.done.send(()).await.unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_groups_go_at_once_and_shapes_never_mix() {
+        let h = harness(policy(&[2], 1000), 2);
+        let _a = [
+            h.send("a1", 1, 1, 0, None),
+            h.send("b1", 2, 1, 0, None),
+            h.send("a2", 1, 1, 0, None),
+        ];
+        assert_eq!(
+            h.dispatched().await,
+            vec![vec!["a1", "a2"]],
+            "a is full at 2; b waits"
+        );
+        let _b = h.send("b2", 2, 1, 0, None);
+        assert_eq!(h.dispatched().await, vec![vec!["b1", "b2"]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_group_waits_for_the_delay_then_goes() {
+        let h = harness(policy(&[4], 10), 1);
+        let _a = [h.send("a1", 1, 1, 0, None), h.send("a2", 1, 2, 0, None)];
+        assert!(h.dispatched().await.is_empty());
+        tokio::time::advance(Duration::from_millis(9)).await;
+        assert!(h.dispatched().await.is_empty());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(h.dispatched().await, vec![vec!["a1", "a2"]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_grow_while_every_instance_is_busy_and_priority_goes_first() {
+        let h = harness(policy(&[2], 0), 1);
+        let _busy = h.send("first", 1, 1, 0, None);
+        assert_eq!(
+            h.dispatched().await,
+            vec![vec!["first"]],
+            "no delay: an idle instance takes it alone"
+        );
+        let _w = [
+            h.send("low", 1, 1, 2, None),
+            h.send("high", 1, 1, 1, None),
+            h.send("low2", 1, 1, 2, None),
+        ];
+        assert!(h.dispatched().await.is_empty(), "the only instance is busy");
+        h.finish_one().await;
+        assert_eq!(
+            h.dispatched().await,
+            vec![vec!["high", "low"]],
+            "priority 1 first, then FIFO"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oldest_ready_group_goes_first() {
+        let h = harness(policy(&[2], 5), 1);
+        let _busy = h.send("x1", 3, 1, 0, None);
+        let _x = h.send("x2", 3, 1, 0, None);
+        assert_eq!(h.dispatched().await, vec![vec!["x1", "x2"]]);
+        let _b = h.send("b1", 2, 1, 0, None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let _a = [h.send("a1", 1, 1, 0, None), h.send("a2", 1, 1, 0, None)];
+        tokio::time::advance(Duration::from_millis(10)).await;
+        h.finish_one().await;
+        assert_eq!(
+            h.dispatched().await,
+            vec![vec!["b1"]],
+            "b waited longest; a's full group does not starve it"
+        );
+        h.finish_one().await;
+        assert_eq!(h.dispatched().await, vec![vec!["a1", "a2"]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_requests_are_answered_and_never_computed() {
+        let h = harness(policy(&[2], 0), 1);
+        let _busy = h.send("busy", 1, 1, 0, None);
+        h.dispatched().await;
+        let late = h.send("late", 1, 1, 0, Some(5));
+        tokio::time::advance(Duration::from_millis(6)).await;
+        assert!(h.dispatched().await.is_empty());
+        let answer = late.await.unwrap().unwrap_err();
+        assert!(
+            matches!(answer, InferError::DeadlineExceeded { .. }),
+            "{answer}"
+        );
+        h.finish_one().await;
+        assert!(
+            h.dispatched().await.is_empty(),
+            "the expired request is not computed"
+        );
+        assert_eq!(h.stats.snapshot().expired, 1);
+        assert_eq!(h.scheduler.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_refuses_and_gone_callers_are_dropped() {
+        let mut p = policy(&[2], 0);
+        p.max_queue_size = 2;
+        let h = harness(p, 1);
+        let _busy = h.send("busy", 1, 1, 0, None);
+        h.dispatched().await;
+        let gone = h.send("gone", 1, 1, 0, None);
+        let _kept = h.send("kept", 1, 1, 0, None);
+        let (reply, _answer) = oneshot::channel();
+        let refused = h.scheduler.submit(Entry {
+            key: vec![(DataType::Uint8, vec![1])],
+            rows: 1,
+            priority: 0,
+            enqueued: Instant::now(),
+            deadline: None,
+            payload: Job {
+                inputs: Vec::new(),
+                reply,
+            },
+        });
+        assert!(matches!(
+            refused,
+            Err(InferError::QueueFull { capacity: 2, .. })
+        ));
+        drop(gone);
+        h.finish_one().await;
+        assert_eq!(h.dispatched().await, vec![vec!["kept"]]);
+        assert_eq!(h.stats.snapshot().cancelled, 1);
+    }
+}

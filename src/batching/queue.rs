@@ -275,3 +275,189 @@ impl<T: Waiting> Queue<T> {
         Some((batch, abandoned))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::Cell, collections::HashSet, rc::Rc, time::Duration};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::repository::config::TimeoutAction;
+
+    struct Payload {
+        id: usize,
+        gone: Rc<Cell<bool>>,
+    }
+
+    impl Waiting for Payload {
+        fn cancelled(&self) -> bool {
+            self.gone.get()
+        }
+    }
+
+    fn policy(max_rows: usize, preferred: &[usize], delay_ms: u64, levels: u32) -> BatchPolicy {
+        BatchPolicy {
+            enabled: true,
+            max_rows,
+            preferred: preferred.to_vec(),
+            max_queue_delay: Duration::from_millis(delay_ms),
+            max_queue_size: 1 << 20,
+            default_timeout: None,
+            allow_timeout_override: true,
+            timeout_action: TimeoutAction::Reject,
+            priority_levels: levels,
+            default_priority: 1,
+        }
+    }
+
+    fn key(k: usize) -> ShapeKey {
+        vec![(DataType::Fp32, vec![k])]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push {
+            key: usize,
+            rows: usize,
+            priority: u32,
+            timeout_ms: Option<u64>,
+        },
+        Advance(u64),
+        Cancel(usize),
+        Dispatch,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3usize, 1..=4usize, 1..=2u32, proptest::option::of(0..20u64))
+                .prop_map(|(key, rows, priority, timeout_ms)| Op::Push { key, rows, priority, timeout_ms }),
+            2 => (0..15u64).prop_map(Op::Advance),
+            1 => (0..64usize).prop_map(Op::Cancel),
+            3 => Just(Op::Dispatch),
+        ]
+    }
+
+    proptest! {
+        /// Any interleaving of arrivals, cancellations, timeouts and dispatches loses no
+        /// request, answers none twice, and every answer belongs to its own request.
+        #[test]
+        fn no_request_is_lost_or_answered_twice(ops in proptest::collection::vec(op(), 1..120)) {
+            let policy = policy(6, &[2, 4], 5, 2);
+            let mut queue: Queue<Payload> = Queue::new(policy.clone());
+            let start = Instant::now();
+            let mut now = start;
+            let mut pushed: Vec<(ShapeKey, usize, Rc<Cell<bool>>, Option<Instant>)> = Vec::new();
+            let mut settled: HashSet<usize> = HashSet::new();
+            let settle = |id: usize, settled: &mut HashSet<usize>| {
+                prop_assert!(settled.insert(id), "request {} answered twice", id);
+                Ok(())
+            };
+            let check_left = |left: Vec<Left<Payload>>, now: Instant, pushed: &Vec<(ShapeKey, usize, Rc<Cell<bool>>, Option<Instant>)>, settled: &mut HashSet<usize>| -> Result<(), TestCaseError> {
+                for l in left {
+                    match l {
+                        Left::Expired(e) => {
+                            prop_assert!(e.deadline.is_some_and(|d| d <= now));
+                            prop_assert_eq!(pushed[e.payload.id].3, e.deadline);
+                            settle(e.payload.id, settled)?;
+                        }
+                        Left::Cancelled(e) => {
+                            prop_assert!(e.payload.gone.get());
+                            settle(e.payload.id, settled)?;
+                        }
+                    }
+                }
+                Ok(())
+            };
+            for op in ops.iter().cloned().chain((0..40).flat_map(|_| [Op::Advance(10), Op::Dispatch])) {
+                match op {
+                    Op::Push { key: k, rows, priority, timeout_ms } => {
+                        let gone = Rc::new(Cell::new(false));
+                        let deadline = timeout_ms.map(|t| now + Duration::from_millis(t));
+                        let id = pushed.len();
+                        pushed.push((key(k), rows, Rc::clone(&gone), deadline));
+                        queue.push(Entry { key: key(k), rows, priority, enqueued: now, deadline, payload: Payload { id, gone } });
+                    }
+                    Op::Advance(ms) => now += Duration::from_millis(ms),
+                    Op::Cancel(i) => if let Some(p) = pushed.get(i) { p.2.set(true) },
+                    Op::Dispatch => {
+                        let left = queue.expire(now);
+                        check_left(left, now, &pushed, &mut settled)?;
+                        while let Some((batch, abandoned)) = queue.next_batch(now) {
+                            prop_assert!(!batch.is_empty() || !abandoned.is_empty());
+                            let rows: usize = batch.iter().map(|e| e.rows).sum();
+                            prop_assert!(rows <= policy.max_rows, "batch of {} rows", rows);
+                            for e in &batch {
+                                let (k, r, gone, deadline) = &pushed[e.payload.id];
+                                prop_assert_eq!(&e.key, k, "answer for the wrong request");
+                                prop_assert_eq!(&batch[0].key, k, "mixed shapes in one batch");
+                                prop_assert_eq!(e.rows, *r);
+                                prop_assert!(!gone.get(), "computed for a caller who had gone");
+                                prop_assert!(deadline.is_none_or(|d| d > now), "computed past its deadline");
+                                settle(e.payload.id, &mut settled)?;
+                            }
+                            for e in abandoned {
+                                prop_assert!(e.payload.gone.get());
+                                settle(e.payload.id, &mut settled)?;
+                            }
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(settled.len(), pushed.len(), "requests lost");
+            prop_assert!(queue.is_empty());
+        }
+    }
+
+    fn entry(id: usize, k: usize, rows: usize, at: Instant) -> Entry<Payload> {
+        Entry {
+            key: key(k),
+            rows,
+            priority: 1,
+            enqueued: at,
+            deadline: None,
+            payload: Payload {
+                id,
+                gone: Rc::new(Cell::new(false)),
+            },
+        }
+    }
+
+    fn ids(batch: &[Entry<Payload>]) -> Vec<usize> {
+        batch.iter().map(|e| e.payload.id).collect()
+    }
+
+    #[test]
+    fn whole_requests_are_packed_and_never_split() {
+        let t = Instant::now();
+        let mut q = Queue::new(policy(8, &[4, 8], 100, 0));
+        for id in 0..3 {
+            q.push(entry(id, 0, 3, t));
+        }
+        // 3 + 3 fit, the third would make 9 > 8: full at 6 rows, no waiting.
+        let (batch, _) = q.next_batch(t).unwrap();
+        assert_eq!(ids(&batch), vec![0, 1]);
+        assert!(
+            q.next_batch(t).is_none(),
+            "3 rows wait for more or for the delay"
+        );
+        assert_eq!(q.next_wake(t), Some(t + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn the_largest_preferred_size_reached_is_taken() {
+        let t = Instant::now();
+        let mut q = Queue::new(policy(8, &[2, 4], 10, 0));
+        for id in 0..3 {
+            q.push(entry(id, 0, 1, t));
+        }
+        assert!(q.next_batch(t).is_none());
+        let later = t + Duration::from_millis(10);
+        let (batch, _) = q.next_batch(later).unwrap();
+        assert_eq!(
+            ids(&batch),
+            vec![0, 1],
+            "3 rows waited: the preferred 2 go, 1 stays"
+        );
+    }
+}

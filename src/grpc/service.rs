@@ -245,9 +245,23 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_statistics(
         &self,
-        _: Request<pb::ModelStatisticsRequest>,
+        r: Request<pb::ModelStatisticsRequest>,
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
-        unimplemented("ModelStatistics")
+        let r = r.into_inner();
+        let models = if r.name.is_empty() {
+            self.inference.repository().served(None)
+        } else if r.version.is_empty() {
+            let all = self.inference.repository().served(Some(&r.name));
+            if all.is_empty() {
+                // Says why: unknown, or known but not ready.
+                self.ready_model(&r.name, "")?;
+            }
+            all
+        } else {
+            vec![self.ready_model(&r.name, &r.version)?]
+        };
+        let model_stats = models.iter().map(|m| statistics_message(m)).collect();
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
     }
 
     async fn repository_index(
@@ -342,6 +356,51 @@ impl GrpcInferenceService for InferenceService {
     }
 }
 
+fn duration(t: crate::stats::Tally) -> Option<pb::StatisticDuration> {
+    Some(pb::StatisticDuration {
+        count: t.count,
+        ns: t.nanos,
+    })
+}
+
+/// Triton's ModelStatistics message for a served version.
+fn statistics_message(model: &ServedModel) -> pb::ModelStatistics {
+    let s = model.stats.snapshot();
+    pb::ModelStatistics {
+        name: model.name.clone(),
+        version: model.version.to_string(),
+        last_inference: s.last_inference_ms,
+        inference_count: s.inference_count,
+        execution_count: s.execution_count,
+        inference_stats: Some(pb::InferStatistics {
+            success: duration(s.success),
+            fail: duration(s.fail),
+            queue: duration(s.queue),
+            compute_input: duration(s.compute_input),
+            compute_infer: duration(s.compute_infer),
+            compute_output: duration(s.compute_output),
+            cache_hit: duration(Default::default()),
+            cache_miss: duration(Default::default()),
+        }),
+        batch_stats: s
+            .batches
+            .iter()
+            .map(|(rows, b)| pb::InferBatchStatistics {
+                batch_size: *rows,
+                compute_input: duration(b.compute_input),
+                compute_infer: duration(b.compute_infer),
+                compute_output: duration(b.compute_output),
+            })
+            .collect(),
+        memory_usage: vec![pb::MemoryUsage {
+            r#type: "CPU".into(),
+            id: 0,
+            byte_size: model.shared_bytes,
+        }],
+        response_stats: Default::default(),
+    }
+}
+
 /// Triton's ModelConfig message for a served version: the config as resolved.
 fn model_config_message(model: &ServedModel) -> pb::ModelConfig {
     use crate::repository::config::{InstanceKind, VersionPolicy};
@@ -409,6 +468,28 @@ fn model_config_message(model: &ServedModel) -> pb::ModelConfig {
         }
     };
     let mut parameters = std::collections::HashMap::new();
+    let param = |v: String| pb::ModelParameter { string_value: v };
+    let curve: Vec<String> = model
+        .profile
+        .curves
+        .fallback
+        .points()
+        .iter()
+        .map(|(rows, t)| format!("{rows}:{}", t.as_micros()))
+        .collect();
+    parameters.insert("batch_cost_us".into(), param(curve.join(",")));
+    let peaks: Vec<String> = model
+        .profile
+        .peak_bytes
+        .iter()
+        .map(|(r, b)| format!("{r}:{b}"))
+        .collect();
+    parameters.insert("batch_peak_bytes".into(), param(peaks.join(",")));
+    parameters.insert(
+        "batch_rows_allowed".into(),
+        param(model.scheduler.policy().max_rows.to_string()),
+    );
+    parameters.insert("shared_bytes".into(), param(model.shared_bytes.to_string()));
     for (i, g) in c.instance_group.iter().flatten().enumerate() {
         if let Some(budget) = g.memory_budget {
             parameters.insert(

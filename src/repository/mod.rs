@@ -261,6 +261,20 @@ impl Repository {
         rows
     }
 
+    /// Every READY version, optionally of one model only.
+    pub fn served(&self, name: Option<&str>) -> Vec<Arc<ServedModel>> {
+        let models = self.models.read().expect("repository lock");
+        models
+            .iter()
+            .filter(|(n, _)| name.is_none_or(|want| want == n.as_str()))
+            .flat_map(|(_, entry)| entry.versions.values())
+            .filter_map(|state| match state {
+                VersionState::Ready(model) => Some(Arc::clone(model)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The model's entry, for metadata and config.
     pub fn entry(&self, name: &str) -> Option<ModelEntry> {
         self.models
