@@ -332,3 +332,48 @@ async fn a_full_queue_is_resource_exhausted_at_once() {
     assert!(exhausted >= 1 && ok >= 2, "ok {ok}, refused {exhausted}");
     t.server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_request_still_queued_past_its_timeout_is_deadline_exceeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("slow/1");
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::copy(
+        test_models().join("slow/1/model.onnx"),
+        to.join("model.onnx"),
+    )
+    .unwrap();
+    let yaml = "max_batch_size: 0\ninstance_group: [{count: 1}]\n\
+                dynamic_batching: {default_queue_policy: {allow_timeout_override: true}}\n";
+    std::fs::write(dir.path().join("slow/config.yaml"), yaml).unwrap();
+    let t = TestServer::start(ServerConfig::local(dir.path())).await;
+    let request = raw_request("slow", "x", &[1024, 1024], &vec![0.01; 1024 * 1024]);
+    let mut busy = t.client.clone();
+    let first = request.clone();
+    let running = tokio::spawn(async move { busy.model_infer(first).await });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+
+    let mut hurried = request;
+    hurried.parameters.insert(
+        "timeout".into(),
+        pb::InferParameter {
+            parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(1000)),
+        },
+    );
+    let status = t.client.clone().model_infer(hurried).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status
+            .message()
+            .contains("model 'slow': the request waited"),
+        "{}",
+        status.message()
+    );
+    running.await.unwrap().unwrap();
+    t.server.shutdown().await.unwrap();
+}
