@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod inference;
+pub mod loadgen;
 pub mod repository;
 pub mod shutdown;
 pub mod stats;

@@ -35,6 +35,8 @@ enum LogFormat {
 enum Command {
     /// Serve the model repository over gRPC until SIGTERM or SIGINT.
     Serve(ServeArgs),
+    /// Send load to a KServe v2 gRPC server and report throughput, latency and errors.
+    Bench(wharf::loadgen::BenchArgs),
     /// Load and warm every model, print each one's state, exit 1 if any failed.
     Check {
         #[arg(long, env = "WHARF_MODEL_REPOSITORY", default_value = "models")]
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check { model_repository } => check(model_repository),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(code) => code,
@@ -144,6 +147,14 @@ async fn shutdown_signal() {
     {
         let _ = interrupt.await;
     }
+}
+
+fn bench(args: wharf::loadgen::BenchArgs) -> anyhow::Result<ExitCode> {
+    let json = args.json;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let report = runtime.block_on(wharf::loadgen::run(args))?;
+    report.print(json);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(model_repository: PathBuf) -> anyhow::Result<ExitCode> {

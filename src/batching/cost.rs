@@ -40,6 +40,18 @@ impl CostCurve {
         }
     }
 
+    /// The most rows of single-row requests that one call should carry: past it the
+    /// measurements say pieces are cheaper. `max` where nothing was measured.
+    pub fn efficient_rows(&self, max: usize) -> usize {
+        if self.points.is_empty() {
+            return max;
+        }
+        (1..=max)
+            .rev()
+            .find(|&r| self.plan(&vec![1; r]) == vec![r])
+            .unwrap_or(1)
+    }
+
     /// How many consecutive requests each engine call should take, for requests of
     /// `rows[i]` rows, so the whole batch costs the least. Never splits a request; with no
     /// measurements, one call.
@@ -89,6 +101,7 @@ mod tests {
         // tract on the PP-OCR classifier: batch 4 costs 16x batch 1.
         let curve = CostCurve::new(vec![(1, ms(1.2)), (4, ms(19.9)), (8, ms(39.9))]);
         assert_eq!(curve.plan(&[1, 1, 1, 1]), vec![1, 1, 1, 1]);
+        assert_eq!(curve.efficient_rows(8), 1);
     }
 
     #[test]
@@ -105,6 +118,7 @@ mod tests {
         let curve = CostCurve::new(vec![(1, ms(1.0)), (4, ms(1.2)), (8, ms(10.0))]);
         assert_eq!(curve.plan(&[1; 8]), vec![4, 4]);
         assert_eq!(curve.plan(&[3]), vec![1]);
+        assert_eq!(curve.efficient_rows(8), 4);
         assert!(CostCurve::default().plan(&[1, 1]) == vec![2]);
     }
 }

@@ -211,6 +211,7 @@ mod tests {
         BatchPolicy {
             enabled: true,
             max_rows: 8,
+            form_rows: 8,
             preferred: preferred.to_vec(),
             max_queue_delay: Duration::from_millis(delay_ms),
             max_queue_size: 64,

@@ -19,7 +19,12 @@ pub struct BatchPolicy {
     /// Rows a formed batch may hold: the config's max_batch_size, lowered to what fits the
     /// memory budget.
     pub max_rows: usize,
-    /// Batch sizes worth waiting for, ascending, each <= max_rows.
+    /// Rows the scheduler packs a batch up to: max_rows, or less where the measured cost
+    /// curve says bigger calls cost more than the same rows in pieces (then idle instances
+    /// take the pieces in parallel instead of one instance running them in turn). A lone
+    /// request may still carry up to max_rows.
+    pub form_rows: usize,
+    /// Batch sizes worth waiting for, ascending, each <= form_rows.
     pub preferred: Vec<usize>,
     /// How long the oldest request of a group may wait for its batch to fill.
     pub max_queue_delay: Duration,
@@ -58,6 +63,7 @@ impl BatchPolicy {
         BatchPolicy {
             enabled,
             max_rows,
+            form_rows: max_rows,
             preferred,
             max_queue_delay: Duration::from_micros(
                 batching.map_or(0, |b| b.max_queue_delay_microseconds),
@@ -80,10 +86,16 @@ impl BatchPolicy {
         }
     }
 
-    /// Caps formed batches at `rows` (what the memory budget allows).
+    /// Caps every call at `rows` (what the memory budget allows).
     pub fn cap_rows(&mut self, rows: usize) {
         self.max_rows = self.max_rows.min(rows.max(1));
-        let max = self.max_rows;
+        self.cap_form_rows(self.max_rows);
+    }
+
+    /// Caps the batches the scheduler forms at `rows` (what is efficient).
+    pub fn cap_form_rows(&mut self, rows: usize) {
+        self.form_rows = self.form_rows.min(rows.max(1)).min(self.max_rows);
+        let max = self.form_rows;
         self.preferred.retain(|s| *s <= max);
     }
 
@@ -93,7 +105,7 @@ impl BatchPolicy {
         if !self.enabled {
             return 1;
         }
-        self.preferred.last().copied().unwrap_or(self.max_rows)
+        self.preferred.last().copied().unwrap_or(self.form_rows)
     }
 
     /// The priority a request asked for (1 = highest), or the default; out of range is

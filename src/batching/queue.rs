@@ -199,7 +199,9 @@ impl<T: Waiting> Queue<T> {
                 total += entry.rows;
                 continue;
             }
-            if total + entry.rows > max {
+            // A request bigger than the formed batches (but within max_rows, as validated)
+            // runs alone rather than waiting for ever.
+            if total + entry.rows > max && total > 0 {
                 return (taken, true);
             }
             taken.push(entry.rows);
@@ -300,6 +302,7 @@ mod tests {
         BatchPolicy {
             enabled: true,
             max_rows,
+            form_rows: max_rows,
             preferred: preferred.to_vec(),
             max_queue_delay: Duration::from_millis(delay_ms),
             max_queue_size: 1 << 20,

@@ -396,6 +396,7 @@ fn load_version(task: &LoadTask, runtime: &tokio::runtime::Handle) -> Result<Ser
             let candidates = candidate_rows(&policy, spec.max_batch_size);
             let profile = warmup::run(&model, &spec, config, &candidates)?;
             enforce_budget(config, &spec, &profile, &mut policy)?;
+            policy.cap_form_rows(profile.curves.fallback.efficient_rows(policy.max_rows));
             Ok((model, spec, policy, profile))
         })();
     });
@@ -442,7 +443,8 @@ fn load_version(task: &LoadTask, runtime: &tokio::runtime::Handle) -> Result<Ser
         version = task.version,
         instances,
         max_batch_size = spec.max_batch_size,
-        batch_rows = policy.max_rows,
+        batch_rows = policy.form_rows,
+        call_rows = policy.max_rows,
         warmed_samples = profile.samples,
         cost_per_call = %curve.join(" "),
         peak_per_call = %peaks.join(" "),

@@ -100,29 +100,23 @@ pub fn run(
     Ok(profile)
 }
 
-/// One call at these inputs: the best of two timings (the plan is built by the first,
-/// untimed call), and the peak bytes a fresh instance allocates on this thread doing it.
+/// One call at these inputs, on a fresh instance after a first call has built the plan:
+/// its time, and the peak bytes it allocated on this thread (the instance's run state and
+/// every intermediate tensor).
 fn measure(
     model: &Arc<dyn Model>,
     inputs: &[Tensor],
 ) -> Result<(Duration, u64), crate::backend::BackendError> {
-    let mut instance = Arc::clone(model).new_instance();
-    instance.run(inputs)?;
-    let mut result = Ok(());
+    Arc::clone(model).new_instance().run(inputs)?;
+    let mut result = Ok(Duration::ZERO);
     // Only this thread's allocations count: loads of other models in parallel do not
     // disturb it, and tract computes one call on the calling thread.
     let info = allocation_counter::measure(|| {
-        let mut fresh = Arc::clone(model).new_instance();
-        result = fresh.run(inputs).map(drop);
-    });
-    result?;
-    let mut best = Duration::MAX;
-    for _ in 0..2 {
         let started = Instant::now();
-        instance.run(inputs)?;
-        best = best.min(started.elapsed());
-    }
-    Ok((best, info.bytes_max))
+        let mut fresh = Arc::clone(model).new_instance();
+        result = fresh.run(inputs).map(|_| started.elapsed());
+    });
+    Ok((result?, info.bytes_max))
 }
 
 fn samples(spec: &ModelSpec, config: &ModelConfig) -> Result<Vec<Sample>, String> {
