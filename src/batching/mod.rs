@@ -19,7 +19,7 @@ use tokio::{
 };
 
 pub use policy::BatchPolicy;
-pub use queue::{Entry, Left, Queue, ShapeKey, Waiting};
+pub use queue::{Closed, Entry, Left, Queue, ShapeKey, Waiting};
 
 use crate::{
     error::InferError,
@@ -147,7 +147,7 @@ async fn run(
             settle(&model, left, now, &stats);
         }
         while idle > 0 {
-            let Some((batch, abandoned)) = queue.next_batch(now) else {
+            let Some(Closed { batch, abandoned }) = queue.next_batch(now) else {
                 break;
             };
             waiting.fetch_sub(batch.len() + abandoned.len(), Ordering::AcqRel);

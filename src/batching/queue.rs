@@ -62,6 +62,12 @@ impl<T> Group<T> {
     }
 }
 
+/// A batch closed by the queue, and the abandoned requests found while closing it.
+pub struct Closed<T> {
+    pub batch: Vec<Entry<T>>,
+    pub abandoned: Vec<Entry<T>>,
+}
+
 /// What leaving the queue looks like.
 pub enum Left<T> {
     Expired(Entry<T>),
@@ -227,7 +233,7 @@ impl<T: Waiting> Queue<T> {
     /// Closes the best ready batch, if any group is ready: groups rank by their highest
     /// waiting priority, then by the age of its oldest request, so no shape starves.
     /// Returns the requests to run together (in order) and those found abandoned.
-    pub fn next_batch(&mut self, now: Instant) -> Option<(Vec<Entry<T>>, Vec<Entry<T>>)> {
+    pub fn next_batch(&mut self, now: Instant) -> Option<Closed<T>> {
         let best = self
             .groups
             .iter()
@@ -274,7 +280,7 @@ impl<T: Waiting> Queue<T> {
             self.groups.swap_remove(best);
         }
         self.len -= batch.len() + abandoned.len();
-        Some((batch, abandoned))
+        Some(Closed { batch, abandoned })
     }
 }
 
@@ -286,6 +292,9 @@ mod tests {
 
     use super::*;
     use crate::repository::config::TimeoutAction;
+
+    /// What the test remembers of a pushed request: key, rows, cancel flag, deadline.
+    type Pushed = (ShapeKey, usize, Rc<Cell<bool>>, Option<Instant>);
 
     struct Payload {
         id: usize,
@@ -350,13 +359,13 @@ mod tests {
             let mut queue: Queue<Payload> = Queue::new(policy.clone());
             let start = Instant::now();
             let mut now = start;
-            let mut pushed: Vec<(ShapeKey, usize, Rc<Cell<bool>>, Option<Instant>)> = Vec::new();
+            let mut pushed: Vec<Pushed> = Vec::new();
             let mut settled: HashSet<usize> = HashSet::new();
             let settle = |id: usize, settled: &mut HashSet<usize>| {
                 prop_assert!(settled.insert(id), "request {} answered twice", id);
                 Ok(())
             };
-            let check_left = |left: Vec<Left<Payload>>, now: Instant, pushed: &Vec<(ShapeKey, usize, Rc<Cell<bool>>, Option<Instant>)>, settled: &mut HashSet<usize>| -> Result<(), TestCaseError> {
+            let check_left = |left: Vec<Left<Payload>>, now: Instant, pushed: &[Pushed], settled: &mut HashSet<usize>| -> Result<(), TestCaseError> {
                 for l in left {
                     match l {
                         Left::Expired(e) => {
@@ -386,7 +395,7 @@ mod tests {
                     Op::Dispatch => {
                         let left = queue.expire(now);
                         check_left(left, now, &pushed, &mut settled)?;
-                        while let Some((batch, abandoned)) = queue.next_batch(now) {
+                        while let Some(Closed { batch, abandoned }) = queue.next_batch(now) {
                             prop_assert!(!batch.is_empty() || !abandoned.is_empty());
                             let rows: usize = batch.iter().map(|e| e.rows).sum();
                             prop_assert!(rows <= policy.max_rows, "batch of {} rows", rows);
@@ -438,7 +447,7 @@ mod tests {
             q.push(entry(id, 0, 3, t));
         }
         // 3 + 3 fit, the third would make 9 > 8: full at 6 rows, no waiting.
-        let (batch, _) = q.next_batch(t).unwrap();
+        let batch = q.next_batch(t).unwrap().batch;
         assert_eq!(ids(&batch), vec![0, 1]);
         assert!(
             q.next_batch(t).is_none(),
@@ -456,7 +465,7 @@ mod tests {
         }
         assert!(q.next_batch(t).is_none());
         let later = t + Duration::from_millis(10);
-        let (batch, _) = q.next_batch(later).unwrap();
+        let batch = q.next_batch(later).unwrap().batch;
         assert_eq!(
             ids(&batch),
             vec![0, 1],

@@ -394,7 +394,12 @@ fn load_version(task: &LoadTask, runtime: &tokio::runtime::Handle) -> Result<Ser
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             let mut policy = BatchPolicy::from_config(config, spec.max_batch_size);
             let candidates = candidate_rows(&policy, spec.max_batch_size);
-            let profile = warmup::run(&model, &spec, config, &candidates)?;
+            let budgeted = config
+                .instance_group
+                .iter()
+                .flatten()
+                .any(|g| g.memory_budget.is_some());
+            let profile = warmup::run(&model, &spec, config, &candidates, budgeted)?;
             enforce_budget(config, &spec, &profile, &mut policy)?;
             policy.cap_form_rows(profile.curves.fallback.efficient_rows(policy.max_rows));
             Ok((model, spec, policy, profile))

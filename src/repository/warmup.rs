@@ -50,11 +50,16 @@ struct Sample {
 
 /// Runs the warm samples, then measures each warm shape at every row count in
 /// `candidates` (empty when the model has no batch dimension: then the sample as given).
+/// With `all_sizes` false, measuring stops at the first size that costs more than 1.2x
+/// per row what one row does: bigger calls will be run as pieces anyway, and measuring
+/// them would only slow the start (PP-OCR rec at batch 8 takes ~260 ms a call on tract).
+/// A memory budget needs every size's peak, so it asks for all.
 pub fn run(
     model: &Arc<dyn Model>,
     spec: &ModelSpec,
     config: &ModelConfig,
     candidates: &[usize],
+    all_sizes: bool,
 ) -> Result<Profile, String> {
     let samples = samples(spec, config)?;
     let batched = spec.max_batch_size > 0;
@@ -88,6 +93,10 @@ pub fn run(
             match profile.peak_bytes.iter_mut().find(|(r, _)| *r == rows) {
                 Some((_, p)) => *p = (*p).max(peak),
                 None => profile.peak_bytes.push((rows, peak)),
+            }
+            let per_row = |(r, t): (usize, Duration)| t.as_secs_f64() / r as f64;
+            if !all_sizes && per_row((rows, took)) > 1.2 * per_row(points[0]) {
+                break;
             }
         }
         let curve = CostCurve::new(points);

@@ -153,3 +153,22 @@ def test_errors(client):
     expect_error(lambda: client.unload_model("ppocr_cls"), "UNIMPLEMENTED", "not implemented")
     # Still serving after all of that.
     assert client.infer("ppocr_cls", [inp]).as_numpy("save_infer_model/scale_0.tmp_1").shape == (1, 2)
+
+
+def test_statistics(client):
+    a = np.ones((2, 4), dtype=np.float32)
+    inputs = [grpcclient.InferInput("INPUT0", [2, 4], "FP32"), grpcclient.InferInput("INPUT1", [2, 4], "FP32")]
+    for inp in inputs:
+        inp.set_data_from_numpy(a)
+    before = client.get_inference_statistics("add_sub").model_stats[0]
+    for _ in range(5):
+        client.infer("add_sub", inputs)
+    stats = client.get_inference_statistics("add_sub").model_stats[0]
+    assert stats.name == "add_sub" and stats.version == "1"
+    assert stats.inference_count - before.inference_count == 10  # 5 requests of 2 rows
+    assert stats.inference_stats.success.count - before.inference_stats.success.count == 5
+    assert stats.execution_count > before.execution_count
+    assert stats.inference_stats.queue.count >= 5
+    assert {b.batch_size for b in stats.batch_stats} >= {2}
+    everything = client.get_inference_statistics()
+    assert {s.name for s in everything.model_stats} >= {"add_sub", "ppocr_cls"}
