@@ -9,16 +9,11 @@ use wharf::{
 };
 
 fn repository(config: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let to = dir.path().join("identity/1");
-    std::fs::create_dir_all(&to).unwrap();
-    std::fs::copy(
-        test_models().join("identity_fp32/1/model.onnx"),
-        to.join("model.onnx"),
+    one_model_repository(
+        "identity",
+        &test_models().join("identity_fp32/1/model.onnx"),
+        config,
     )
-    .unwrap();
-    std::fs::write(dir.path().join("identity/config.yaml"), config).unwrap();
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -288,16 +288,8 @@ async fn a_model_that_failed_to_load_is_unavailable_with_its_reason() {
 async fn a_full_queue_is_resource_exhausted_at_once() {
     // One instance and room for one waiting request: of sixteen sent at once, some are
     // refused straight away and every admitted one is answered.
-    let dir = tempfile::tempdir().unwrap();
-    let to = dir.path().join("slow/1");
-    std::fs::create_dir_all(&to).unwrap();
-    std::fs::copy(
-        test_models().join("slow/1/model.onnx"),
-        to.join("model.onnx"),
-    )
-    .unwrap();
     let yaml = "max_batch_size: 0\ninstance_group: [{count: 1}]\ndynamic_batching: {default_queue_policy: {max_queue_size: 1}}\n";
-    std::fs::write(dir.path().join("slow/config.yaml"), yaml).unwrap();
+    let dir = one_model_repository("slow", &test_models().join("slow/1/model.onnx"), yaml);
     let t = TestServer::start(ServerConfig::local(dir.path())).await;
     let request = raw_request("slow", "x", &[1024, 1024], &vec![0.01; 1024 * 1024]);
     let calls: Vec<_> = (0..16)
@@ -335,17 +327,9 @@ async fn a_full_queue_is_resource_exhausted_at_once() {
 
 #[tokio::test]
 async fn a_request_still_queued_past_its_timeout_is_deadline_exceeded() {
-    let dir = tempfile::tempdir().unwrap();
-    let to = dir.path().join("slow/1");
-    std::fs::create_dir_all(&to).unwrap();
-    std::fs::copy(
-        test_models().join("slow/1/model.onnx"),
-        to.join("model.onnx"),
-    )
-    .unwrap();
     let yaml = "max_batch_size: 0\ninstance_group: [{count: 1}]\n\
                 dynamic_batching: {default_queue_policy: {allow_timeout_override: true}}\n";
-    std::fs::write(dir.path().join("slow/config.yaml"), yaml).unwrap();
+    let dir = one_model_repository("slow", &test_models().join("slow/1/model.onnx"), yaml);
     let t = TestServer::start(ServerConfig::local(dir.path())).await;
     let request = raw_request("slow", "x", &[1024, 1024], &vec![0.01; 1024 * 1024]);
     let mut busy = t.client.clone();

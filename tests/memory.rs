@@ -10,14 +10,7 @@ use tonic::Code;
 use wharf::{config::ServerConfig, grpc::pb};
 
 fn cls_repository(budget: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ppocr_cls");
-    std::fs::create_dir_all(dir.path().join("cls/1")).unwrap();
-    std::fs::copy(
-        from.join("1/model.onnx"),
-        dir.path().join("cls/1/model.onnx"),
-    )
-    .unwrap();
     let config = std::fs::read_to_string(from.join("config.yaml"))
         .unwrap()
         .replace(
@@ -28,8 +21,7 @@ fn cls_repository(budget: &str) -> tempfile::TempDir {
         config.contains("memory_budget"),
         "the test config must set the budget"
     );
-    std::fs::write(dir.path().join("cls/config.yaml"), config).unwrap();
-    dir
+    one_model_repository("cls", &from.join("1/model.onnx"), &config)
 }
 
 fn crops(rows: usize) -> pb::ModelInferRequest {
@@ -117,18 +109,12 @@ async fn a_tight_budget_lowers_the_rows_per_call() {
 
 #[tokio::test]
 async fn a_budget_without_a_shape_to_measure_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("open/1")).unwrap();
-    std::fs::copy(
-        test_models().join("identity_fp32/1/model.onnx"),
-        dir.path().join("open/1/model.onnx"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("open/config.yaml"),
+    let identity = test_models().join("identity_fp32/1/model.onnx");
+    let dir = one_model_repository(
+        "open",
+        &identity,
         "instance_group: [{ memory_budget: 1GiB }]\n",
-    )
-    .unwrap();
+    );
     let mut t = TestServer::start(ServerConfig::local(dir.path())).await;
     let index = t
         .client

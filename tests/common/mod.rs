@@ -116,3 +116,14 @@ pub fn requested(name: &str) -> pb::model_infer_request::InferRequestedOutputTen
         parameters: Default::default(),
     }
 }
+
+/// A repository holding one model `name`, version 1, copied from `onnx`, with `config` as
+/// its config.yaml.
+pub fn one_model_repository(name: &str, onnx: &Path, config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let version = dir.path().join(name).join("1");
+    std::fs::create_dir_all(&version).unwrap();
+    std::fs::copy(onnx, version.join("model.onnx")).unwrap();
+    std::fs::write(dir.path().join(name).join("config.yaml"), config).unwrap();
+    dir
+}
