@@ -1,0 +1,90 @@
+//! `wharf bench` against the real server: it measures what it sends and counts failures by
+//! their gRPC code.
+
+mod common;
+
+use clap::Parser;
+use common::*;
+use wharf::loadgen::{run, BenchArgs};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+fn args(t: &TestServer, extra: &[&str]) -> BenchArgs {
+    let url = t.server.grpc_addr().to_string();
+    let mut argv = vec![
+        "bench",
+        "--url",
+        &url,
+        "--warmup-secs",
+        "0.1",
+        "--duration-secs",
+        "0.5",
+    ];
+    argv.extend_from_slice(extra);
+    Cli::parse_from(argv).bench
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_and_open_loops_report_what_they_sent() {
+    let t = TestServer::default().await;
+    let closed = run(args(&t, &["--model", "add_sub", "--concurrency", "4"]))
+        .await
+        .unwrap();
+    assert!(closed.requests > 10, "{closed:?}");
+    assert!(closed.errors.is_empty(), "{closed:?}");
+    assert!(
+        closed.p50_ms > 0.0 && closed.p50_ms <= closed.p99_ms && closed.p99_ms <= closed.max_ms
+    );
+
+    let open = run(args(
+        &t,
+        &[
+            "--model",
+            "identity_fp32",
+            "--shape",
+            "INPUT0:2,8",
+            "--rate",
+            "200",
+            "--count",
+            "50",
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(open.requests, 50, "{open:?}");
+    assert_eq!(open.rows_per_request, 2);
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_counted_by_code() {
+    let t = TestServer::default().await;
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.bin");
+    std::fs::write(&short, [0u8; 7]).unwrap(); // 7 bytes for a [1, 4] FP32 input
+    let file = format!("INPUT0:{}", short.display());
+    let report = run(args(
+        &t,
+        &["--model", "add_sub", "--data-file", &file, "--count", "20"],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        report.errors.get("InvalidArgument"),
+        Some(&20),
+        "{report:?}"
+    );
+    assert_eq!(report.throughput_rps, 0.0);
+    let missing = run(args(&t, &["--model", "identity_fp32"]))
+        .await
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("give --shape INPUT0:"),
+        "{missing}"
+    );
+    t.server.shutdown().await.unwrap();
+}
