@@ -50,7 +50,7 @@ fn request_path(c: &mut Criterion) {
     });
     let (decoded, _) = decode_request(request.clone(), 64 << 20).unwrap();
     let (inputs, _) = validate::inputs("ppocr_cls", &spec, decoded.inputs).unwrap();
-    let mut instance = Arc::clone(&model).new_instance();
+    let mut instance = Arc::clone(&model).new_instance().unwrap();
     group.bench_function("tract_run", |b| {
         b.iter(|| instance.run(black_box(&inputs)).unwrap())
     });

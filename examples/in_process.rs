@@ -42,6 +42,7 @@ fn main() {
     // Build the plan once before timing, as wharf's warmup does.
     Arc::clone(&model)
         .new_instance()
+        .expect("instance")
         .run(std::slice::from_ref(&input))
         .expect("runs");
     let calls = Arc::new(AtomicU64::new(0));
@@ -50,7 +51,7 @@ fn main() {
         for _ in 0..threads {
             let (model, input, calls) = (Arc::clone(&model), input.clone(), Arc::clone(&calls));
             scope.spawn(move || {
-                let mut instance = model.new_instance();
+                let mut instance = model.new_instance().expect("instance");
                 while started.elapsed() < duration {
                     instance.run(std::slice::from_ref(&input)).expect("runs");
                     calls.fetch_add(1, Ordering::Relaxed);

@@ -13,7 +13,7 @@ use crate::{
     config::ServerConfig,
     grpc::{pb, pb::grpc_inference_service_server::GrpcInferenceServiceServer, InferenceService},
     inference::Inference,
-    repository::Repository,
+    repository::{LoadSettings, Repository},
 };
 
 /// The service name health reports the whole server under, besides "".
@@ -53,7 +53,7 @@ impl Server {
     /// background; each model turns READY once warm.
     pub async fn start(config: ServerConfig) -> Result<Server, AppError> {
         let repository =
-            Repository::scan(&config.model_repository).map_err(|source| AppError::Repository {
+            Repository::scan(&config.model_repository, LoadSettings { onnxruntime_lib: config.onnxruntime_lib.clone() }).map_err(|source| AppError::Repository {
                 path: config.model_repository.display().to_string(),
                 source,
             })?;

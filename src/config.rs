@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub strict_readiness: bool,
     /// Models loaded at once at start-up.
     pub load_parallelism: usize,
+    /// The ONNX Runtime library for `backend: onnxruntime` models.
+    pub onnxruntime_lib: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -42,6 +44,7 @@ impl ServerConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_SIZE.as_u64() as usize,
             strict_readiness: true,
             load_parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            onnxruntime_lib: None,
         }
     }
 }
@@ -57,6 +60,7 @@ pub struct ServerFile {
     pub exit_timeout_secs: Option<u64>,
     pub max_request_size: Option<ByteSize>,
     pub strict_readiness: Option<bool>,
+    pub onnxruntime_lib: Option<PathBuf>,
 }
 
 impl ServerFile {
@@ -104,6 +108,7 @@ impl ServerFile {
                 .or(self.strict_readiness)
                 .unwrap_or(true),
             load_parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            onnxruntime_lib: overrides.onnxruntime_lib.or(self.onnxruntime_lib),
         })
     }
 }

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use wharf::{
     app::Server,
     config::{ServerConfig, ServerFile},
-    repository::Repository,
+    repository::{LoadSettings, Repository},
 };
 
 #[derive(Parser)]
@@ -41,6 +41,9 @@ enum Command {
     Check {
         #[arg(long, env = "WHARF_MODEL_REPOSITORY", default_value = "models")]
         model_repository: PathBuf,
+        /// The ONNX Runtime library for backend onnxruntime
+        #[arg(long, env = "ORT_DYLIB_PATH")]
+        onnxruntime_lib: Option<PathBuf>,
     },
 }
 
@@ -70,6 +73,9 @@ struct ServeArgs {
     /// Ready only when every model is READY [default: true]
     #[arg(long, env = "WHARF_STRICT_READINESS")]
     strict_readiness: Option<bool>,
+    /// The ONNX Runtime library (libonnxruntime.so.1.31.x) for backend onnxruntime
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    onnxruntime_lib: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -86,6 +92,7 @@ impl ServeArgs {
             exit_timeout_secs: self.exit_timeout_secs,
             max_request_size: self.max_request_size,
             strict_readiness: self.strict_readiness,
+            onnxruntime_lib: self.onnxruntime_lib,
         };
         file.resolve(overrides).map_err(anyhow::Error::msg)
     }
@@ -96,7 +103,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Check { model_repository } => check(model_repository),
+        Command::Check { model_repository, onnxruntime_lib } => check(model_repository, onnxruntime_lib),
         Command::Bench(args) => bench(args),
     };
     match result {
@@ -157,8 +164,8 @@ fn bench(args: wharf::loadgen::BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(model_repository: PathBuf) -> anyhow::Result<ExitCode> {
-    let repository = Repository::scan(&model_repository)
+fn check(model_repository: PathBuf, onnxruntime_lib: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let repository = Repository::scan(&model_repository, LoadSettings { onnxruntime_lib })
         .with_context(|| format!("reading model repository {}", model_repository.display()))?;
     // Schedulers are tokio tasks even when nothing is served.
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -69,31 +69,39 @@ pub struct WorkerContext {
 }
 
 impl WorkerPool {
-    /// Starts `instances` threads that take batches from `batches` and say `done` after
-    /// each, so the scheduler knows an instance is free.
+    /// Starts `instances` threads, each building its own engine instance, and waits until
+    /// all are ready. They take batches from the returned sender (one slot per instance:
+    /// the scheduler only sends to an idle one) and say `done` after each, so the
+    /// scheduler knows an instance is free.
     pub fn start(
         context: Arc<WorkerContext>,
         instances: usize,
-        batches: Receiver<Batch>,
         done: mpsc::Sender<()>,
-    ) -> std::io::Result<WorkerPool> {
-        let threads = (0..instances)
-            .map(|i| {
-                let context = Arc::clone(&context);
-                let batches = batches.clone();
-                let done = done.clone();
-                thread::Builder::new()
-                    .name(format!("wharf-{}-{i}", context.model_name))
-                    .spawn(move || work(&context, batches, done))
-            })
-            .collect::<std::io::Result<_>>()?;
-        Ok(WorkerPool { threads })
-    }
-
-    /// The channel a pool of `instances` is fed through: one slot per instance, since the
-    /// scheduler only sends to an idle one.
-    pub fn channel(instances: usize) -> (Sender<Batch>, Receiver<Batch>) {
-        crossbeam_channel::bounded(instances.max(1))
+    ) -> Result<(WorkerPool, Sender<Batch>), String> {
+        let (sender, batches) = crossbeam_channel::bounded::<Batch>(instances.max(1));
+        let (ready_tx, ready) = std::sync::mpsc::sync_channel(instances);
+        let mut pool = WorkerPool { threads: Vec::with_capacity(instances) };
+        for i in 0..instances {
+            let (context, batches, done, ready_tx) =
+                (Arc::clone(&context), batches.clone(), done.clone(), ready_tx.clone());
+            let spawned = thread::Builder::new()
+                .name(format!("wharf-{}-{i}", context.model_name))
+                .spawn(move || work(&context, batches, done, ready_tx));
+            match spawned {
+                Ok(handle) => pool.threads.push(handle),
+                Err(e) => {
+                    drop(sender); // lets the threads already started end, so they join
+                    return Err(format!("cannot start worker thread {i}: {e}"));
+                }
+            }
+        }
+        drop(ready_tx);
+        let failed: Vec<String> = ready.iter().take(instances).filter_map(Result::err).collect();
+        if let Some(first) = failed.into_iter().next() {
+            drop(sender);
+            return Err(format!("cannot create an instance: {first}"));
+        }
+        Ok((pool, sender))
     }
 }
 
@@ -106,8 +114,23 @@ impl Drop for WorkerPool {
     }
 }
 
-fn work(context: &WorkerContext, batches: Receiver<Batch>, done: mpsc::Sender<()>) {
-    let mut instance = Arc::clone(&context.model).new_instance();
+fn work(
+    context: &WorkerContext,
+    batches: Receiver<Batch>,
+    done: mpsc::Sender<()>,
+    ready: std::sync::mpsc::SyncSender<Result<(), String>>,
+) {
+    let mut instance = match Arc::clone(&context.model).new_instance() {
+        Ok(instance) => {
+            let _ = ready.send(Ok(()));
+            drop(ready);
+            instance
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
     for batch in batches {
         // A caller that has gone costs nothing more.
         let (live, gone): (Batch, Batch) =

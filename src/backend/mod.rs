@@ -1,6 +1,9 @@
 //! The engine boundary: a loaded model shared by every instance, and per-instance state
 //! that runs one batch at a time. One module per engine.
 
+pub mod onnx;
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
 pub mod tract;
 
 use std::sync::Arc;
@@ -43,9 +46,15 @@ pub enum BackendError {
 pub trait Model: Send + Sync + 'static {
     fn signature(&self) -> &Signature;
 
+    /// Whether the engine allocates through Rust's global allocator, so that wharf can
+    /// count the memory a call needs (tract does; ONNX Runtime has allocators of its own).
+    fn counts_host_memory(&self) -> bool {
+        true
+    }
+
     /// A fresh instance that shares this model and owns only its mutable run state.
     /// Called on the thread that will use it, so instances need not be `Send`.
-    fn new_instance(self: Arc<Self>) -> Box<dyn Instance>;
+    fn new_instance(self: Arc<Self>) -> Result<Box<dyn Instance>, BackendError>;
 }
 
 /// Runs batches: inputs in the model's input order, outputs in its output order.

@@ -9,11 +9,10 @@ use std::{
 
 use bytes::Bytes;
 use lru::LruCache;
-use tract_onnx::pb;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::{Factoid, InferenceFact};
 
-use super::{BackendError, Instance, Model, Signature, TensorSignature};
+use super::{BackendError, Instance, Model, Signature};
 use crate::tensor::{self, DataType, Tensor as WharfTensor, TensorData};
 
 /// Plans kept per model. Each optimized plan holds its own packed weights, so the bound is
@@ -42,7 +41,7 @@ impl TractModel {
         let onnx = tract_onnx::onnx();
         let proto = onnx.proto_model_for_path(path).map_err(load)?;
         let graph = onnx.model_for_proto_model(&proto).map_err(load)?;
-        let signature = read_signature(&graph, &proto).map_err(load)?;
+        let signature = super::onnx::signature(&proto);
         // The declared type where the file gives one; tract's own guess otherwise.
         let input_types = signature
             .inputs
@@ -98,11 +97,11 @@ impl Model for TractModel {
         &self.signature
     }
 
-    fn new_instance(self: Arc<Self>) -> Box<dyn Instance> {
-        Box::new(TractInstance {
+    fn new_instance(self: Arc<Self>) -> Result<Box<dyn Instance>, BackendError> {
+        Ok(Box::new(TractInstance {
             model: self,
             states: LruCache::new(STATE_CACHE_CAPACITY),
-        })
+        }))
     }
 }
 
@@ -137,71 +136,6 @@ impl Instance for TractInstance {
             .map(|(value, sig)| from_tract(&sig.name, &value))
             .collect()
     }
-}
-
-/// The graph's inputs (as tract sees them: initializers excluded) and outputs, with the
-/// types and dims the file declares for them.
-fn read_signature(graph: &InferenceModel, proto: &pb::ModelProto) -> TractResult<Signature> {
-    let declared = proto.graph.as_ref().map(|g| (&g.input, &g.output));
-    let describe = |name: String, infos: Option<&Vec<pb::ValueInfoProto>>| {
-        let tensor_type = infos
-            .and_then(|infos| infos.iter().find(|i| i.name == name))
-            .and_then(|i| i.r#type.as_ref()?.value.as_ref())
-            .map(|pb::type_proto::Value::TensorType(t)| t);
-        TensorSignature {
-            datatype: tensor_type.and_then(|t| from_onnx_elem_type(t.elem_type)),
-            dims: tensor_type.and_then(|t| t.shape.as_ref()).map(|shape| {
-                shape
-                    .dim
-                    .iter()
-                    .map(|d| match d.value {
-                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => v,
-                        _ => -1,
-                    })
-                    .collect()
-            }),
-            name,
-        }
-    };
-    let label = |outlet: &OutletId| {
-        graph
-            .outlet_label(*outlet)
-            .map(str::to_owned)
-            .unwrap_or_else(|| graph.node(outlet.node).name.clone())
-    };
-    Ok(Signature {
-        inputs: graph
-            .input_outlets()?
-            .iter()
-            .map(|o| describe(label(o), declared.map(|d| d.0)))
-            .collect(),
-        outputs: graph
-            .output_outlets()?
-            .iter()
-            .map(|o| describe(label(o), declared.map(|d| d.1)))
-            .collect(),
-    })
-}
-
-/// ONNX TensorProto.DataType numbers.
-fn from_onnx_elem_type(elem_type: i32) -> Option<DataType> {
-    Some(match elem_type {
-        1 => DataType::Fp32,
-        2 => DataType::Uint8,
-        3 => DataType::Int8,
-        4 => DataType::Uint16,
-        5 => DataType::Int16,
-        6 => DataType::Int32,
-        7 => DataType::Int64,
-        8 => DataType::Bytes,
-        9 => DataType::Bool,
-        10 => DataType::Fp16,
-        11 => DataType::Fp64,
-        12 => DataType::Uint32,
-        13 => DataType::Uint64,
-        16 => DataType::Bf16,
-        _ => return None,
-    })
 }
 
 fn to_datum_type(dt: DataType) -> Option<DatumType> {

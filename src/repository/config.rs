@@ -27,7 +27,26 @@ pub struct ModelConfig {
     pub version_policy: Option<VersionPolicy>,
     /// The file inside each version folder; Triton's key, default `model.onnx`.
     pub default_model_filename: Option<String>,
+    /// Engine settings in Triton's form, `key: { string_value: "..." }`; see
+    /// `ENGINE_PARAMETERS` for the keys understood.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParameterValue>,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParameterValue {
+    pub string_value: String,
+}
+
+/// The `parameters` keys wharf understands, with what each takes (onnxruntime backend).
+pub const ENGINE_PARAMETERS: [(&str, &str); 5] = [
+    ("intra_op_thread_count", "a whole number >= 1"),
+    ("inter_op_thread_count", "a whole number >= 1"),
+    ("cudnn_conv_algo_search", "EXHAUSTIVE or HEURISTIC"),
+    ("tensorrt", "true or false"),
+    ("trt_fp16", "true or false"),
+];
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -361,6 +380,31 @@ impl ModelConfig {
                 }
             }
         }
+        for (key, value) in &self.parameters {
+            if key == "trt_engine_cache_path" {
+                continue;
+            }
+            let Some((_, expected)) = ENGINE_PARAMETERS.iter().find(|(k, _)| k == key) else {
+                let known: Vec<&str> = ENGINE_PARAMETERS.iter().map(|(k, _)| *k).chain(["trt_engine_cache_path"]).collect();
+                return key_err(&format!("parameters.{key}"), format!("unknown parameter; expected one of {}", known.join(", ")));
+            };
+            let v = value.string_value.as_str();
+            let ok = match key.as_str() {
+                "intra_op_thread_count" | "inter_op_thread_count" => v.parse::<usize>().is_ok_and(|n| n >= 1),
+                "cudnn_conv_algo_search" => matches!(v, "EXHAUSTIVE" | "HEURISTIC"),
+                _ => matches!(v, "true" | "false"),
+            };
+            if !ok {
+                return key_err(&format!("parameters.{key}.string_value"), format!("expected {expected}, found `{v}`"));
+            }
+            if self.backend != BackendKind::Onnxruntime {
+                return key_err(&format!("parameters.{key}"), "engine parameters apply to backend onnxruntime only".into());
+            }
+        }
+        let kinds: Vec<InstanceKind> = self.instance_group.iter().flatten().map(|g| g.kind).collect();
+        if kinds.windows(2).any(|w| (w[0] == InstanceKind::Gpu) != (w[1] == InstanceKind::Gpu)) {
+            return key_err("instance_group", "groups of one model must all be KIND_GPU or all CPU".into());
+        }
         if let Some(f) = &self.default_model_filename {
             if f.contains('/') || f.contains("..") || f.is_empty() {
                 return key_err(
@@ -370,6 +414,16 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+
+    /// An engine parameter's value, if set.
+    pub fn parameter(&self, key: &str) -> Option<&str> {
+        self.parameters.get(key).map(|p| p.string_value.as_str())
+    }
+
+    /// Whether the model runs on a GPU.
+    pub fn on_gpu(&self) -> bool {
+        self.instance_group.iter().flatten().any(|g| g.kind == InstanceKind::Gpu)
     }
 
     pub fn model_filename(&self) -> &str {

@@ -78,7 +78,15 @@ pub struct IndexRow {
     pub reason: String,
 }
 
+/// What loading needs beyond the model folders.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadSettings {
+    /// The ONNX Runtime library for `backend: onnxruntime` models.
+    pub onnxruntime_lib: Option<PathBuf>,
+}
+
 pub struct Repository {
+    settings: LoadSettings,
     root: PathBuf,
     models: RwLock<BTreeMap<String, ModelEntry>>,
     /// Bumped on every state change, so that health can follow without polling.
@@ -96,7 +104,7 @@ struct LoadTask {
 impl Repository {
     /// Reads the folder tree (fast, no model is loaded yet): every model starts LOADING,
     /// or UNAVAILABLE with its reason when its folder is already wrong.
-    pub fn scan(root: &Path) -> std::io::Result<Repository> {
+    pub fn scan(root: &Path, settings: LoadSettings) -> std::io::Result<Repository> {
         let mut models = BTreeMap::new();
         for entry in std::fs::read_dir(root)? {
             let entry = entry?;
@@ -110,6 +118,7 @@ impl Repository {
             models.insert(name.clone(), scan_model(&name, &entry.path()));
         }
         Ok(Repository {
+            settings,
             root: root.to_owned(),
             models: RwLock::new(models),
             changes: watch::channel(0).0,
@@ -156,7 +165,7 @@ impl Repository {
                 let rx = rx.clone();
                 scope.spawn(move || {
                     for task in rx {
-                        let state = match load_version(&task, runtime) {
+                        let state = match load_version(&task, runtime, &self.settings) {
                             Ok(model) => VersionState::Ready(Arc::new(model)),
                             Err(reason) => {
                                 warn!(model = %task.name, version = task.version, %reason, "model failed to load");
@@ -372,12 +381,46 @@ fn candidate_rows(policy: &BatchPolicy, max_batch_size: u32) -> Vec<usize> {
     rows
 }
 
-fn load_version(task: &LoadTask, runtime: &tokio::runtime::Handle) -> Result<ServedModel, String> {
+/// Opens the model file with the engine its config names.
+fn open_model(path: &Path, config: &ModelConfig, settings: &LoadSettings) -> Result<Arc<dyn Model>, String> {
+    match config.backend {
+        BackendKind::Tract => Ok(TractModel::load(path).map_err(|e| e.to_string())?),
+        #[cfg(feature = "onnxruntime")]
+        BackendKind::Onnxruntime => {
+            use crate::backend::onnxruntime::{GpuOptions, OrtModel, OrtOptions, TensorRtOptions};
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let instances = config.instance_count();
+            let number = |key: &str, default: usize| config.parameter(key).and_then(|v| v.parse().ok()).unwrap_or(default);
+            let flag = |key: &str| config.parameter(key) == Some("true");
+            let groups: Vec<_> = config.instance_group.iter().flatten().collect();
+            let gpu = config.on_gpu().then(|| GpuOptions {
+                device_id: groups.first().and_then(|g| g.gpus.first()).map_or(0, |d| *d as i32),
+                memory_limit: groups.iter().filter_map(|g| g.memory_budget).map(|b| b.as_u64() as usize).min(),
+                cudnn_exhaustive: config.parameter("cudnn_conv_algo_search") != Some("HEURISTIC"),
+                tensorrt: flag("tensorrt").then(|| TensorRtOptions {
+                    fp16: flag("trt_fp16"),
+                    engine_cache: config.parameter("trt_engine_cache_path").map(PathBuf::from),
+                }),
+            });
+            let options = OrtOptions {
+                // Instances split the cores between them, so that they do not oversubscribe.
+                intra_op_threads: number("intra_op_thread_count", (cores / instances.max(1)).max(1)),
+                inter_op_threads: number("inter_op_thread_count", 1),
+                gpu,
+            };
+            Ok(OrtModel::load(path, options, settings.onnxruntime_lib.as_deref()).map_err(|e| e.to_string())?)
+        }
+        #[cfg(not(feature = "onnxruntime"))]
+        BackendKind::Onnxruntime => {
+            let _ = settings;
+            Err("backend onnxruntime: this wharf was built without the `onnxruntime` feature".into())
+        }
+    }
+}
+
+fn load_version(task: &LoadTask, runtime: &tokio::runtime::Handle, settings: &LoadSettings) -> Result<ServedModel, String> {
     let started = Instant::now();
     let config = &task.config;
-    if config.backend == BackendKind::Onnxruntime {
-        return Err("backend onnxruntime is not part of this build yet; use backend: tract".into());
-    }
     let path = task
         .dir
         .join(task.version.to_string())
@@ -389,7 +432,7 @@ fn load_version(task: &LoadTask, runtime: &tokio::runtime::Handle) -> Result<Ser
     let mut loaded = Err(String::new());
     let kept = allocation_counter::measure(|| {
         loaded = (|| {
-            let model: Arc<dyn Model> = TractModel::load(&path).map_err(|e| e.to_string())?;
+            let model = open_model(&path, config, settings)?;
             let spec = ModelSpec::resolve(config, model.signature())
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             let mut policy = BatchPolicy::from_config(config, spec.max_batch_size);
@@ -410,7 +453,6 @@ fn load_version(task: &LoadTask, runtime: &tokio::runtime::Handle) -> Result<Ser
 
     let instances = config.instance_count();
     let stats = Arc::new(ModelStats::default());
-    let (batches_tx, batches_rx) = WorkerPool::channel(instances);
     let (done_tx, done_rx) = tokio::sync::mpsc::channel(instances);
     let context = Arc::new(WorkerContext {
         model_name: task.name.clone(),
@@ -419,8 +461,7 @@ fn load_version(task: &LoadTask, runtime: &tokio::runtime::Handle) -> Result<Ser
         stats: Arc::clone(&stats),
         batched: spec.max_batch_size > 0,
     });
-    let pool = WorkerPool::start(context, instances, batches_rx, done_tx)
-        .map_err(|e| format!("cannot start worker threads: {e}"))?;
+    let (pool, batches_tx) = WorkerPool::start(context, instances, done_tx)?;
     let scheduler = Scheduler::start(
         runtime,
         task.name.clone(),
@@ -490,6 +531,16 @@ fn enforce_budget(
         return Ok(());
     };
     let shown = bytesize::ByteSize::b(budget);
+    if config.backend == BackendKind::Onnxruntime {
+        // On a GPU the budget is the CUDA arena's gpu_mem_limit, which ONNX Runtime enforces.
+        return if config.on_gpu() {
+            Ok(())
+        } else {
+            Err(format!(
+                "memory_budget {shown} cannot be enforced for backend onnxruntime on CPU yet: ONNX Runtime allocates outside wharf's counting allocator"
+            ))
+        };
+    }
     let Some(&(first_rows, first_peak)) = profile.peak_bytes.first() else {
         return Err(format!(
             "memory_budget {shown} cannot be enforced: no warm shape to measure; add model_warmup samples with concrete dims"
@@ -543,7 +594,7 @@ mod tests {
     #[test]
     fn models_are_unavailable_until_loaded_then_ready() {
         let dir = repo_with(&[("a", None)]);
-        let repo = Repository::scan(dir.path()).unwrap();
+        let repo = Repository::scan(dir.path(), LoadSettings::default()).unwrap();
         let err = repo.get("a", "").err().unwrap().to_string();
         assert_eq!(err, "model 'a' is not ready: it is still loading");
         assert!(!repo.settled());
@@ -567,7 +618,7 @@ mod tests {
             dir.path().join("a/3/model.onnx"),
         )
         .unwrap();
-        let repo = Repository::scan(dir.path()).unwrap();
+        let repo = Repository::scan(dir.path(), LoadSettings::default()).unwrap();
         repo.load_all(1, &runtime());
         let versions: Vec<String> = repo.index().into_iter().map(|r| r.version).collect();
         assert_eq!(versions, vec!["1", "3"]);
@@ -579,7 +630,7 @@ mod tests {
     #[test]
     fn a_folder_name_mismatch_is_named() {
         let dir = repo_with(&[("a", Some("name: b\n"))]);
-        let repo = Repository::scan(dir.path()).unwrap();
+        let repo = Repository::scan(dir.path(), LoadSettings::default()).unwrap();
         let row = &repo.index()[0];
         assert_eq!(row.state, "UNAVAILABLE");
         assert!(
