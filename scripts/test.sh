@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests (real server on loopback), then the
 # KServe conformance and onnxruntime parity suite through the real tritonclient package.
+# The venv it makes also provides the ONNX Runtime library (onnxruntime==1.31.1 wheel) that
+# the onnxruntime backend loads, and the PP-OCR det/rec models are fetched if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-cargo build --release --locked
-cargo test --release --locked
 
 venv=.venv-test
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+ORT_DYLIB_PATH=$("$venv/bin/python" -c 'import glob, os, onnxruntime; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so.*"))[0])')
+export ORT_DYLIB_PATH
+[ -f models/ppocr_rec/1/model.onnx ] && [ -f models/ppocr_det/1/model.onnx ] || PATH="$PWD/$venv/bin:$PATH" scripts/fetch-ppocr-models.sh
+
+cargo build --release --locked
+cargo test --release --locked
 WHARF_BIN="$PWD/target/release/wharf" "$venv/bin/python" -m pytest -q tests/python

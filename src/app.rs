@@ -52,11 +52,16 @@ impl Server {
     /// Binds, starts serving at once (live, not yet ready) and loads models in the
     /// background; each model turns READY once warm.
     pub async fn start(config: ServerConfig) -> Result<Server, AppError> {
-        let repository =
-            Repository::scan(&config.model_repository, LoadSettings { onnxruntime_lib: config.onnxruntime_lib.clone() }).map_err(|source| AppError::Repository {
-                path: config.model_repository.display().to_string(),
-                source,
-            })?;
+        let repository = Repository::scan(
+            &config.model_repository,
+            LoadSettings {
+                onnxruntime_lib: config.onnxruntime_lib.clone(),
+            },
+        )
+        .map_err(|source| AppError::Repository {
+            path: config.model_repository.display().to_string(),
+            source,
+        })?;
         let repository = Arc::new(repository);
         let listener = TcpListener::bind(config.grpc_addr)
             .await

@@ -103,7 +103,10 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Check { model_repository, onnxruntime_lib } => check(model_repository, onnxruntime_lib),
+        Command::Check {
+            model_repository,
+            onnxruntime_lib,
+        } => check(model_repository, onnxruntime_lib),
         Command::Bench(args) => bench(args),
     };
     match result {

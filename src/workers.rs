@@ -80,10 +80,16 @@ impl WorkerPool {
     ) -> Result<(WorkerPool, Sender<Batch>), String> {
         let (sender, batches) = crossbeam_channel::bounded::<Batch>(instances.max(1));
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(instances);
-        let mut pool = WorkerPool { threads: Vec::with_capacity(instances) };
+        let mut pool = WorkerPool {
+            threads: Vec::with_capacity(instances),
+        };
         for i in 0..instances {
-            let (context, batches, done, ready_tx) =
-                (Arc::clone(&context), batches.clone(), done.clone(), ready_tx.clone());
+            let (context, batches, done, ready_tx) = (
+                Arc::clone(&context),
+                batches.clone(),
+                done.clone(),
+                ready_tx.clone(),
+            );
             let spawned = thread::Builder::new()
                 .name(format!("wharf-{}-{i}", context.model_name))
                 .spawn(move || work(&context, batches, done, ready_tx));
@@ -96,7 +102,11 @@ impl WorkerPool {
             }
         }
         drop(ready_tx);
-        let failed: Vec<String> = ready.iter().take(instances).filter_map(Result::err).collect();
+        let failed: Vec<String> = ready
+            .iter()
+            .take(instances)
+            .filter_map(Result::err)
+            .collect();
         if let Some(first) = failed.into_iter().next() {
             drop(sender);
             return Err(format!("cannot create an instance: {first}"));

@@ -10,17 +10,29 @@ use crate::tensor::DataType;
 /// outputs, with the types and dims the file declares.
 pub fn signature(proto: &pb::ModelProto) -> Signature {
     let Some(graph) = proto.graph.as_ref() else {
-        return Signature { inputs: Vec::new(), outputs: Vec::new() };
+        return Signature {
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        };
     };
     let is_weight = |name: &str| graph.initializer.iter().any(|i| i.name == name);
     Signature {
-        inputs: graph.input.iter().filter(|i| !is_weight(&i.name)).map(describe).collect(),
+        inputs: graph
+            .input
+            .iter()
+            .filter(|i| !is_weight(&i.name))
+            .map(describe)
+            .collect(),
         outputs: graph.output.iter().map(describe).collect(),
     }
 }
 
 fn describe(info: &pb::ValueInfoProto) -> TensorSignature {
-    let tensor = info.r#type.as_ref().and_then(|t| t.value.as_ref()).map(|pb::type_proto::Value::TensorType(t)| t);
+    let tensor = info
+        .r#type
+        .as_ref()
+        .and_then(|t| t.value.as_ref())
+        .map(|pb::type_proto::Value::TensorType(t)| t);
     TensorSignature {
         name: info.name.clone(),
         datatype: tensor.and_then(|t| datatype(t.elem_type)),

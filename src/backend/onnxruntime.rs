@@ -51,9 +51,12 @@ pub struct TensorRtOptions {
 }
 
 /// The process-wide ONNX Runtime environment: opened once, from the first path given.
-static ENVIRONMENT: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+static ENVIRONMENT: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> =
+    OnceLock::new();
 
-fn environment(library: Option<&Path>) -> Result<&'static ort::environment::Environment, BackendError> {
+fn environment(
+    library: Option<&Path>,
+) -> Result<&'static ort::environment::Environment, BackendError> {
     let opened = ENVIRONMENT.get_or_init(|| {
         let Some(path) = library else {
             return Err(format!(
@@ -95,11 +98,17 @@ pub struct OrtModel {
 }
 
 impl OrtModel {
-    pub fn load(path: &Path, options: OrtOptions, library: Option<&Path>) -> Result<Arc<OrtModel>, BackendError> {
+    pub fn load(
+        path: &Path,
+        options: OrtOptions,
+        library: Option<&Path>,
+    ) -> Result<Arc<OrtModel>, BackendError> {
         let environment = environment(library)?;
         let load = |e: String| BackendError::Load(format!("{}: {e}", path.display()));
         let model_bytes = std::fs::read(path).map_err(|e| load(e.to_string()))?;
-        let proto = tract_onnx::onnx().proto_model_for_read(&mut model_bytes.as_slice()).map_err(|e| load(format!("{e:#}")))?;
+        let proto = tract_onnx::onnx()
+            .proto_model_for_read(&mut model_bytes.as_slice())
+            .map_err(|e| load(format!("{e:#}")))?;
         if let Some(gpu) = &options.gpu {
             if !ep::CUDA::is_available().unwrap_or(false) {
                 return Err(BackendError::Load(format!(
@@ -132,14 +141,20 @@ impl OrtModel {
             .with_prepacked_weights(&self.prepacked)
             .map_err(err)?;
         for (name, value) in &self.initializers {
-            builder = builder.with_initializer(name, Arc::clone(value)).map_err(err)?;
+            builder = builder
+                .with_initializer(name, Arc::clone(value))
+                .map_err(err)?;
         }
         if let Some(gpu) = &self.options.gpu {
             let mut providers = Vec::new();
             if let Some(trt) = &gpu.tensorrt {
-                let mut provider = ep::TensorRT::default().with_device_id(gpu.device_id).with_fp16(trt.fp16);
+                let mut provider = ep::TensorRT::default()
+                    .with_device_id(gpu.device_id)
+                    .with_fp16(trt.fp16);
                 if let Some(cache) = &trt.engine_cache {
-                    provider = provider.with_engine_cache(true).with_engine_cache_path(cache.display());
+                    provider = provider
+                        .with_engine_cache(true)
+                        .with_engine_cache_path(cache.display());
                 }
                 providers.push(provider.build());
             }
@@ -158,29 +173,45 @@ impl OrtModel {
             providers.push(cuda.build().error_on_failure());
             builder = builder.with_execution_providers(providers).map_err(err)?;
         }
-        builder.commit_from_memory(&self.model_bytes).map_err(|e| e.to_string())
+        builder
+            .commit_from_memory(&self.model_bytes)
+            .map_err(|e| e.to_string())
     }
 }
 
 /// The float initializers big enough to matter, as values every session can borrow.
 fn shared_initializers(proto: &pb::ModelProto) -> Result<Vec<(String, Arc<DynValue>)>, String> {
-    let Some(graph) = proto.graph.as_ref() else { return Ok(Vec::new()) };
+    let Some(graph) = proto.graph.as_ref() else {
+        return Ok(Vec::new());
+    };
     let mut shared = Vec::new();
     for init in &graph.initializer {
         let elements: usize = init.dims.iter().map(|d| *d as usize).product();
         // FLOAT only, inline data only (external data stays with ONNX Runtime).
-        if init.data_type != 1 || elements < SHARED_INITIALIZER_MIN_ELEMENTS || !init.external_data.is_empty() {
+        if init.data_type != 1
+            || elements < SHARED_INITIALIZER_MIN_ELEMENTS
+            || !init.external_data.is_empty()
+        {
             continue;
         }
         let values: Vec<f32> = if !init.raw_data.is_empty() {
-            init.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()
+            init.raw_data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
         } else {
             init.float_data.clone()
         };
         if values.len() != elements {
-            return Err(format!("initializer '{}' holds {} values for dims {:?}", init.name, values.len(), init.dims));
+            return Err(format!(
+                "initializer '{}' holds {} values for dims {:?}",
+                init.name,
+                values.len(),
+                init.dims
+            ));
         }
-        let tensor = OrtTensor::from_array((init.dims.clone(), values)).map_err(|e| e.to_string())?;
+        let tensor =
+            OrtTensor::from_array((init.dims.clone(), values)).map_err(|e| e.to_string())?;
         shared.push((init.name.clone(), Arc::new(tensor.into_dyn())));
     }
     Ok(shared)
@@ -197,7 +228,10 @@ impl Model for OrtModel {
 
     fn new_instance(self: Arc<Self>) -> Result<Box<dyn Instance>, BackendError> {
         let session = self.session().map_err(BackendError::Load)?;
-        Ok(Box::new(OrtInstance { model: self, session }))
+        Ok(Box::new(OrtInstance {
+            model: self,
+            session,
+        }))
     }
 }
 
@@ -212,15 +246,18 @@ impl Instance for OrtInstance {
             .iter()
             .map(|t| to_ort(t).map(|v| (t.name.clone(), v)))
             .collect::<Result<Vec<(String, DynValue)>, _>>()?;
-        let outputs = self.session.run(values).map_err(|e| BackendError::Execution(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(values)
+            .map_err(|e| BackendError::Execution(e.to_string()))?;
         self.model
             .signature
             .outputs
             .iter()
             .map(|sig| {
-                let value = outputs
-                    .get(sig.name.as_str())
-                    .ok_or_else(|| BackendError::Execution(format!("output '{}' missing from the run", sig.name)))?;
+                let value = outputs.get(sig.name.as_str()).ok_or_else(|| {
+                    BackendError::Execution(format!("output '{}' missing from the run", sig.name))
+                })?;
                 from_ort(&sig.name, value)
             })
             .collect()
@@ -228,7 +265,9 @@ impl Instance for OrtInstance {
 }
 
 fn le<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
-    bytes.chunks_exact(N).map(|c| c.try_into().expect("N bytes"))
+    bytes
+        .chunks_exact(N)
+        .map(|c| c.try_into().expect("N bytes"))
 }
 
 fn to_ort(t: &Tensor) -> Result<DynValue, BackendError> {
@@ -249,7 +288,9 @@ fn to_ort(t: &Tensor) -> Result<DynValue, BackendError> {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            return OrtTensor::from_string_array((shape, strings.as_slice())).map(|v| v.into_dyn()).map_err(fail);
+            return OrtTensor::from_string_array((shape, strings.as_slice()))
+                .map(|v| v.into_dyn())
+                .map_err(fail);
         }
     };
     macro_rules! typed {
@@ -281,13 +322,21 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, BackendError> {
     let fail = |e: ort::Error| BackendError::Execution(format!("output '{name}': {e}"));
     let ty = match value.dtype() {
         ValueType::Tensor { ty, .. } => *ty,
-        other => return Err(BackendError::Unsupported(format!("output '{name}' is {other:?}, not a tensor"))),
+        other => {
+            return Err(BackendError::Unsupported(format!(
+                "output '{name}' is {other:?}, not a tensor"
+            )))
+        }
     };
     macro_rules! fixed {
         ($ty:ty, $dt:expr, $to:expr) => {{
             let (shape, data) = value.try_extract_tensor::<$ty>().map_err(fail)?;
             let bytes: Vec<u8> = data.iter().flat_map(|v| $to(*v)).collect();
-            (shape.iter().map(|d| *d as usize).collect::<Vec<_>>(), $dt, TensorData::Fixed(Bytes::from(bytes)))
+            (
+                shape.iter().map(|d| *d as usize).collect::<Vec<_>>(),
+                $dt,
+                TensorData::Fixed(Bytes::from(bytes)),
+            )
         }};
     }
     let (shape, datatype, data) = match ty {
@@ -313,8 +362,15 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, BackendError> {
             )
         }
         other => {
-            return Err(BackendError::Unsupported(format!("output '{name}' has type {other:?}, which has no KServe datatype")))
+            return Err(BackendError::Unsupported(format!(
+                "output '{name}' has type {other:?}, which has no KServe datatype"
+            )))
         }
     };
-    Ok(Tensor { name: name.to_owned(), datatype, shape, data })
+    Ok(Tensor {
+        name: name.to_owned(),
+        datatype,
+        shape,
+        data,
+    })
 }

@@ -385,25 +385,51 @@ impl ModelConfig {
                 continue;
             }
             let Some((_, expected)) = ENGINE_PARAMETERS.iter().find(|(k, _)| k == key) else {
-                let known: Vec<&str> = ENGINE_PARAMETERS.iter().map(|(k, _)| *k).chain(["trt_engine_cache_path"]).collect();
-                return key_err(&format!("parameters.{key}"), format!("unknown parameter; expected one of {}", known.join(", ")));
+                let known: Vec<&str> = ENGINE_PARAMETERS
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .chain(["trt_engine_cache_path"])
+                    .collect();
+                return key_err(
+                    &format!("parameters.{key}"),
+                    format!("unknown parameter; expected one of {}", known.join(", ")),
+                );
             };
             let v = value.string_value.as_str();
             let ok = match key.as_str() {
-                "intra_op_thread_count" | "inter_op_thread_count" => v.parse::<usize>().is_ok_and(|n| n >= 1),
+                "intra_op_thread_count" | "inter_op_thread_count" => {
+                    v.parse::<usize>().is_ok_and(|n| n >= 1)
+                }
                 "cudnn_conv_algo_search" => matches!(v, "EXHAUSTIVE" | "HEURISTIC"),
                 _ => matches!(v, "true" | "false"),
             };
             if !ok {
-                return key_err(&format!("parameters.{key}.string_value"), format!("expected {expected}, found `{v}`"));
+                return key_err(
+                    &format!("parameters.{key}.string_value"),
+                    format!("expected {expected}, found `{v}`"),
+                );
             }
             if self.backend != BackendKind::Onnxruntime {
-                return key_err(&format!("parameters.{key}"), "engine parameters apply to backend onnxruntime only".into());
+                return key_err(
+                    &format!("parameters.{key}"),
+                    "engine parameters apply to backend onnxruntime only".into(),
+                );
             }
         }
-        let kinds: Vec<InstanceKind> = self.instance_group.iter().flatten().map(|g| g.kind).collect();
-        if kinds.windows(2).any(|w| (w[0] == InstanceKind::Gpu) != (w[1] == InstanceKind::Gpu)) {
-            return key_err("instance_group", "groups of one model must all be KIND_GPU or all CPU".into());
+        let kinds: Vec<InstanceKind> = self
+            .instance_group
+            .iter()
+            .flatten()
+            .map(|g| g.kind)
+            .collect();
+        if kinds
+            .windows(2)
+            .any(|w| (w[0] == InstanceKind::Gpu) != (w[1] == InstanceKind::Gpu))
+        {
+            return key_err(
+                "instance_group",
+                "groups of one model must all be KIND_GPU or all CPU".into(),
+            );
         }
         if let Some(f) = &self.default_model_filename {
             if f.contains('/') || f.contains("..") || f.is_empty() {
@@ -423,7 +449,10 @@ impl ModelConfig {
 
     /// Whether the model runs on a GPU.
     pub fn on_gpu(&self) -> bool {
-        self.instance_group.iter().flatten().any(|g| g.kind == InstanceKind::Gpu)
+        self.instance_group
+            .iter()
+            .flatten()
+            .any(|g| g.kind == InstanceKind::Gpu)
     }
 
     pub fn model_filename(&self) -> &str {

@@ -382,7 +382,11 @@ fn candidate_rows(policy: &BatchPolicy, max_batch_size: u32) -> Vec<usize> {
 }
 
 /// Opens the model file with the engine its config names.
-fn open_model(path: &Path, config: &ModelConfig, settings: &LoadSettings) -> Result<Arc<dyn Model>, String> {
+fn open_model(
+    path: &Path,
+    config: &ModelConfig,
+    settings: &LoadSettings,
+) -> Result<Arc<dyn Model>, String> {
     match config.backend {
         BackendKind::Tract => Ok(TractModel::load(path).map_err(|e| e.to_string())?),
         #[cfg(feature = "onnxruntime")]
@@ -390,12 +394,24 @@ fn open_model(path: &Path, config: &ModelConfig, settings: &LoadSettings) -> Res
             use crate::backend::onnxruntime::{GpuOptions, OrtModel, OrtOptions, TensorRtOptions};
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let instances = config.instance_count();
-            let number = |key: &str, default: usize| config.parameter(key).and_then(|v| v.parse().ok()).unwrap_or(default);
+            let number = |key: &str, default: usize| {
+                config
+                    .parameter(key)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(default)
+            };
             let flag = |key: &str| config.parameter(key) == Some("true");
             let groups: Vec<_> = config.instance_group.iter().flatten().collect();
             let gpu = config.on_gpu().then(|| GpuOptions {
-                device_id: groups.first().and_then(|g| g.gpus.first()).map_or(0, |d| *d as i32),
-                memory_limit: groups.iter().filter_map(|g| g.memory_budget).map(|b| b.as_u64() as usize).min(),
+                device_id: groups
+                    .first()
+                    .and_then(|g| g.gpus.first())
+                    .map_or(0, |d| *d as i32),
+                memory_limit: groups
+                    .iter()
+                    .filter_map(|g| g.memory_budget)
+                    .map(|b| b.as_u64() as usize)
+                    .min(),
                 cudnn_exhaustive: config.parameter("cudnn_conv_algo_search") != Some("HEURISTIC"),
                 tensorrt: flag("tensorrt").then(|| TensorRtOptions {
                     fp16: flag("trt_fp16"),
@@ -404,21 +420,34 @@ fn open_model(path: &Path, config: &ModelConfig, settings: &LoadSettings) -> Res
             });
             let options = OrtOptions {
                 // Instances split the cores between them, so that they do not oversubscribe.
-                intra_op_threads: number("intra_op_thread_count", (cores / instances.max(1)).max(1)),
+                intra_op_threads: number(
+                    "intra_op_thread_count",
+                    (cores / instances.max(1)).max(1),
+                ),
                 inter_op_threads: number("inter_op_thread_count", 1),
                 gpu,
             };
-            Ok(OrtModel::load(path, options, settings.onnxruntime_lib.as_deref()).map_err(|e| e.to_string())?)
+            Ok(
+                OrtModel::load(path, options, settings.onnxruntime_lib.as_deref())
+                    .map_err(|e| e.to_string())?,
+            )
         }
         #[cfg(not(feature = "onnxruntime"))]
         BackendKind::Onnxruntime => {
             let _ = settings;
-            Err("backend onnxruntime: this wharf was built without the `onnxruntime` feature".into())
+            Err(
+                "backend onnxruntime: this wharf was built without the `onnxruntime` feature"
+                    .into(),
+            )
         }
     }
 }
 
-fn load_version(task: &LoadTask, runtime: &tokio::runtime::Handle, settings: &LoadSettings) -> Result<ServedModel, String> {
+fn load_version(
+    task: &LoadTask,
+    runtime: &tokio::runtime::Handle,
+    settings: &LoadSettings,
+) -> Result<ServedModel, String> {
     let started = Instant::now();
     let config = &task.config;
     let path = task

@@ -63,7 +63,9 @@ pub fn run(
 ) -> Result<Profile, String> {
     let samples = samples(spec, config)?;
     let batched = spec.max_batch_size > 0;
-    let mut instance = Arc::clone(model).new_instance().map_err(|e| e.to_string())?;
+    let mut instance = Arc::clone(model)
+        .new_instance()
+        .map_err(|e| e.to_string())?;
     let mut profile = Profile {
         samples: samples.len(),
         ..Profile::default()
@@ -114,7 +116,10 @@ pub fn run(
 /// One call at these inputs, timed on an instance whose plan a first call has built, and
 /// the peak bytes a fresh instance allocates on this thread doing the same (its run state
 /// and every intermediate tensor), where the engine allocates through Rust's allocator.
-fn measure(model: &Arc<dyn Model>, inputs: &[Tensor]) -> Result<(Duration, Option<u64>), crate::backend::BackendError> {
+fn measure(
+    model: &Arc<dyn Model>,
+    inputs: &[Tensor],
+) -> Result<(Duration, Option<u64>), crate::backend::BackendError> {
     let mut instance = Arc::clone(model).new_instance()?;
     instance.run(inputs)?;
     // The best of up to three calls, within about 50 ms: one call alone is too noisy for
@@ -136,7 +141,9 @@ fn measure(model: &Arc<dyn Model>, inputs: &[Tensor]) -> Result<(Duration, Optio
     // Only this thread's allocations count: loads of other models in parallel do not
     // disturb it, and tract computes one call on the calling thread.
     let info = allocation_counter::measure(|| {
-        result = Arc::clone(model).new_instance().and_then(|mut fresh| fresh.run(inputs).map(drop));
+        result = Arc::clone(model)
+            .new_instance()
+            .and_then(|mut fresh| fresh.run(inputs).map(drop));
     });
     result?;
     Ok((took, Some(info.bytes_max)))

@@ -1,0 +1,190 @@
+//! The onnxruntime backend: parity with tract through the server, and each way loading it
+//! can fail, while models on other backends keep serving. Needs ORT_DYLIB_PATH (the test
+//! script points it at the onnxruntime==1.31.1 wheel's library) and the PP-OCR det and rec
+//! models (scripts/fetch-ppocr-models.sh; the test script fetches them).
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use common::*;
+use wharf::{config::ServerConfig, grpc::pb};
+
+fn library() -> PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .expect("set ORT_DYLIB_PATH to libonnxruntime.so.1.31.1 (bash scripts/test.sh does)")
+}
+
+fn ppocr(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name);
+    assert!(
+        dir.join("1/model.onnx").exists(),
+        "{} missing: run scripts/fetch-ppocr-models.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// Each PP-OCR model twice, once per engine, from the same file and config.
+fn both_engines(dir: &Path) {
+    for name in ["ppocr_cls", "ppocr_det", "ppocr_rec"] {
+        let from = ppocr(name);
+        let config = std::fs::read_to_string(from.join("config.yaml")).unwrap();
+        for (suffix, backend) in [("tract", "tract"), ("ort", "onnxruntime")] {
+            let to = dir.join(format!("{name}_{suffix}"));
+            std::fs::create_dir_all(to.join("1")).unwrap();
+            std::fs::copy(from.join("1/model.onnx"), to.join("1/model.onnx")).unwrap();
+            std::fs::write(
+                to.join("config.yaml"),
+                config.replace("backend: tract", &format!("backend: {backend}")),
+            )
+            .unwrap();
+        }
+    }
+}
+
+fn pseudo_image(n: usize, seed: u32) -> Vec<f32> {
+    let mut state = 0x1234_5678u32 ^ seed;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ppocr_models_agree_on_both_engines() {
+    let dir = tempfile::tempdir().unwrap();
+    both_engines(dir.path());
+    let mut config = ServerConfig::local(dir.path());
+    config.onnxruntime_lib = Some(library());
+    let mut t = TestServer::start(config).await;
+    let index = t
+        .client
+        .repository_index(pb::RepositoryIndexRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    for m in &index.models {
+        assert_eq!(m.state, "READY", "{} {}", m.name, m.reason);
+    }
+    for (name, shape) in [
+        ("ppocr_cls", [2, 3, 48, 192]),
+        ("ppocr_det", [1, 3, 320, 416]),
+        ("ppocr_rec", [2, 3, 48, 256]),
+    ] {
+        let values = pseudo_image(shape.iter().product::<i64>() as usize, shape[3] as u32);
+        let mut outputs = Vec::new();
+        for suffix in ["tract", "ort"] {
+            let request = raw_request(&format!("{name}_{suffix}"), "x", &shape, &values);
+            let response = t.client.model_infer(request).await.unwrap().into_inner();
+            outputs.push((
+                response.outputs[0].shape.clone(),
+                f32s(&response.raw_output_contents[0]),
+            ));
+        }
+        assert_eq!(outputs[0].0, outputs[1].0, "{name}: shapes differ");
+        let diff = outputs[0]
+            .1
+            .iter()
+            .zip(&outputs[1].1)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-4, "{name}: max abs diff {diff}");
+        assert!(outputs[0].1.iter().any(|v| *v != 0.0), "{name}: all zeros");
+    }
+    t.server.shutdown().await.unwrap();
+}
+
+/// `wharf check` in its own process: the library is opened once per process.
+fn check(repo: &Path, library: Option<&Path>) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wharf"));
+    command
+        .arg("check")
+        .arg("--model-repository")
+        .arg(repo)
+        .env_remove("ORT_DYLIB_PATH");
+    if let Some(library) = library {
+        command.env("ORT_DYLIB_PATH", library);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn repo_with_ort_model(config: &str) -> tempfile::TempDir {
+    let dir = one_model_repository("ort", &test_models().join("add_sub/1/model.onnx"), config);
+    let tract = dir.path().join("tract/1");
+    std::fs::create_dir_all(&tract).unwrap();
+    std::fs::copy(
+        test_models().join("add_sub/1/model.onnx"),
+        tract.join("model.onnx"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn each_way_of_failing_to_load_is_named_and_other_models_serve() {
+    let plain = "backend: onnxruntime\nmax_batch_size: 8\n";
+    let dir = repo_with_ort_model(plain);
+    let (ok, out) = check(dir.path(), Some(&library()));
+    assert!(ok, "{out}");
+
+    let cases: Vec<(Option<PathBuf>, &str, &str)> = vec![
+        (
+            None,
+            plain,
+            "needs the ONNX Runtime 1.31 library: set --onnxruntime-lib or ORT_DYLIB_PATH",
+        ),
+        (
+            Some("/nonexistent/libonnxruntime.so".into()),
+            plain,
+            "/nonexistent/libonnxruntime.so: no such file",
+        ),
+        (
+            Some(library().with_file_name("libonnxruntime_providers_shared.so")),
+            plain,
+            "does not export `OrtGetApiBase`",
+        ),
+        (
+            Some(library()),
+            "backend: onnxruntime\ninstance_group: [{ kind: KIND_GPU, gpus: [0] }]\n",
+            "KIND_GPU needs the CUDA execution provider",
+        ),
+        (
+            Some(library()),
+            "backend: onnxruntime\ninstance_group: [{ memory_budget: 1MiB }]\n",
+            "cannot be enforced for backend onnxruntime on CPU",
+        ),
+    ];
+    for (library, config, expected) in cases {
+        let dir = repo_with_ort_model(config);
+        let (ok, out) = check(dir.path(), library.as_deref());
+        assert!(!ok, "{out}");
+        let ort_line = out
+            .lines()
+            .find(|l| l.starts_with("ort "))
+            .unwrap_or_default();
+        assert!(
+            ort_line.contains("UNAVAILABLE") && ort_line.contains(expected),
+            "{expected:?} not in {ort_line:?}"
+        );
+        let tract_line = out
+            .lines()
+            .find(|l| l.starts_with("tract "))
+            .unwrap_or_default();
+        assert!(tract_line.contains("READY"), "{tract_line}");
+    }
+}
