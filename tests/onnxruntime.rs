@@ -135,8 +135,35 @@ fn repo_with_ort_model(config: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A library that says it is ONNX Runtime 1.20: built here with the C compiler, since no
+/// old release can be fetched.
+fn old_version_library(dir: &Path) -> PathBuf {
+    let source = dir.join("old_ort.c");
+    std::fs::write(
+        &source,
+        r#"typedef struct { const void* (*GetApi)(unsigned); const char* (*GetVersionString)(void); } OrtApiBase;
+static const void* get_api(unsigned version) { (void)version; return 0; }
+static const char* version_string(void) { return "1.20.0"; }
+static const OrtApiBase base = { get_api, version_string };
+const OrtApiBase* OrtGetApiBase(void) { return &base; }
+"#,
+    )
+    .unwrap();
+    let library = dir.join("libonnxruntime.so.1.20.0");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(built.success(), "cc failed");
+    library
+}
+
 #[test]
 fn each_way_of_failing_to_load_is_named_and_other_models_serve() {
+    let scratch = tempfile::tempdir().unwrap();
+    let old = old_version_library(scratch.path());
     let plain = "backend: onnxruntime\nmax_batch_size: 8\n";
     let dir = repo_with_ort_model(plain);
     let (ok, out) = check(dir.path(), Some(&library()));
@@ -157,6 +184,11 @@ fn each_way_of_failing_to_load_is_named_and_other_models_serve() {
             Some(library().with_file_name("libonnxruntime_providers_shared.so")),
             plain,
             "does not export `OrtGetApiBase`",
+        ),
+        (
+            Some(old),
+            plain,
+            "expected version >= '1.31.x', but got '1.20.0'",
         ),
         (
             Some(library()),
