@@ -61,3 +61,23 @@ pub trait Model: Send + Sync + 'static {
 pub trait Instance {
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError>;
 }
+
+/// A BYTES tensor's elements as text, for engines whose string type is UTF-8.
+pub fn utf8_strings(
+    t: &Tensor,
+    items: &[bytes::Bytes],
+    engine: &str,
+) -> Result<Vec<String>, BackendError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            String::from_utf8(b.to_vec()).map_err(|_| {
+                BackendError::Unsupported(format!(
+                    "input '{}' element {i}: the {engine} backend takes BYTES as UTF-8 text only",
+                    t.name
+                ))
+            })
+        })
+        .collect()
+}

@@ -276,18 +276,7 @@ fn to_ort(t: &Tensor) -> Result<DynValue, BackendError> {
     let bytes: &[u8] = match &t.data {
         TensorData::Fixed(b) => b,
         TensorData::Bytes(items) => {
-            let strings = items
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    String::from_utf8(b.to_vec()).map_err(|_| {
-                        BackendError::Unsupported(format!(
-                            "input '{}' element {i}: the onnxruntime backend takes BYTES as UTF-8 text only",
-                            t.name
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let strings = super::utf8_strings(t, items, "onnxruntime")?;
             return OrtTensor::from_string_array((shape, strings.as_slice()))
                 .map(|v| v.into_dyn())
                 .map_err(fail);

@@ -179,18 +179,7 @@ fn to_tract(t: &WharfTensor) -> Result<Tensor, BackendError> {
             Ok(tensor)
         }
         TensorData::Bytes(items) => {
-            let strings = items
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    String::from_utf8(b.to_vec()).map_err(|_| {
-                        BackendError::Unsupported(format!(
-                            "input '{}' element {i}: the tract backend takes BYTES as UTF-8 text only",
-                            t.name
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let strings = super::utf8_strings(t, items, "tract")?;
             let array = tract_ndarray::ArrayD::from_shape_vec(t.shape.clone(), strings)
                 .map_err(|e| engine(e.into()))?;
             Ok(array.into_tensor())
