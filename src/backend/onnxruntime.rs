@@ -11,7 +11,10 @@ use std::{
 use bytes::Bytes;
 use ort::{
     ep::{self, ExecutionProvider},
-    session::{builder::PrepackedWeights, Session},
+    session::{
+        builder::{GraphOptimizationLevel, PrepackedWeights},
+        Session,
+    },
     value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType},
 };
 use tract_onnx::{pb, prelude::Framework};
@@ -89,6 +92,8 @@ fn environment(
 
 pub struct OrtModel {
     model_bytes: Vec<u8>,
+    /// `model_bytes` is already optimised: sessions load it as it is.
+    optimised: bool,
     signature: Signature,
     options: OrtOptions,
     /// Large initializers, shared by every session instead of each loading its own copy.
@@ -118,8 +123,21 @@ impl OrtModel {
                 )));
             }
         }
+        // On CPU, optimise the graph once and give every session the optimised file: graph
+        // rewrites (Conv+BatchNorm fusion, constant folding) make new weight tensors, which
+        // each session would otherwise build and keep for itself.
+        let (model_bytes, proto, optimised) = if options.gpu.is_none() {
+            let bytes = optimise_once(environment, &model_bytes).map_err(load)?;
+            let proto = tract_onnx::onnx()
+                .proto_model_for_read(&mut bytes.as_slice())
+                .map_err(|e| load(format!("{e:#}")))?;
+            (bytes, proto, true)
+        } else {
+            (model_bytes, proto, false)
+        };
         let initializers = shared_initializers(&proto).map_err(load)?;
         let model = Arc::new(OrtModel {
+            optimised,
             signature: super::onnx::signature(&proto),
             model_bytes,
             options,
@@ -140,6 +158,11 @@ impl OrtModel {
             .map_err(err)?
             .with_prepacked_weights(&self.prepacked)
             .map_err(err)?;
+        if self.optimised {
+            builder = builder
+                .with_optimization_level(GraphOptimizationLevel::Disable)
+                .map_err(err)?;
+        }
         for (name, value) in &self.initializers {
             builder = builder
                 .with_initializer(name, Arc::clone(value))
@@ -177,6 +200,35 @@ impl OrtModel {
             .commit_from_memory(&self.model_bytes)
             .map_err(|e| e.to_string())
     }
+}
+
+/// The model as ONNX Runtime optimises it for this machine's CPU, serialised.
+fn optimise_once(
+    environment: &ort::environment::Environment,
+    model: &[u8],
+) -> Result<Vec<u8>, String> {
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path =
+        std::env::temp_dir().join(format!("wharf-{}-{n}.optimised.onnx", std::process::id()));
+    let result = (|| {
+        let err = |e: ort::Error<_>| e.to_string();
+        let session = Session::builder(environment)
+            .map_err(|e| e.to_string())?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(err)?
+            .with_intra_threads(1)
+            .map_err(err)?
+            .with_optimized_model_path(&path)
+            .map_err(err)?
+            .commit_from_memory(model)
+            .map_err(|e| e.to_string())?;
+        drop(session);
+        std::fs::read(&path)
+            .map_err(|e| format!("reading the optimised model {}: {e}", path.display()))
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
 }
 
 /// The float initializers big enough to matter, as values every session can borrow.
