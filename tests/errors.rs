@@ -251,15 +251,9 @@ async fn a_model_that_failed_to_load_is_unavailable_with_its_reason() {
         status.message()
     );
 
-    let index = t
-        .client
-        .repository_index(pb::RepositoryIndexRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let index = t.index().await;
     let reason = |name: &str| {
         index
-            .models
             .iter()
             .find(|m| m.name == name)
             .map(|m| (m.state.clone(), m.reason.clone()))

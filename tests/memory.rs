@@ -37,14 +37,9 @@ fn crops(rows: usize) -> pb::ModelInferRequest {
 async fn a_budget_below_one_row_fails_the_load_with_both_numbers() {
     let dir = cls_repository("64KiB");
     let mut t = TestServer::start(ServerConfig::local(dir.path())).await;
-    let index = t
-        .client
-        .repository_index(pb::RepositoryIndexRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let reason = &index.models[0].reason;
-    assert_eq!(index.models[0].state, "UNAVAILABLE");
+    let index = t.index().await;
+    let reason = &index[0].reason;
+    assert_eq!(index[0].state, "UNAVAILABLE");
     assert!(
         reason.contains("memory_budget 64.0 KiB per instance is below what one call needs"),
         "{reason}"
@@ -58,17 +53,7 @@ async fn a_tight_budget_lowers_the_rows_per_call() {
     // One row of the classifier peaks near 400 KiB and grows with the rows: 1 MiB holds 2.
     let dir = cls_repository("1MiB");
     let mut t = TestServer::start(ServerConfig::local(dir.path())).await;
-    let config = t
-        .client
-        .model_config(pb::ModelConfigRequest {
-            name: "cls".into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .config
-        .unwrap();
+    let config = t.model_config("cls").await;
     let param = |k: &str| {
         config
             .parameters
@@ -116,18 +101,13 @@ async fn a_budget_without_a_shape_to_measure_is_refused() {
         "instance_group: [{ memory_budget: 1GiB }]\n",
     );
     let mut t = TestServer::start(ServerConfig::local(dir.path())).await;
-    let index = t
-        .client
-        .repository_index(pb::RepositoryIndexRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let index = t.index().await;
     assert!(
-        index.models[0]
+        index[0]
             .reason
             .contains("cannot be enforced: no warm shape to measure"),
         "{}",
-        index.models[0].reason
+        index[0].reason
     );
     t.server.shutdown().await.unwrap();
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::*;
-use wharf::{config::ServerConfig, grpc::pb};
+use wharf::config::ServerConfig;
 
 fn library() -> PathBuf {
     std::env::var_os("ORT_DYLIB_PATH")
@@ -68,13 +68,8 @@ async fn the_ppocr_models_agree_on_both_engines() {
     let mut config = ServerConfig::local(dir.path());
     config.onnxruntime_lib = Some(library());
     let mut t = TestServer::start(config).await;
-    let index = t
-        .client
-        .repository_index(pb::RepositoryIndexRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    for m in &index.models {
+    let index = t.index().await;
+    for m in &index {
         assert_eq!(m.state, "READY", "{} {}", m.name, m.reason);
     }
     for (name, shape) in [

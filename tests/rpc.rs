@@ -114,17 +114,7 @@ async fn model_metadata_and_config() {
     assert_eq!(config.input[0].data_type, pb::DataType::TypeFp32 as i32);
     assert_eq!(config.instance_group[0].count, 1);
     // A model with no config.yaml still has a complete config, read from its graph.
-    let identity = t
-        .client
-        .model_config(pb::ModelConfigRequest {
-            name: "identity_bytes".into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .config
-        .unwrap();
+    let identity = t.model_config("identity_bytes").await;
     assert_eq!(identity.input[0].data_type, pb::DataType::TypeString as i32);
     assert_eq!(identity.input[0].dims, vec![-1]);
     t.server.shutdown().await.unwrap();

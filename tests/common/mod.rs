@@ -40,6 +40,32 @@ impl TestServer {
         }
     }
 
+    /// Every model and version with its state, as RepositoryIndex reports them.
+    pub async fn index(&mut self) -> Vec<pb::repository_index_response::ModelIndex> {
+        let request = pb::RepositoryIndexRequest::default();
+        self.client
+            .repository_index(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .models
+    }
+
+    /// The served ModelConfig of the highest ready version of `name`.
+    pub async fn model_config(&mut self, name: &str) -> pb::ModelConfig {
+        let request = pb::ModelConfigRequest {
+            name: name.into(),
+            version: String::new(),
+        };
+        self.client
+            .model_config(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .config
+            .unwrap()
+    }
+
     /// The test repository with default settings.
     pub async fn default() -> TestServer {
         TestServer::start(ServerConfig::local(test_models())).await
