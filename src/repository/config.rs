@@ -143,16 +143,6 @@ pub enum InstanceKind {
     Gpu,
 }
 
-impl InstanceKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InstanceKind::Auto => "KIND_AUTO",
-            InstanceKind::Cpu => "KIND_CPU",
-            InstanceKind::Gpu => "KIND_GPU",
-        }
-    }
-}
-
 /// `model_warmup: true|false`, or Triton's list of named samples.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]

@@ -125,10 +125,6 @@ impl Repository {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
