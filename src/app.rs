@@ -13,6 +13,7 @@ use crate::{
     config::ServerConfig,
     grpc::{pb, pb::grpc_inference_service_server::GrpcInferenceServiceServer, InferenceService},
     inference::Inference,
+    metrics::{endpoint, saturation, Metrics},
     repository::{LoadSettings, Repository},
 };
 
@@ -43,6 +44,7 @@ pub enum AppError {
 /// A running server. Dropping it without `shutdown` leaves the server task running.
 pub struct Server {
     grpc_addr: SocketAddr,
+    metrics_addr: SocketAddr,
     inference: Arc<Inference>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), AppError>>,
@@ -52,11 +54,14 @@ impl Server {
     /// Binds, starts serving at once (live, not yet ready) and loads models in the
     /// background; each model turns READY once warm.
     pub async fn start(config: ServerConfig) -> Result<Server, AppError> {
+        let metrics = Metrics::new();
         let repository = Repository::scan(
             &config.model_repository,
             LoadSettings {
                 onnxruntime_lib: config.onnxruntime_lib.clone(),
+                latency_objective: config.latency_objective,
             },
+            Arc::clone(&metrics),
         )
         .map_err(|source| AppError::Repository {
             path: config.model_repository.display().to_string(),
@@ -73,7 +78,29 @@ impl Server {
             addr: config.grpc_addr,
             source,
         })?;
-        info!(%grpc_addr, repository = %config.model_repository.display(), "gRPC listening");
+        let metrics_listener = TcpListener::bind(config.metrics_addr)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: config.metrics_addr,
+                source,
+            })?;
+        let metrics_addr = metrics_listener
+            .local_addr()
+            .map_err(|source| AppError::Bind {
+                addr: config.metrics_addr,
+                source,
+            })?;
+        info!(%grpc_addr, %metrics_addr, repository = %config.model_repository.display(), "listening");
+        // Metrics stay up through the drain, so the last answers are counted by a scrape.
+        let (metrics_stop, metrics_stopped) = oneshot::channel::<()>();
+        let metrics_task = tokio::spawn(endpoint::serve(
+            metrics_listener,
+            Arc::clone(&metrics),
+            async move {
+                let _ = metrics_stopped.await;
+            },
+        ));
+        let sampler = tokio::spawn(sample_saturation(Arc::clone(&repository), metrics));
 
         let inference = Arc::new(Inference::new(Arc::clone(&repository)));
         let loader = Arc::clone(&repository);
@@ -159,11 +186,15 @@ impl Server {
             };
             // Joins the worker threads once what they hold is done.
             let _ = tokio::task::spawn_blocking(move || repository.unload_all()).await;
+            sampler.abort();
+            let _ = metrics_stop.send(());
+            let _ = metrics_task.await;
             info!("stopped");
             result
         });
         Ok(Server {
             grpc_addr,
+            metrics_addr,
             inference,
             stop: Some(stop),
             task,
@@ -172,6 +203,11 @@ impl Server {
 
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// Where /metrics is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// Resolves once no model is LOADING any more.
@@ -192,6 +228,34 @@ impl Server {
             let _ = stop.send(());
         }
         self.task.await.expect("server task does not panic")
+    }
+}
+
+/// Samples every served model's backlog into its saturation gauge, and the largest into
+/// the pod's; folds histogram samples into buckets now and then, scraped or not.
+async fn sample_saturation(repository: Arc<Repository>, metrics: Arc<Metrics>) {
+    const UPKEEP_EVERY: u64 = 100;
+    let mut tick = tokio::time::interval(saturation::SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = tokio::time::Instant::now();
+    for n in 1u64.. {
+        tick.tick().await;
+        let now = tokio::time::Instant::now();
+        let elapsed = now - last;
+        last = now;
+        let pod = repository
+            .served(None)
+            .iter()
+            .map(|model| {
+                let value = model.stats.backlog.sample(elapsed);
+                model.stats.metrics.saturation.set(value);
+                value
+            })
+            .fold(0.0, f64::max);
+        metrics.set_saturation(pod);
+        if n % UPKEEP_EVERY == 0 {
+            metrics.upkeep();
+        }
     }
 }
 

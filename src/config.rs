@@ -13,6 +13,9 @@ use serde::Deserialize;
 /// Tensor data one request may carry unless configured otherwise.
 pub const DEFAULT_MAX_REQUEST_SIZE: ByteSize = ByteSize::mib(64);
 
+/// The answer time the saturation signal is measured against, unless configured.
+pub const DEFAULT_LATENCY_OBJECTIVE: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub model_repository: PathBuf,
@@ -29,6 +32,8 @@ pub struct ServerConfig {
     pub load_parallelism: usize,
     /// The ONNX Runtime library for `backend: onnxruntime` models.
     pub onnxruntime_lib: Option<PathBuf>,
+    /// What the saturation signal measures pending work against.
+    pub latency_objective: Duration,
 }
 
 impl ServerConfig {
@@ -45,6 +50,7 @@ impl ServerConfig {
             strict_readiness: true,
             load_parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
             onnxruntime_lib: None,
+            latency_objective: DEFAULT_LATENCY_OBJECTIVE,
         }
     }
 }
@@ -61,6 +67,7 @@ pub struct ServerFile {
     pub max_request_size: Option<ByteSize>,
     pub strict_readiness: Option<bool>,
     pub onnxruntime_lib: Option<PathBuf>,
+    pub latency_objective_ms: Option<u64>,
 }
 
 impl ServerFile {
@@ -89,7 +96,15 @@ impl ServerFile {
                 "max_request_size: expected 1 byte to 4GiB, found {max}"
             ));
         }
+        let objective_ms = overrides
+            .latency_objective_ms
+            .or(self.latency_objective_ms)
+            .unwrap_or(DEFAULT_LATENCY_OBJECTIVE.as_millis() as u64);
+        if objective_ms == 0 {
+            return Err("latency_objective_ms: expected at least 1 millisecond, found 0".into());
+        }
         Ok(ServerConfig {
+            latency_objective: Duration::from_millis(objective_ms),
             model_repository: overrides
                 .model_repository
                 .or(self.model_repository)

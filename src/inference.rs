@@ -7,10 +7,12 @@ use tokio::{
     sync::{oneshot, watch},
     time::Instant,
 };
+use tracing::debug;
 
 use crate::{
     batching::Entry,
     error::InferError,
+    metrics::Refusal,
     repository::{Repository, ServedModel},
     shutdown::InFlight,
     tensor::Tensor,
@@ -83,21 +85,36 @@ impl Inference {
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, InferError> {
         // Counted before the drain check, so a drain that sees zero cannot miss this one.
         let _admitted = self.in_flight.admit();
+        let metrics = self.repository.metrics();
         if self.is_draining() {
+            metrics.refused(Refusal::ShuttingDown);
             return Err(InferError::ShuttingDown);
         }
         let model = self
             .repository
-            .get(&request.model_name, &request.model_version)?;
+            .get(&request.model_name, &request.model_version)
+            .inspect_err(|e| {
+                metrics.refused(match e {
+                    InferError::ModelUnavailable { .. } => Refusal::ModelUnavailable,
+                    _ => Refusal::UnknownModel,
+                })
+            })?;
         let arrived = Instant::now();
+        let id = request.id.clone();
         let result = Self::run(&model, request, arrived).await;
+        let took = arrived.elapsed();
         match &result {
-            Ok(response) => {
-                let rows = response.rows;
-                model.stats.record_success(rows, arrived.elapsed());
-            }
-            Err(_) => model.stats.record_failure(arrived.elapsed()),
+            Ok(response) => model.stats.record_success(response.rows, took),
+            Err(e) => model.stats.record_failure(e, took),
         }
+        debug!(
+            model = %model.name,
+            version = model.version,
+            %id,
+            ok = result.is_ok(),
+            took_us = took.as_micros() as u64,
+            "request answered"
+        );
         result.map(|r| r.response)
     }
 
@@ -128,13 +145,24 @@ impl Inference {
             .min()
             .map(|d| arrived + d);
         let (reply, answer) = oneshot::channel();
+        let key = shape_key(&inputs);
+        let stats = &model.stats;
+        let work = stats.backlog.arrive(model.work.nanos(
+            &key,
+            rows,
+            stats.backlog.observed_row_ns(),
+        ));
         model.scheduler.submit(Entry {
-            key: shape_key(&inputs),
+            key,
             rows,
             priority,
             enqueued: arrived,
             deadline,
-            payload: Job { inputs, reply },
+            payload: Job {
+                inputs,
+                reply,
+                work,
+            },
         })?;
         // Dropping this future (the caller went away) closes `answer`, which the scheduler
         // and the worker check before computing.

@@ -12,6 +12,7 @@ pub mod error;
 pub mod grpc;
 pub mod inference;
 pub mod loadgen;
+pub mod metrics;
 pub mod repository;
 pub mod shutdown;
 pub mod stats;

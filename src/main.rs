@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use wharf::{
     app::Server,
     config::{ServerConfig, ServerFile},
+    metrics::Metrics,
     repository::{LoadSettings, Repository},
 };
 
@@ -76,6 +77,9 @@ struct ServeArgs {
     /// The ONNX Runtime library (libonnxruntime.so.1.31.x) for backend onnxruntime
     #[arg(long, env = "ORT_DYLIB_PATH")]
     onnxruntime_lib: Option<PathBuf>,
+    /// Answer time the saturation metric is measured against, in ms [default: 100]
+    #[arg(long, env = "WHARF_LATENCY_OBJECTIVE_MS")]
+    latency_objective_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -93,6 +97,7 @@ impl ServeArgs {
             max_request_size: self.max_request_size,
             strict_readiness: self.strict_readiness,
             onnxruntime_lib: self.onnxruntime_lib,
+            latency_objective_ms: self.latency_objective_ms,
         };
         file.resolve(overrides).map_err(anyhow::Error::msg)
     }
@@ -168,7 +173,11 @@ fn bench(args: wharf::loadgen::BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn check(model_repository: PathBuf, onnxruntime_lib: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let repository = Repository::scan(&model_repository, LoadSettings { onnxruntime_lib })
+    let settings = LoadSettings {
+        onnxruntime_lib,
+        ..LoadSettings::default()
+    };
+    let repository = Repository::scan(&model_repository, settings, Metrics::new())
         .with_context(|| format!("reading model repository {}", model_repository.display()))?;
     // Schedulers are tokio tasks even when nothing is served.
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

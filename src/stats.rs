@@ -1,10 +1,16 @@
-//! Per model version counters and cumulative durations, as Triton's ModelStatistics
-//! reports them, so batching is visible from tritonclient.
+//! Per model version telemetry, recorded once where each decision is made: Triton's
+//! ModelStatistics counters (so batching is visible from tritonclient) and the Prometheus
+//! metrics beside them.
 
 use std::{
     collections::BTreeMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use crate::{
+    error::InferError,
+    metrics::{Backlog, ModelMetrics, Outcome},
 };
 
 /// A count and the total time it took.
@@ -55,28 +61,69 @@ pub struct Snapshot {
     pub cancelled: u64,
 }
 
-#[derive(Debug, Default)]
-pub struct ModelStats(Mutex<Snapshot>);
+pub struct ModelStats {
+    snapshot: Mutex<Snapshot>,
+    pub metrics: ModelMetrics,
+    pub backlog: Arc<Backlog>,
+}
+
+impl Default for ModelStats {
+    /// Triton's counters only, no Prometheus series (tests of the parts).
+    fn default() -> Self {
+        ModelStats::new(
+            ModelMetrics::noop(),
+            Backlog::new(1, Duration::from_secs(1)),
+        )
+    }
+}
 
 impl ModelStats {
+    pub fn new(metrics: ModelMetrics, backlog: Arc<Backlog>) -> ModelStats {
+        ModelStats {
+            snapshot: Mutex::default(),
+            metrics,
+            backlog,
+        }
+    }
+
     fn with(&self, f: impl FnOnce(&mut Snapshot)) {
-        f(&mut self.0.lock().expect("stats lock"));
+        f(&mut self.snapshot.lock().expect("stats lock"));
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        self.0.lock().expect("stats lock").clone()
+        self.snapshot.lock().expect("stats lock").clone()
+    }
+
+    /// The queue after a change: requests waiting, and instances running a batch.
+    pub fn record_queue_state(&self, waiting: usize, busy: usize) {
+        self.metrics.pending.set(waiting as f64);
+        self.metrics.instances_busy.set(busy as f64);
     }
 
     pub fn record_queue(&self, waited: Duration) {
         self.with(|s| s.queue.add(waited));
+        self.metrics.queue_duration.record(waited.as_secs_f64());
+    }
+
+    /// Refused at the door: the queue was full.
+    pub fn record_rejected(&self) {
+        self.metrics.ended(Outcome::QueueFull, 1);
+        self.backlog.refuse();
     }
 
     pub fn record_expired(&self) {
         self.with(|s| s.expired += 1);
+        self.metrics.ended(Outcome::Timeout, 1);
     }
 
     pub fn record_cancelled(&self) {
         self.with(|s| s.cancelled += 1);
+        self.metrics.ended(Outcome::Cancelled, 1);
+    }
+
+    /// The engine failed on a call carrying `requests` requests.
+    pub fn record_backend_error(&self, requests: usize) {
+        self.metrics.ended(Outcome::BackendError, requests as u64);
     }
 
     /// One engine call of `rows` rows serving `requests` requests. Triton counts the
@@ -100,6 +147,12 @@ impl ModelStats {
             b.compute_infer.add(infer);
             b.compute_output.add(output);
         });
+        let took = input + infer + output;
+        self.metrics.executions.increment(1);
+        self.metrics.inferences.increment(rows as u64);
+        self.metrics.compute_duration.record(took.as_secs_f64());
+        self.metrics.batch_rows.record(rows as f64);
+        self.backlog.observe_row_cost(took / rows.max(1) as u32);
     }
 
     pub fn record_success(&self, rows: usize, took: Duration) {
@@ -110,9 +163,19 @@ impl ModelStats {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
         });
+        self.metrics.ended(Outcome::Success, 1);
+        self.metrics.request_duration.record(took.as_secs_f64());
     }
 
-    pub fn record_failure(&self, took: Duration) {
+    /// Any failure, for Triton's tally. The outcome is counted here only for the errors
+    /// decided by the request itself (validation, a worker that vanished); the queue and
+    /// the workers count theirs where they decide them.
+    pub fn record_failure(&self, error: &InferError, took: Duration) {
         self.with(|s| s.fail.add(took));
+        match error {
+            InferError::InvalidArgument(_) => self.metrics.ended(Outcome::Invalid, 1),
+            InferError::WorkerGone(_) => self.metrics.ended(Outcome::BackendError, 1),
+            _ => {}
+        }
     }
 }

@@ -17,6 +17,7 @@ use crate::{
     backend::{Instance, Model},
     batching::{cost::CostCurve, ShapeKey},
     error::InferError,
+    metrics::saturation::WorkToken,
     stats::ModelStats,
     tensor::{Tensor, TensorData},
 };
@@ -27,6 +28,8 @@ pub type JobResult = Result<Vec<Tensor>, InferError>;
 pub struct Job {
     pub inputs: Vec<Tensor>,
     pub reply: oneshot::Sender<JobResult>,
+    /// The request's share of the model's backlog, released when the job is dropped.
+    pub work: WorkToken,
 }
 
 /// Requests that may run together; their inputs share every dim but the first, along
@@ -177,12 +180,12 @@ fn work(
 /// One engine call for `jobs`: concatenated, run, split back.
 fn run_piece(context: &WorkerContext, instance: &mut dyn Instance, jobs: Batch) {
     let started = Instant::now();
+    // A model without a batch dimension takes one request as one row, whatever its shape.
     let rows: Vec<usize> = jobs
         .iter()
-        .map(|j| {
-            j.inputs
-                .first()
-                .map_or(1, |t| t.shape.first().copied().unwrap_or(1))
+        .map(|j| match j.inputs.first() {
+            Some(t) if context.batched => t.shape.first().copied().unwrap_or(1),
+            _ => 1,
         })
         .collect();
     let joined: Vec<Tensor>;
@@ -220,10 +223,13 @@ fn run_piece(context: &WorkerContext, instance: &mut dyn Instance, jobs: Batch) 
                 finished - computed,
             );
             for (job, outputs) in jobs.into_iter().zip(answers) {
-                let _ = job.reply.send(Ok(outputs));
+                if job.reply.send(Ok(outputs)).is_err() {
+                    context.stats.record_cancelled(); // the caller left during the call
+                }
             }
         }
         Err(source) => {
+            context.stats.record_backend_error(jobs.len());
             for job in jobs {
                 let error = InferError::Backend {
                     model: context.model_name.clone(),

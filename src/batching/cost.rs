@@ -52,6 +52,16 @@ impl CostCurve {
             .unwrap_or(1)
     }
 
+    /// Engine nanoseconds per row when calls carry as many rows as are worth joining, up
+    /// to `form_rows`; None where nothing was measured.
+    pub fn row_cost_ns(&self, form_rows: usize) -> Option<f64> {
+        if self.points.is_empty() {
+            return None;
+        }
+        let rows = self.efficient_rows(form_rows.max(1));
+        Some(self.estimate(rows) / rows as f64)
+    }
+
     /// How many consecutive requests each engine call should take, for requests of
     /// `rows[i]` rows, so the whole batch costs the least. Never splits a request; with no
     /// measurements, one call.

@@ -41,6 +41,7 @@ pub struct Scheduler {
     arrivals: mpsc::UnboundedSender<Entry<Job>>,
     waiting: Arc<AtomicUsize>,
     policy: BatchPolicy,
+    stats: Arc<ModelStats>,
     task: JoinHandle<()>,
 }
 
@@ -67,13 +68,19 @@ impl Scheduler {
             done,
             instances,
             Arc::clone(&waiting),
-            stats,
+            Arc::clone(&stats),
         ));
+        stats
+            .metrics
+            .queue_capacity
+            .set(policy.max_queue_size as f64);
+        stats.metrics.instances.set(instances as f64);
         Scheduler {
             model,
             arrivals,
             waiting,
             policy,
+            stats,
             task,
         }
     }
@@ -92,6 +99,7 @@ impl Scheduler {
         let before = self.waiting.fetch_add(1, Ordering::AcqRel);
         if before >= self.policy.max_queue_size {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.stats.record_rejected();
             return Err(InferError::QueueFull {
                 model: self.model.clone(),
                 capacity: self.policy.max_queue_size,
@@ -167,6 +175,7 @@ async fn run(
             }
             idle -= 1;
         }
+        stats.record_queue_state(waiting.load(Ordering::Relaxed), instances - idle);
     }
 }
 
@@ -194,6 +203,7 @@ mod tests {
 
     use super::*;
     use crate::{
+        metrics::saturation::WorkToken,
         repository::config::TimeoutAction,
         tensor::{DataType, Tensor, TensorData},
         workers::JobResult,
@@ -272,6 +282,7 @@ mod tests {
                     payload: Job {
                         inputs: vec![tensor],
                         reply,
+                        work: WorkToken::none(),
                     },
                 })
                 .unwrap();
@@ -406,6 +417,7 @@ mod tests {
             payload: Job {
                 inputs: Vec::new(),
                 reply,
+                work: WorkToken::none(),
             },
         });
         assert!(matches!(

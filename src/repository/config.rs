@@ -374,11 +374,23 @@ impl ModelConfig {
             if key == "trt_engine_cache_path" {
                 continue;
             }
+            if key == "latency_objective_ms" {
+                if !value.string_value.parse::<u64>().is_ok_and(|ms| ms >= 1) {
+                    return key_err(
+                        &format!("parameters.{key}.string_value"),
+                        format!(
+                            "expected a whole number of milliseconds >= 1, found `{}`",
+                            value.string_value
+                        ),
+                    );
+                }
+                continue;
+            }
             let Some((_, expected)) = ENGINE_PARAMETERS.iter().find(|(k, _)| k == key) else {
                 let known: Vec<&str> = ENGINE_PARAMETERS
                     .iter()
                     .map(|(k, _)| *k)
-                    .chain(["trt_engine_cache_path"])
+                    .chain(["trt_engine_cache_path", "latency_objective_ms"])
                     .collect();
                 return key_err(
                     &format!("parameters.{key}"),

@@ -19,6 +19,10 @@ use crate::{
     backend::{tract::TractModel, Model},
     batching::{BatchPolicy, Scheduler},
     error::InferError,
+    metrics::{
+        saturation::{Backlog, WorkEstimate},
+        Metrics, ModelMetrics,
+    },
     stats::ModelStats,
     workers::{WorkerContext, WorkerPool},
 };
@@ -37,6 +41,8 @@ pub struct ServedModel {
     pub scheduler: Scheduler,
     pub pool: WorkerPool,
     pub stats: Arc<ModelStats>,
+    /// Engine time per request, estimated from the cost curves (for the backlog).
+    pub work: WorkEstimate,
     pub profile: Profile,
     /// Bytes the model keeps however many instances run it (weights, compiled plans).
     pub shared_bytes: u64,
@@ -79,14 +85,27 @@ pub struct IndexRow {
 }
 
 /// What loading needs beyond the model folders.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoadSettings {
     /// The ONNX Runtime library for `backend: onnxruntime` models.
     pub onnxruntime_lib: Option<PathBuf>,
+    /// The time a request should be answered in; the saturation signal is measured
+    /// against it. A model's `latency_objective_ms` parameter overrides it.
+    pub latency_objective: Duration,
+}
+
+impl Default for LoadSettings {
+    fn default() -> Self {
+        LoadSettings {
+            onnxruntime_lib: None,
+            latency_objective: crate::config::DEFAULT_LATENCY_OBJECTIVE,
+        }
+    }
 }
 
 pub struct Repository {
     settings: LoadSettings,
+    metrics: Arc<Metrics>,
     root: PathBuf,
     models: RwLock<BTreeMap<String, ModelEntry>>,
     /// Bumped on every state change, so that health can follow without polling.
@@ -104,7 +123,11 @@ struct LoadTask {
 impl Repository {
     /// Reads the folder tree (fast, no model is loaded yet): every model starts LOADING,
     /// or UNAVAILABLE with its reason when its folder is already wrong.
-    pub fn scan(root: &Path, settings: LoadSettings) -> std::io::Result<Repository> {
+    pub fn scan(
+        root: &Path,
+        settings: LoadSettings,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Repository> {
         let mut models = BTreeMap::new();
         for entry in std::fs::read_dir(root)? {
             let entry = entry?;
@@ -115,14 +138,26 @@ impl Repository {
             if name.starts_with('.') {
                 continue;
             }
-            models.insert(name.clone(), scan_model(&name, &entry.path()));
+            let model = scan_model(&name, &entry.path());
+            if model.failure.is_some() {
+                metrics.set_ready(&name, "", false);
+            }
+            for version in model.versions.keys() {
+                metrics.set_ready(&name, &version.to_string(), false);
+            }
+            models.insert(name, model);
         }
         Ok(Repository {
             settings,
+            metrics,
             root: root.to_owned(),
             models: RwLock::new(models),
             changes: watch::channel(0).0,
         })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -161,7 +196,8 @@ impl Repository {
                 let rx = rx.clone();
                 scope.spawn(move || {
                     for task in rx {
-                        let state = match load_version(&task, runtime, &self.settings) {
+                        let loaded = load_version(&task, runtime, &self.settings, &self.metrics);
+                        let state = match loaded {
                             Ok(model) => VersionState::Ready(Arc::new(model)),
                             Err(reason) => {
                                 warn!(model = %task.name, version = task.version, %reason, "model failed to load");
@@ -176,6 +212,8 @@ impl Repository {
     }
 
     fn set_state(&self, name: &str, version: u64, state: VersionState) {
+        let ready = matches!(state, VersionState::Ready(_));
+        self.metrics.set_ready(name, &version.to_string(), ready);
         let mut models = self.models.write().expect("repository lock");
         if let Some(entry) = models.get_mut(name) {
             entry.versions.insert(version, state);
@@ -304,6 +342,11 @@ impl Repository {
         let mut models = self.models.write().expect("repository lock");
         let taken = std::mem::take(&mut *models);
         drop(models);
+        for (name, entry) in &taken {
+            for version in entry.versions.keys() {
+                self.metrics.set_ready(name, &version.to_string(), false);
+            }
+        }
         drop(taken);
         self.changes.send_modify(|n| *n += 1);
     }
@@ -443,6 +486,7 @@ fn load_version(
     task: &LoadTask,
     runtime: &tokio::runtime::Handle,
     settings: &LoadSettings,
+    metrics: &Metrics,
 ) -> Result<ServedModel, String> {
     let started = Instant::now();
     let config = &task.config;
@@ -477,7 +521,16 @@ fn load_version(
     let shared_bytes = kept.bytes_current.max(0) as u64;
 
     let instances = config.instance_count();
-    let stats = Arc::new(ModelStats::default());
+    let objective = config
+        .parameter("latency_objective_ms")
+        .and_then(|ms| ms.parse().ok())
+        .map_or(settings.latency_objective, Duration::from_millis);
+    let model_metrics = metrics.model(&task.name, &task.version.to_string());
+    let stats = Arc::new(ModelStats::new(
+        model_metrics,
+        Backlog::new(instances, objective),
+    ));
+    let work = WorkEstimate::new(&profile.curves, policy.form_rows);
     let (done_tx, done_rx) = tokio::sync::mpsc::channel(instances);
     let context = Arc::new(WorkerContext {
         model_name: task.name.clone(),
@@ -497,6 +550,14 @@ fn load_version(
         Arc::clone(&stats),
     );
     let load_time = started.elapsed();
+    record_load(
+        &stats.metrics,
+        config,
+        &policy,
+        &profile,
+        shared_bytes,
+        load_time,
+    );
     let curve: Vec<String> = profile
         .curves
         .fallback
@@ -531,10 +592,43 @@ fn load_version(
         scheduler,
         pool,
         stats,
+        work,
         profile,
         shared_bytes,
         load_time,
     })
+}
+
+/// The gauges a load settles: memory (budget, measured peak at the largest batch the
+/// scheduler forms, shared bytes) and how long it took.
+fn record_load(
+    metrics: &ModelMetrics,
+    config: &ModelConfig,
+    policy: &BatchPolicy,
+    profile: &Profile,
+    shared_bytes: u64,
+    load_time: Duration,
+) {
+    if let Some(budget) = config
+        .instance_group
+        .iter()
+        .flatten()
+        .filter_map(|g| g.memory_budget)
+        .map(|b| b.as_u64())
+        .min()
+    {
+        metrics.memory_budget.set(budget as f64);
+    }
+    if let Some((_, peak)) = profile
+        .peak_bytes
+        .iter()
+        .filter(|(rows, _)| *rows <= policy.form_rows.max(1))
+        .max_by_key(|(rows, _)| *rows)
+    {
+        metrics.memory_peak.set(*peak as f64);
+    }
+    metrics.memory_shared.set(shared_bytes as f64);
+    metrics.load_duration.set(load_time.as_secs_f64());
 }
 
 /// Lowers the rows a batch may hold to what fits each instance's memory budget, measured
@@ -619,7 +713,7 @@ mod tests {
     #[test]
     fn models_are_unavailable_until_loaded_then_ready() {
         let dir = repo_with(&[("a", None)]);
-        let repo = Repository::scan(dir.path(), LoadSettings::default()).unwrap();
+        let repo = Repository::scan(dir.path(), LoadSettings::default(), Metrics::new()).unwrap();
         let err = repo.get("a", "").err().unwrap().to_string();
         assert_eq!(err, "model 'a' is not ready: it is still loading");
         assert!(!repo.settled());
@@ -643,7 +737,7 @@ mod tests {
             dir.path().join("a/3/model.onnx"),
         )
         .unwrap();
-        let repo = Repository::scan(dir.path(), LoadSettings::default()).unwrap();
+        let repo = Repository::scan(dir.path(), LoadSettings::default(), Metrics::new()).unwrap();
         repo.load_all(1, &runtime());
         let versions: Vec<String> = repo.index().into_iter().map(|r| r.version).collect();
         assert_eq!(versions, vec!["1", "3"]);
@@ -655,7 +749,7 @@ mod tests {
     #[test]
     fn a_folder_name_mismatch_is_named() {
         let dir = repo_with(&[("a", Some("name: b\n"))]);
-        let repo = Repository::scan(dir.path(), LoadSettings::default()).unwrap();
+        let repo = Repository::scan(dir.path(), LoadSettings::default(), Metrics::new()).unwrap();
         let row = &repo.index()[0];
         assert_eq!(row.state, "UNAVAILABLE");
         assert!(
