@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests (real server on loopback), then the
-# KServe conformance and onnxruntime parity suite through the real tritonclient package.
+# KServe conformance and onnxruntime parity suite through the real tritonclient package,
+# and the metrics checked by a real Prometheus and promtool.
 # The venv it makes also provides the ONNX Runtime library (onnxruntime==1.31.1 wheel) that
 # the onnxruntime backend loads, and the PP-OCR det/rec models are fetched if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Prometheus and promtool (Debian's package) for the metrics tests.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus >/dev/null
+fi
 
 venv=.venv-test
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"

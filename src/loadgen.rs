@@ -136,11 +136,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                     tokio::spawn(async move {
                         while Instant::now() < stop_at {
                             let sent = Instant::now();
+                            // Counted before sending, so --count bounds what is sent.
+                            let measured = sent >= measure_from;
+                            if measured && !take(&budget) {
+                                break;
+                            }
                             let result = client.model_infer(request.clone()).await;
-                            if sent >= measure_from {
-                                if !take(&budget) {
-                                    break;
-                                }
+                            if measured {
                                 record(&tally, sent.elapsed(), result.err()).await;
                             }
                         }

@@ -98,6 +98,10 @@ async fn each_request_is_counted_once_under_how_it_ended() {
     );
     assert_eq!(outcome(&before, "success"), 0.0);
     assert!(before.keys().any(|k| k.starts_with("wharf_build_info{")));
+    // No budget configured: no budget series (a 0 would read as a budget of nothing).
+    assert!(!before
+        .keys()
+        .any(|k| k.starts_with("wharf_memory_budget_bytes")));
 
     // 2 successes.
     for _ in 0..2 {
@@ -187,8 +191,18 @@ async fn each_request_is_counted_once_under_how_it_ended() {
         successes
     );
     assert_eq!(value(&after, &series("wharf_batch_rows_count")), successes);
-    assert_eq!(value(&after, &series("wharf_pending_requests")), 0.0);
-    assert_eq!(value(&after, &series("wharf_instances_busy")), 0.0);
+    // The instance tells the scheduler it is free just after it answers: allow a moment.
+    let mut idle = after;
+    for _ in 0..50 {
+        let busy = value(&idle, &series("wharf_instances_busy"));
+        if busy == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        idle = samples(&scrape(&t.server).await);
+    }
+    assert_eq!(value(&idle, &series("wharf_pending_requests")), 0.0);
+    assert_eq!(value(&idle, &series("wharf_instances_busy")), 0.0);
     t.server.shutdown().await.unwrap();
 }
 

@@ -259,7 +259,6 @@ impl Metrics {
             queue_capacity: gauge(QUEUE_CAPACITY),
             instances: gauge(INSTANCES),
             instances_busy: gauge(INSTANCES_BUSY),
-            memory_budget: gauge(MEMORY_BUDGET),
             memory_peak: gauge(MEMORY_PEAK),
             memory_shared: gauge(MEMORY_SHARED),
             load_duration: gauge(MODEL_LOAD_DURATION),
@@ -269,6 +268,11 @@ impl Metrics {
         metrics.pending.set(0.0);
         metrics.instances_busy.set(0.0);
         metrics
+    }
+
+    /// Exported only for model versions that configure a budget: 0 would read as one.
+    pub fn set_memory_budget(&self, model: &str, version: &str, bytes: u64) {
+        self.gauge(MEMORY_BUDGET, model, version).set(bytes as f64);
     }
 
     fn gauge(&self, name: &'static str, model: &str, version: &str) -> Gauge {
@@ -301,7 +305,6 @@ pub struct ModelMetrics {
     pub queue_capacity: Gauge,
     pub instances: Gauge,
     pub instances_busy: Gauge,
-    pub memory_budget: Gauge,
     pub memory_peak: Gauge,
     pub memory_shared: Gauge,
     pub load_duration: Gauge,
@@ -322,7 +325,6 @@ impl ModelMetrics {
             queue_capacity: Gauge::noop(),
             instances: Gauge::noop(),
             instances_busy: Gauge::noop(),
-            memory_budget: Gauge::noop(),
             memory_peak: Gauge::noop(),
             memory_shared: Gauge::noop(),
             load_duration: Gauge::noop(),

@@ -551,8 +551,9 @@ fn load_version(
     );
     let load_time = started.elapsed();
     record_load(
+        metrics,
         &stats.metrics,
-        config,
+        task,
         &policy,
         &profile,
         shared_bytes,
@@ -601,15 +602,18 @@ fn load_version(
 
 /// The gauges a load settles: memory (budget, measured peak at the largest batch the
 /// scheduler forms, shared bytes) and how long it took.
+#[allow(clippy::too_many_arguments)]
 fn record_load(
+    server: &Metrics,
     metrics: &ModelMetrics,
-    config: &ModelConfig,
+    task: &LoadTask,
     policy: &BatchPolicy,
     profile: &Profile,
     shared_bytes: u64,
     load_time: Duration,
 ) {
-    if let Some(budget) = config
+    if let Some(budget) = task
+        .config
         .instance_group
         .iter()
         .flatten()
@@ -617,7 +621,7 @@ fn record_load(
         .map(|b| b.as_u64())
         .min()
     {
-        metrics.memory_budget.set(budget as f64);
+        server.set_memory_budget(&task.name, &task.version.to_string(), budget);
     }
     if let Some((_, peak)) = profile
         .peak_bytes
