@@ -180,6 +180,12 @@ def test_saturation_rises_under_load_and_falls_after(stack, run):
     after = stack.query("wharf_saturation_ratio", at=run["rested"])
     print(f"saturation: idle {run['idle']}, peak under load {peak:.3f}, 9 s after {after:.3f}; "
           f"cls p50 {run['cls']['p50_ms']:.2f} ms p99 {run['cls']['p99_ms']:.2f} ms")
+    # What the HPA reads through prometheus-adapter, second by second (README, Metrics).
+    body = json.loads(get(f"{stack.prom_url}/api/v1/query_range?" + urllib.parse.urlencode({
+        "query": "wharf_saturation_ratio", "start": run["started"] - 1, "end": run["rested"],
+        "step": "1"})))
+    print("wharf_saturation_ratio by second:",
+          " ".join(f"{float(v):.2f}" for _, v in body["data"]["result"][0]["values"]))
     assert peak > 0.8, peak
     assert after < peak / 3, (peak, after)
 
