@@ -5,12 +5,16 @@ use std::{net::SocketAddr, sync::Arc};
 
 use thiserror::Error;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::transport::server::TcpIncoming;
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{server::TcpIncoming, Identity, ServerTlsConfig},
+};
 use tonic_health::{server::HealthReporter, ServingStatus};
 use tracing::{info, warn};
 
 use crate::{
-    config::ServerConfig,
+    auth::RequireKey,
+    config::{ServerConfig, TlsFiles},
     grpc::{pb, pb::grpc_inference_service_server::GrpcInferenceServiceServer, InferenceService},
     inference::Inference,
     metrics::{endpoint, saturation, Metrics},
@@ -39,6 +43,25 @@ pub enum AppError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("TLS {what} {path}: {source}")]
+    Tls {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The server's TLS identity from its PEM files.
+fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, AppError> {
+    let read = |what, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| AppError::Tls {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let identity = Identity::from_pem(read("certificate", &files.cert)?, read("key", &files.key)?);
+    Ok(ServerTlsConfig::new().identity(identity))
 }
 
 /// A running server. Dropping it without `shutdown` leaves the server task running.
@@ -137,9 +160,21 @@ impl Server {
             .max_request_bytes
             .saturating_mul(2)
             .saturating_add(1 << 20);
-        let inference_server = GrpcInferenceServiceServer::new(service)
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(usize::MAX);
+        let inference_server = InterceptedService::new(
+            GrpcInferenceServiceServer::new(service)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(usize::MAX),
+            RequireKey(config.api_key.clone()),
+        );
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            builder = builder.tls_config(tls_config(tls)?)?;
+        }
+        info!(
+            tls = config.tls.is_some(),
+            api_key = config.api_key.is_some(),
+            "inference service protection"
+        );
 
         let (stop, stopped) = oneshot::channel::<()>();
         let drain = Arc::clone(&inference);
@@ -168,7 +203,7 @@ impl Server {
             // Small answers must leave at once: without TCP_NODELAY, Nagle's algorithm and
             // delayed ACKs add ~40 ms to a share of requests.
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            let serve = tonic::transport::Server::builder()
+            let serve = builder
                 .add_service(health)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)

@@ -10,6 +10,8 @@ use std::{
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::auth::ApiKey;
+
 /// Tensor data one request may carry unless configured otherwise.
 pub const DEFAULT_MAX_REQUEST_SIZE: ByteSize = ByteSize::mib(64);
 
@@ -34,6 +36,16 @@ pub struct ServerConfig {
     pub onnxruntime_lib: Option<PathBuf>,
     /// What the saturation signal measures pending work against.
     pub latency_objective: Duration,
+    /// Wanted on every inference RPC when set (health and reflection stay open).
+    pub api_key: Option<ApiKey>,
+    /// Serve gRPC over TLS with this certificate chain and key (PEM).
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl ServerConfig {
@@ -51,6 +63,8 @@ impl ServerConfig {
             load_parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
             onnxruntime_lib: None,
             latency_objective: DEFAULT_LATENCY_OBJECTIVE,
+            api_key: None,
+            tls: None,
         }
     }
 }
@@ -68,6 +82,10 @@ pub struct ServerFile {
     pub strict_readiness: Option<bool>,
     pub onnxruntime_lib: Option<PathBuf>,
     pub latency_objective_ms: Option<u64>,
+    /// A file holding the API key (a mounted Secret); the key itself never goes in here.
+    pub api_key_file: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServerFile {
@@ -103,7 +121,22 @@ impl ServerFile {
         if objective_ms == 0 {
             return Err("latency_objective_ms: expected at least 1 millisecond, found 0".into());
         }
+        let api_key = overrides
+            .api_key_file
+            .or(self.api_key_file)
+            .map(|path| ApiKey::from_file(&path))
+            .transpose()?;
+        let tls = match (
+            overrides.tls_cert.or(self.tls_cert),
+            overrides.tls_key.or(self.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err("tls_cert and tls_key: give both or neither".into()),
+        };
         Ok(ServerConfig {
+            api_key,
+            tls,
             latency_objective: Duration::from_millis(objective_ms),
             model_repository: overrides
                 .model_repository

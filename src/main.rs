@@ -7,6 +7,7 @@ use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wharf::{
     app::Server,
+    auth::ApiKey,
     config::{ServerConfig, ServerFile},
     metrics::Metrics,
     repository::{LoadSettings, Repository},
@@ -80,6 +81,16 @@ struct ServeArgs {
     /// Answer time the saturation metric is measured against, in ms [default: 100]
     #[arg(long, env = "WHARF_LATENCY_OBJECTIVE_MS")]
     latency_objective_ms: Option<u64>,
+    /// A file holding the API key inference RPCs must carry as `authorization: Bearer
+    /// <key>` (or the key itself in WHARF_API_KEY); health and reflection stay open
+    #[arg(long, env = "WHARF_API_KEY_FILE")]
+    api_key_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with --tls-key, gRPC is served over TLS
+    #[arg(long, env = "WHARF_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(long, env = "WHARF_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -98,8 +109,20 @@ impl ServeArgs {
             strict_readiness: self.strict_readiness,
             onnxruntime_lib: self.onnxruntime_lib,
             latency_objective_ms: self.latency_objective_ms,
+            api_key_file: self.api_key_file,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
         };
-        file.resolve(overrides).map_err(anyhow::Error::msg)
+        let mut config = file.resolve(overrides).map_err(anyhow::Error::msg)?;
+        // The key as a variable (from a Secret through env), never as a flag: flags show
+        // in `ps`.
+        if let Ok(key) = std::env::var("WHARF_API_KEY") {
+            if config.api_key.is_some() {
+                anyhow::bail!("WHARF_API_KEY and an API key file are both set; keep one");
+            }
+            config.api_key = Some(ApiKey::new(&key).map_err(anyhow::Error::msg)?);
+        }
+        Ok(config)
     }
 }
 
