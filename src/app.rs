@@ -116,16 +116,19 @@ impl Server {
         info!(%grpc_addr, %metrics_addr, repository = %config.model_repository.display(), "listening");
         // Metrics stay up through the drain, so the last answers are counted by a scrape.
         let (metrics_stop, metrics_stopped) = oneshot::channel::<()>();
+        let inference = Arc::new(Inference::new(Arc::clone(&repository)));
+        let probe = Arc::clone(&inference);
+        let strict = config.strict_readiness;
         let metrics_task = tokio::spawn(endpoint::serve(
             metrics_listener,
             Arc::clone(&metrics),
+            move || server_ready(&probe, strict),
             async move {
                 let _ = metrics_stopped.await;
             },
         ));
         let sampler = tokio::spawn(sample_saturation(Arc::clone(&repository), metrics));
 
-        let inference = Arc::new(Inference::new(Arc::clone(&repository)));
         let loader = Arc::clone(&repository);
         let parallelism = config.load_parallelism;
         let runtime = tokio::runtime::Handle::current();
@@ -294,6 +297,12 @@ async fn sample_saturation(repository: Arc<Repository>, metrics: Arc<Metrics>) {
     }
 }
 
+/// Ready to take requests: not draining, loading settled, and (strict) every model READY.
+fn server_ready(inference: &Inference, strict: bool) -> bool {
+    let repository = inference.repository();
+    !inference.is_draining() && repository.settled() && (!strict || repository.all_ready())
+}
+
 /// Keeps gRPC health in step with the models: "" and the inference service follow server
 /// readiness, and each model name follows whether a version of it is READY.
 async fn follow_health(reporter: HealthReporter, inference: Arc<Inference>, strict: bool) {
@@ -314,7 +323,7 @@ async fn follow_health(reporter: HealthReporter, inference: Arc<Inference>, stri
             let up = !drained && repository.is_ready(&row.name, "");
             reporter.set_service_status(&row.name, serving(up)).await;
         }
-        let ready = !drained && repository.settled() && (!strict || repository.all_ready());
+        let ready = server_ready(&inference, strict);
         reporter
             .set_service_status(INFERENCE_SERVICE, serving(ready))
             .await;

@@ -13,24 +13,28 @@ use tokio::{
 use tonic::Code;
 use wharf::{config::ServerConfig, grpc::pb};
 
-/// GET /metrics, the body as text.
-async fn scrape(server: &wharf::app::Server) -> String {
+/// GET `path` on the metrics port: the status code, the head and the body.
+async fn get(server: &wharf::app::Server, path: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(server.metrics_addr()).await.unwrap();
     stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: wharf\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: wharf\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, head.to_owned(), body.to_owned())
+}
+
+/// GET /metrics, the body as text.
+async fn scrape(server: &wharf::app::Server) -> String {
+    let (code, head, body) = get(server, "/metrics").await;
+    assert_eq!(code, 200, "{head}");
     assert!(head
         .to_ascii_lowercase()
         .contains("content-type: text/plain; version=0.0.4"));
-    body.to_owned()
+    body
 }
 
 /// Every sample as `name{labels}` → value.
@@ -136,12 +140,15 @@ async fn each_request_is_counted_once_under_how_it_ended() {
     let running = tokio::spawn(async move { busy.model_infer(slow_request()).await });
     tokio::time::sleep(Duration::from_millis(20)).await;
     let mut leaving = client();
-    let gave_up = tokio::time::timeout(
-        Duration::from_millis(10),
-        leaving.model_infer(slow_request()),
-    )
-    .await;
-    assert!(gave_up.is_err(), "the request should still be waiting");
+    let waiting = tokio::spawn(async move { leaving.model_infer(slow_request()).await });
+    // Leave only once the request is admitted and queued: before that it never reached
+    // the model, and nothing should count it.
+    let pending = format!(r#"wharf_pending_requests{{model="slow",version="1"}}"#);
+    while value(&samples(&scrape(&t.server).await), &pending) < 1.0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
     running.await.unwrap().unwrap();
 
     // Some refused for a full queue: 12 at once, one instance, room for one waiting.
@@ -239,6 +246,32 @@ async fn saturation_rises_past_one_when_the_backlog_exceeds_the_objective() {
             &busy,
             r#"wharf_model_saturation_ratio{model="slow",version="1"}"#
         )
+    );
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn http_probes_follow_readiness() {
+    let t = TestServer::default().await;
+    assert_eq!(get(&t.server, "/live").await.0, 200);
+    assert_eq!(get(&t.server, "/ready").await.0, 200);
+    assert_eq!(get(&t.server, "/nothing").await.0, 404);
+    t.server.shutdown().await.unwrap();
+
+    // Strict readiness with a model that cannot load: live, never ready.
+    let dir = one_model_repository(
+        "broken",
+        &test_models().join("slow/1/model.onnx"),
+        "max_batch_size: nope\n",
+    );
+    let t = TestServer::start(ServerConfig::local(dir.path())).await;
+    assert_eq!(get(&t.server, "/live").await.0, 200);
+    let (code, _, body) = get(&t.server, "/ready").await;
+    assert_eq!((code, body.as_str()), (503, "not ready\n"));
+    let ready = samples(&scrape(&t.server).await);
+    assert_eq!(
+        value(&ready, r#"wharf_model_ready{model="broken",version=""}"#),
+        0.0
     );
     t.server.shutdown().await.unwrap();
 }
