@@ -143,8 +143,8 @@ async fn each_request_is_counted_once_under_how_it_ended() {
     let waiting = tokio::spawn(async move { leaving.model_infer(slow_request()).await });
     // Leave only once the request is admitted and queued: before that it never reached
     // the model, and nothing should count it.
-    let pending = format!(r#"wharf_pending_requests{{model="slow",version="1"}}"#);
-    while value(&samples(&scrape(&t.server).await), &pending) < 1.0 {
+    let pending = r#"wharf_pending_requests{model="slow",version="1"}"#;
+    while value(&samples(&scrape(&t.server).await), pending) < 1.0 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     waiting.abort();
