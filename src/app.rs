@@ -24,6 +24,11 @@ use crate::{
 /// The service name health reports the whole server under, besides "".
 pub const INFERENCE_SERVICE: &str = "inference.GRPCInferenceService";
 
+/// A health entry that is SERVING for as long as the process answers at all: for liveness
+/// probes, which must not restart a pod that is merely loading, draining or holding a
+/// model that failed to load.
+pub const LIVENESS_SERVICE: &str = "wharf.liveness";
+
 /// Time allowed after the drain for connections to deliver the last answers and close.
 const CONNECTION_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -138,6 +143,9 @@ impl Server {
         // tonic-health starts "" as SERVING; nothing is ready before the first model is.
         reporter
             .set_service_status("", ServingStatus::NotServing)
+            .await;
+        reporter
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
         tokio::spawn(follow_health(
             reporter,

@@ -77,6 +77,13 @@ async fn health_follows_models() {
     let t = TestServer::start(ServerConfig::local(dir.path())).await;
     reaches(&t.channel, "broken", ServingStatus::NotServing).await;
     reaches(&t.channel, "", ServingStatus::NotServing).await;
+    // Not ready, but alive: a liveness probe must not restart it.
+    assert_eq!(
+        health(&t.channel, wharf::app::LIVENESS_SERVICE)
+            .await
+            .unwrap(),
+        ServingStatus::Serving
+    );
     t.server.shutdown().await.unwrap();
 }
 
