@@ -88,6 +88,7 @@ impl Server {
             LoadSettings {
                 onnxruntime_lib: config.onnxruntime_lib.clone(),
                 latency_objective: config.latency_objective,
+                gpu_memory: config.gpu_memory.clone(),
             },
             Arc::clone(&metrics),
         )

@@ -2,6 +2,7 @@
 //! overrides (the CLI and WHARF_* variables, which clap reads), in that order of strength.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
@@ -40,6 +41,8 @@ pub struct ServerConfig {
     pub api_key: Option<ApiKey>,
     /// Serve gRPC over TLS with this certificate chain and key (PEM).
     pub tls: Option<TlsFiles>,
+    /// Memory per GPU for the per-device budget check; empty asks the NVIDIA driver.
+    pub gpu_memory: BTreeMap<u32, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +68,7 @@ impl ServerConfig {
             latency_objective: DEFAULT_LATENCY_OBJECTIVE,
             api_key: None,
             tls: None,
+            gpu_memory: BTreeMap::new(),
         }
     }
 }
@@ -86,6 +90,8 @@ pub struct ServerFile {
     pub api_key_file: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Memory of each GPU by index ({0: 4GiB}), where the driver cannot be asked.
+    pub gpu_memory: Option<BTreeMap<u32, ByteSize>>,
 }
 
 impl ServerFile {
@@ -137,6 +143,13 @@ impl ServerFile {
         Ok(ServerConfig {
             api_key,
             tls,
+            gpu_memory: overrides
+                .gpu_memory
+                .or(self.gpu_memory)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(device, size)| (device, size.as_u64()))
+                .collect(),
             latency_objective: Duration::from_millis(objective_ms),
             model_repository: overrides
                 .model_repository
@@ -180,6 +193,29 @@ mod tests {
         assert_eq!(c.max_request_bytes, 1 << 20);
         assert_eq!(c.model_repository, PathBuf::from("models"));
         assert_eq!(c.exit_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn security_and_gpu_keys_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("api-key");
+        std::fs::write(&key, "s3cret\n").unwrap();
+        let file: ServerFile = serde_yaml::from_str(&format!(
+            "api_key_file: {}\ngpu_memory: {{0: 4GiB, 1: 512MiB}}\ntls_cert: c.pem\n",
+            key.display()
+        ))
+        .unwrap();
+        let half_tls = file.clone().resolve(ServerFile::default()).unwrap_err();
+        assert_eq!(half_tls, "tls_cert and tls_key: give both or neither");
+        let c = file
+            .resolve(ServerFile {
+                tls_key: Some("k.pem".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(c.api_key, Some(ApiKey::new("s3cret").unwrap()));
+        assert_eq!(c.gpu_memory, BTreeMap::from([(0, 4 << 30), (1, 512 << 20)]));
+        assert_eq!(c.tls.unwrap().key, PathBuf::from("k.pem"));
     }
 
     #[test]

@@ -91,6 +91,25 @@ struct ServeArgs {
     /// TLS private key (PEM)
     #[arg(long, env = "WHARF_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Memory of a GPU for the per-device budget check, as INDEX=SIZE (0=4GiB); repeat
+    /// per GPU. Without it the NVIDIA driver (NVML) is asked.
+    #[arg(long = "gpu-memory", value_parser = parse_gpu_memory)]
+    gpu_memory: Vec<(u32, ByteSize)>,
+}
+
+fn parse_gpu_memory(s: &str) -> Result<(u32, ByteSize), String> {
+    let (index, size) = s
+        .split_once('=')
+        .ok_or("expected INDEX=SIZE, such as 0=4GiB")?;
+    let index = index
+        .trim()
+        .parse()
+        .map_err(|e| format!("GPU index {index}: {e}"))?;
+    let size = size
+        .trim()
+        .parse()
+        .map_err(|e| format!("size {size}: {e}"))?;
+    Ok((index, size))
 }
 
 impl ServeArgs {
@@ -112,6 +131,8 @@ impl ServeArgs {
             api_key_file: self.api_key_file,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
+            gpu_memory: (!self.gpu_memory.is_empty())
+                .then(|| self.gpu_memory.into_iter().collect()),
         };
         let mut config = file.resolve(overrides).map_err(anyhow::Error::msg)?;
         // The key as a variable (from a Secret through env), never as a flag: flags show

@@ -2,6 +2,7 @@
 //! the state of each (LOADING, READY, UNAVAILABLE with its reason).
 
 pub mod config;
+pub mod gpu_budget;
 pub mod spec;
 mod warmup;
 
@@ -27,6 +28,7 @@ use crate::{
     workers::{WorkerContext, WorkerPool},
 };
 use config::{BackendKind, ModelConfig};
+use gpu_budget::GpuClaim;
 use spec::ModelSpec;
 pub use warmup::Profile;
 
@@ -92,6 +94,8 @@ pub struct LoadSettings {
     /// The time a request should be answered in; the saturation signal is measured
     /// against it. A model's `latency_objective_ms` parameter overrides it.
     pub latency_objective: Duration,
+    /// Bytes of memory per GPU, for the per-device budget check; empty asks the driver.
+    pub gpu_memory: BTreeMap<u32, u64>,
 }
 
 impl Default for LoadSettings {
@@ -99,6 +103,7 @@ impl Default for LoadSettings {
         LoadSettings {
             onnxruntime_lib: None,
             latency_objective: crate::config::DEFAULT_LATENCY_OBJECTIVE,
+            gpu_memory: BTreeMap::new(),
         }
     }
 }
@@ -185,6 +190,7 @@ impl Repository {
                 })
                 .collect()
         };
+        let tasks = self.refuse_over_gpu_budget(tasks);
         // Filled once with the fixed task list, then only drained.
         let (tx, rx) = crossbeam_channel::bounded::<LoadTask>(tasks.len().max(1));
         for task in tasks {
@@ -209,6 +215,39 @@ impl Repository {
                 });
             }
         });
+    }
+
+    /// Marks UNAVAILABLE every version on a GPU whose instances' budgets, added up with
+    /// the others on that device, exceed its memory; returns the tasks left to load.
+    fn refuse_over_gpu_budget(&self, tasks: Vec<LoadTask>) -> Vec<LoadTask> {
+        let claims: Vec<GpuClaim> = tasks
+            .iter()
+            .filter_map(|t| GpuClaim::of(&t.name, t.version, &t.config))
+            .collect();
+        if claims.is_empty() {
+            return tasks;
+        }
+        let memory = if self.settings.gpu_memory.is_empty() {
+            gpu_budget::device_memory_from_driver()
+        } else {
+            self.settings.gpu_memory.clone()
+        };
+        let refused = gpu_budget::over_budget(&claims, &memory);
+        tasks
+            .into_iter()
+            .filter(|t| match refused.get(&(t.name.clone(), t.version)) {
+                Some(reason) => {
+                    warn!(model = %t.name, version = t.version, %reason, "model failed to load");
+                    self.set_state(
+                        &t.name,
+                        t.version,
+                        VersionState::Unavailable(reason.clone()),
+                    );
+                    false
+                }
+                None => true,
+            })
+            .collect()
     }
 
     fn set_state(&self, name: &str, version: u64, state: VersionState) {
@@ -730,6 +769,35 @@ mod tests {
         ));
         repo.unload_all();
         assert!(repo.index().is_empty());
+    }
+
+    #[test]
+    fn gpu_models_whose_budgets_overflow_their_device_do_not_load() {
+        let gpu = |count: u32| {
+            format!(
+                "backend: onnxruntime\ninstance_group: [{{kind: KIND_GPU, gpus: [0], count: {count}, memory_budget: 1GiB}}]\n"
+            )
+        };
+        let (a, b) = (gpu(2), gpu(1));
+        let dir = repo_with(&[("a", Some(&a)), ("b", Some(&b)), ("cpu", None)]);
+        let settings = LoadSettings {
+            gpu_memory: BTreeMap::from([(0, 2 << 30)]),
+            ..LoadSettings::default()
+        };
+        let repo = Repository::scan(dir.path(), settings, Metrics::new()).unwrap();
+        repo.load_all(2, &runtime());
+        let reason = |name: &str| {
+            repo.index()
+                .into_iter()
+                .find(|r| r.name == name)
+                .map(|r| (r.state, r.reason))
+                .unwrap()
+        };
+        let over = "the memory budgets of the KIND_GPU instances on GPU 0 add up to 3.0 GiB \
+                    (a v1: 2 x 1.0 GiB, b v1: 1 x 1.0 GiB), more than its 2.0 GiB";
+        assert_eq!(reason("a"), ("UNAVAILABLE", over.to_owned()));
+        assert_eq!(reason("b"), ("UNAVAILABLE", over.to_owned()));
+        assert_eq!(reason("cpu").0, "READY");
     }
 
     #[test]
