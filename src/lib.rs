@@ -2,7 +2,7 @@
 //!
 //! Transport (`grpc`) → serving core (`inference`, `validate`) → workers → engines
 //! (`backend`), over a model repository (`repository`); `app` wires them together.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one exception: ONNX Runtime's arena statistics (backend/onnxruntime.rs)
 
 pub mod app;
 pub mod auth;

@@ -192,8 +192,8 @@ fn each_way_of_failing_to_load_is_named_and_other_models_serve() {
         ),
         (
             Some(library()),
-            "backend: onnxruntime\ninstance_group: [{ memory_budget: 1MiB }]\n",
-            "cannot be enforced for backend onnxruntime on CPU",
+            "backend: onnxruntime\ninstance_group: [{ memory_budget: 1B }]\n",
+            "memory_budget 1 B per instance is below what one call needs",
         ),
     ];
     for (library, config, expected) in cases {
@@ -214,4 +214,59 @@ fn each_way_of_failing_to_load_is_named_and_other_models_serve() {
             .unwrap_or_default();
         assert!(tract_line.contains("READY"), "{tract_line}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_budget_is_measured_from_the_arena_and_caps_the_rows() {
+    // ONNX Runtime's arena holds the classifier's calls in 1 MiB at one row and 2 MiB at
+    // two (its chunks round up): a 1.5 MiB budget allows one row per call.
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ppocr_cls");
+    let config = std::fs::read_to_string(from.join("config.yaml"))
+        .unwrap()
+        .replace("backend: tract", "backend: onnxruntime")
+        .replace(
+            "- { count: 2, kind: KIND_CPU }",
+            "- { count: 2, kind: KIND_CPU, memory_budget: 1536KiB }",
+        );
+    assert!(config.contains("memory_budget") && config.contains("onnxruntime"));
+    let dir = one_model_repository("cls", &from.join("1/model.onnx"), &config);
+    let mut server_config = ServerConfig::local(dir.path());
+    server_config.onnxruntime_lib = Some(library());
+    let mut t = TestServer::start(server_config).await;
+    let served = t.model_config("cls").await;
+    let param = |k: &str| served.parameters[k].string_value.clone();
+    let peaks: Vec<(usize, u64)> = param("batch_peak_bytes")
+        .split(',')
+        .map(|p| {
+            let (r, b) = p.split_once(':').unwrap();
+            (r.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    assert!(peaks.len() >= 2 && peaks[0].1 > 0, "{peaks:?}");
+    assert!(peaks.windows(2).all(|w| w[0].1 <= w[1].1), "{peaks:?}");
+    let allowed: usize = param("batch_rows_allowed").parse().unwrap();
+    let fits = peaks
+        .iter()
+        .filter(|(_, b)| *b <= 1536 << 10)
+        .map(|(r, _)| *r)
+        .max()
+        .unwrap();
+    assert_eq!(allowed, fits, "{peaks:?}");
+    let crops = |rows: usize| {
+        raw_request(
+            "cls",
+            "x",
+            &[rows as i64, 3, 48, 192],
+            &vec![0.5; rows * 3 * 48 * 192],
+        )
+    };
+    t.client.model_infer(crops(allowed)).await.unwrap();
+    let status = t.client.model_infer(crops(allowed + 1)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("its memory budget allows"),
+        "{}",
+        status.message()
+    );
+    t.server.shutdown().await.unwrap();
 }

@@ -60,6 +60,13 @@ pub trait Model: Send + Sync + 'static {
 /// Runs batches: inputs in the model's input order, outputs in its output order.
 pub trait Instance {
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError>;
+
+    /// The most bytes the engine's own allocator has held for this instance so far, for
+    /// engines that keep such books (ONNX Runtime's arena); None where the counting
+    /// global allocator measures instead.
+    fn peak_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A BYTES tensor's elements as text, for engines whose string type is UTF-8.

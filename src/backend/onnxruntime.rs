@@ -11,11 +11,13 @@ use std::{
 use bytes::Bytes;
 use ort::{
     ep::{self, ExecutionProvider},
+    memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType},
     session::{
         builder::{GraphOptimizationLevel, PrepackedWeights},
         Session,
     },
     value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType},
+    AsPointer,
 };
 use tract_onnx::{pb, prelude::Framework};
 
@@ -314,6 +316,18 @@ impl Instance for OrtInstance {
             })
             .collect()
     }
+
+    /// The session arena's `MaxInUse` (activations, outputs and whatever the session did
+    /// not share), read through `AllocatorGetStats`.
+    fn peak_bytes(&self) -> Option<u64> {
+        let (device, id) = match &self.model.options.gpu {
+            Some(gpu) => (AllocationDevice::CUDA, gpu.device_id),
+            None => (AllocationDevice::CPU, 0),
+        };
+        let info = MemoryInfo::new(device, id, AllocatorType::Arena, MemoryType::Default).ok()?;
+        let allocator = Allocator::new(&self.session, info).ok()?;
+        arena_max_in_use(&allocator)
+    }
 }
 
 fn le<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
@@ -414,4 +428,30 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, BackendError> {
         shape,
         data,
     })
+}
+
+/// The `MaxInUse` entry of an arena allocator's statistics; None for allocators that keep
+/// none. The one unsafe block in wharf: `ort` has no safe call for allocator statistics.
+#[allow(unsafe_code)]
+fn arena_max_in_use(allocator: &Allocator) -> Option<u64> {
+    let api = ort::api();
+    let mut stats: *mut ort::sys::OrtKeyValuePairs = std::ptr::null_mut();
+    // SAFETY: the allocator pointer is live for the borrow; on success ONNX Runtime hands
+    // over `stats`, released below; the value string it returns lives until then.
+    unsafe {
+        let status = (api.AllocatorGetStats)(allocator.ptr(), &mut stats);
+        if !status.0.is_null() {
+            (api.ReleaseStatus)(status.0);
+            return None;
+        }
+        if stats.is_null() {
+            return None;
+        }
+        let value = (api.GetKeyValue)(stats, c"MaxInUse".as_ptr());
+        let parsed = (!value.is_null())
+            .then(|| std::ffi::CStr::from_ptr(value).to_str().ok()?.parse().ok())
+            .flatten();
+        (api.ReleaseKeyValuePairs)(stats);
+        parsed
+    }
 }

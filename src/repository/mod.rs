@@ -693,17 +693,11 @@ fn enforce_budget(
         return Ok(());
     };
     let shown = bytesize::ByteSize::b(budget);
-    if config.backend == BackendKind::Onnxruntime {
-        // On a GPU the budget is the CUDA arena's gpu_mem_limit, which ONNX Runtime enforces.
-        return if config.on_gpu() {
-            Ok(())
-        } else {
-            Err(format!(
-                "memory_budget {shown} cannot be enforced for backend onnxruntime on CPU yet: ONNX Runtime allocates outside wharf's counting allocator"
-            ))
-        };
-    }
     let Some(&(first_rows, first_peak)) = profile.peak_bytes.first() else {
+        // On a GPU ONNX Runtime holds each instance to its budget itself (gpu_mem_limit).
+        if config.backend == BackendKind::Onnxruntime && config.on_gpu() {
+            return Ok(());
+        }
         return Err(format!(
             "memory_budget {shown} cannot be enforced: no warm shape to measure; add model_warmup samples with concrete dims"
         ));

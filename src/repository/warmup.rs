@@ -135,7 +135,8 @@ fn measure(
         }
     }
     if !model.counts_host_memory() {
-        return Ok((took, None));
+        // The engine keeps its own books: the fresh instance's peak over these calls.
+        return Ok((took, instance.peak_bytes()));
     }
     let mut result = Ok(());
     // Only this thread's allocations count: loads of other models in parallel do not
