@@ -56,6 +56,14 @@ pub enum AppError {
     },
 }
 
+/// A listener on `addr` and the address it got (port 0 picks one).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), AppError> {
+    let bound = |source| AppError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bound)?;
+    let local = listener.local_addr().map_err(bound)?;
+    Ok((listener, local))
+}
+
 /// The server's TLS identity from its PEM files.
 fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, AppError> {
     let read = |what, path: &std::path::Path| {
@@ -97,28 +105,8 @@ impl Server {
             source,
         })?;
         let repository = Arc::new(repository);
-        let listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: config.grpc_addr,
-                source,
-            })?;
-        let grpc_addr = listener.local_addr().map_err(|source| AppError::Bind {
-            addr: config.grpc_addr,
-            source,
-        })?;
-        let metrics_listener = TcpListener::bind(config.metrics_addr)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: config.metrics_addr,
-                source,
-            })?;
-        let metrics_addr = metrics_listener
-            .local_addr()
-            .map_err(|source| AppError::Bind {
-                addr: config.metrics_addr,
-                source,
-            })?;
+        let (listener, grpc_addr) = bind(config.grpc_addr).await?;
+        let (metrics_listener, metrics_addr) = bind(config.metrics_addr).await?;
         info!(%grpc_addr, %metrics_addr, repository = %config.model_repository.display(), "listening");
         // Metrics stay up through the drain, so the last answers are counted by a scrape.
         let (metrics_stop, metrics_stopped) = oneshot::channel::<()>();

@@ -100,7 +100,8 @@ impl Inference {
                 })
             })?;
         let arrived = Instant::now();
-        let id = request.id.clone();
+        // Kept only when the per-request line is asked for: no copy on the hot path.
+        let id = tracing::enabled!(tracing::Level::DEBUG).then(|| request.id.clone());
         let result = Self::run(&model, request, arrived).await;
         let took = arrived.elapsed();
         match &result {
@@ -110,7 +111,7 @@ impl Inference {
         debug!(
             model = %model.name,
             version = model.version,
-            %id,
+            id = id.as_deref().unwrap_or_default(),
             ok = result.is_ok(),
             took_us = took.as_micros() as u64,
             "request answered"

@@ -53,27 +53,8 @@ async fn a_tight_budget_lowers_the_rows_per_call() {
     // One row of the classifier peaks near 400 KiB and grows with the rows: 1 MiB holds 2.
     let dir = cls_repository("1MiB");
     let mut t = TestServer::start(ServerConfig::local(dir.path())).await;
-    let config = t.model_config("cls").await;
-    let param = |k: &str| {
-        config
-            .parameters
-            .get(k)
-            .map(|p| p.string_value.clone())
-            .unwrap_or_default()
-    };
-    assert_eq!(
-        param("batch_rows_allowed"),
-        "2",
-        "peaks: {}",
-        param("batch_peak_bytes")
-    );
-    let peaks: Vec<(usize, u64)> = param("batch_peak_bytes")
-        .split(',')
-        .map(|p| {
-            let (r, b) = p.split_once(':').unwrap();
-            (r.parse().unwrap(), b.parse().unwrap())
-        })
-        .collect();
+    let (peaks, allowed) = t.batch_peaks("cls").await;
+    assert_eq!(allowed, "2", "peaks: {peaks:?}");
     assert!(
         peaks.iter().all(|(r, b)| (*r <= 2) == (*b <= 1 << 20)),
         "{peaks:?}"

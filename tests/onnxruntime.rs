@@ -233,18 +233,10 @@ async fn a_cpu_budget_is_measured_from_the_arena_and_caps_the_rows() {
     let mut server_config = ServerConfig::local(dir.path());
     server_config.onnxruntime_lib = Some(library());
     let mut t = TestServer::start(server_config).await;
-    let served = t.model_config("cls").await;
-    let param = |k: &str| served.parameters[k].string_value.clone();
-    let peaks: Vec<(usize, u64)> = param("batch_peak_bytes")
-        .split(',')
-        .map(|p| {
-            let (r, b) = p.split_once(':').unwrap();
-            (r.parse().unwrap(), b.parse().unwrap())
-        })
-        .collect();
+    let (peaks, allowed) = t.batch_peaks("cls").await;
     assert!(peaks.len() >= 2 && peaks[0].1 > 0, "{peaks:?}");
     assert!(peaks.windows(2).all(|w| w[0].1 <= w[1].1), "{peaks:?}");
-    let allowed: usize = param("batch_rows_allowed").parse().unwrap();
+    let allowed: usize = allowed.parse().unwrap();
     let fits = peaks
         .iter()
         .filter(|(_, b)| *b <= 1536 << 10)

@@ -457,6 +457,27 @@ impl ModelConfig {
             .any(|g| g.kind == InstanceKind::Gpu)
     }
 
+    /// The per-instance memory budget: the smallest one given in `instance_group`.
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.instance_group
+            .iter()
+            .flatten()
+            .filter_map(|g| g.memory_budget)
+            .map(|b| b.as_u64())
+            .min()
+    }
+
+    /// The GPU a KIND_GPU model runs on: the first group's first listed device, else 0.
+    pub fn gpu_device(&self) -> u32 {
+        self.instance_group
+            .iter()
+            .flatten()
+            .next()
+            .and_then(|g| g.gpus.first())
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn model_filename(&self) -> &str {
         self.default_model_filename
             .as_deref()
@@ -534,6 +555,10 @@ version_policy: { latest: { num_versions: 2 } }
                 "instance_group[0].memory_budget",
             ),
             ("backend: pytorch", "backend"),
+            (
+                "parameters: {latency_objective_ms: {string_value: \"0\"}}",
+                "parameters.latency_objective_ms.string_value",
+            ),
             ("version_policy: {newest: {}}", "version_policy.newest"),
             (
                 "version_policy: {all: {}, latest: {num_versions: 1}}",

@@ -25,21 +25,12 @@ impl GpuClaim {
         if !config.on_gpu() {
             return None;
         }
-        let groups: Vec<_> = config.instance_group.iter().flatten().collect();
         Some(GpuClaim {
             model: model.to_owned(),
             version,
-            device: groups
-                .first()
-                .and_then(|g| g.gpus.first())
-                .copied()
-                .unwrap_or(0),
+            device: config.gpu_device(),
             instances: config.instance_count() as u64,
-            budget_per_instance: groups
-                .iter()
-                .filter_map(|g| g.memory_budget)
-                .map(|b| b.as_u64())
-                .min()?,
+            budget_per_instance: config.memory_budget()?,
         })
     }
 

@@ -479,17 +479,9 @@ fn open_model(
                     .unwrap_or(default)
             };
             let flag = |key: &str| config.parameter(key) == Some("true");
-            let groups: Vec<_> = config.instance_group.iter().flatten().collect();
             let gpu = config.on_gpu().then(|| GpuOptions {
-                device_id: groups
-                    .first()
-                    .and_then(|g| g.gpus.first())
-                    .map_or(0, |d| *d as i32),
-                memory_limit: groups
-                    .iter()
-                    .filter_map(|g| g.memory_budget)
-                    .map(|b| b.as_u64() as usize)
-                    .min(),
+                device_id: config.gpu_device() as i32,
+                memory_limit: config.memory_budget().map(|b| b as usize),
                 cudnn_exhaustive: config.parameter("cudnn_conv_algo_search") != Some("HEURISTIC"),
                 tensorrt: flag("tensorrt").then(|| TensorRtOptions {
                     fp16: flag("trt_fp16"),
@@ -545,11 +537,7 @@ fn load_version(
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             let mut policy = BatchPolicy::from_config(config, spec.max_batch_size);
             let candidates = candidate_rows(&policy, spec.max_batch_size);
-            let budgeted = config
-                .instance_group
-                .iter()
-                .flatten()
-                .any(|g| g.memory_budget.is_some());
+            let budgeted = config.memory_budget().is_some();
             let profile = warmup::run(&model, &spec, config, &candidates, budgeted)?;
             enforce_budget(config, &spec, &profile, &mut policy)?;
             policy.cap_form_rows(profile.curves.fallback.efficient_rows(policy.max_rows));
@@ -651,15 +639,7 @@ fn record_load(
     shared_bytes: u64,
     load_time: Duration,
 ) {
-    if let Some(budget) = task
-        .config
-        .instance_group
-        .iter()
-        .flatten()
-        .filter_map(|g| g.memory_budget)
-        .map(|b| b.as_u64())
-        .min()
-    {
+    if let Some(budget) = task.config.memory_budget() {
         server.set_memory_budget(&task.name, &task.version.to_string(), budget);
     }
     if let Some((_, peak)) = profile
@@ -682,14 +662,7 @@ fn enforce_budget(
     profile: &Profile,
     policy: &mut BatchPolicy,
 ) -> Result<(), String> {
-    let Some(budget) = config
-        .instance_group
-        .iter()
-        .flatten()
-        .filter_map(|g| g.memory_budget)
-        .map(|b| b.as_u64())
-        .min()
-    else {
+    let Some(budget) = config.memory_budget() else {
         return Ok(());
     };
     let shown = bytesize::ByteSize::b(budget);

@@ -66,6 +66,27 @@ impl TestServer {
             .unwrap()
     }
 
+    /// The (rows, peak bytes) pairs warmup measured, from the served ModelConfig's
+    /// `batch_peak_bytes` parameter, with the rows its budget allows.
+    pub async fn batch_peaks(&mut self, name: &str) -> (Vec<(usize, u64)>, String) {
+        let config = self.model_config(name).await;
+        let param = |k: &str| {
+            config
+                .parameters
+                .get(k)
+                .map(|p| p.string_value.clone())
+                .unwrap_or_default()
+        };
+        let peaks = param("batch_peak_bytes")
+            .split(',')
+            .map(|p| {
+                let (r, b) = p.split_once(':').unwrap();
+                (r.parse().unwrap(), b.parse().unwrap())
+            })
+            .collect();
+        (peaks, param("batch_rows_allowed"))
+    }
+
     /// The test repository with default settings.
     pub async fn default() -> TestServer {
         TestServer::start(ServerConfig::local(test_models())).await
