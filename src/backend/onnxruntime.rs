@@ -1,7 +1,7 @@
 //! ONNX Runtime engine through `ort` (load-dynamic): the library is opened at run time from
-//! a path the operator gives. One session per instance; the weights are shared, not copied:
-//! every session takes the model's large float initializers from one set of buffers held
-//! here, and one prepacked-weights container.
+//! a path the operator gives. One session per instance; on CPU the weights are shared, not
+//! copied: every session takes the model's large float initializers from one set of buffers
+//! held here, and one prepacked-weights container.
 
 use std::{
     path::{Path, PathBuf},
@@ -137,7 +137,14 @@ impl OrtModel {
         } else {
             (model_bytes, proto, false)
         };
-        let initializers = shared_initializers(&proto).map_err(load)?;
+        // Host-side sharing is a CPU saving: a CUDA session copies its weights to the device
+        // whatever it is given, and ONNX Runtime expects a shared initializer where its
+        // consumer runs, so GPU sessions load their own.
+        let initializers = if options.gpu.is_none() {
+            shared_initializers(&proto).map_err(load)?
+        } else {
+            Vec::new()
+        };
         let model = Arc::new(OrtModel {
             optimised,
             signature: super::onnx::signature(&proto),
