@@ -234,16 +234,17 @@ def main():
             results.append(result)
             print(json.dumps(result), flush=True)
     (args.out / "gpu_check.json").write_text(json.dumps({"device": gpu, "results": results}, indent=1))
-    print("\n| case | req/s | p50 ms | p99 ms | rows/call | GPU MiB held by wharf (process peak; device ready-before, peak-before) | arena peak MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| case | req/s | p50 ms | p99 ms | rows/call | GPU MiB held by wharf (process peak; device ready-before, peak-before) | arena peak MiB | ready s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         if "failed" in r:
             reason = str(r["failed"].get("reason", r["failed"])).strip()
-            print(f"| {r['label']} | refused: {reason} | | | | | |")
+            print(f"| {r['label']} | refused: {reason} | | | | | | |")
             continue
         print(f"| {r['label']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rows_per_call']:.2f} | "
               f"{r['process_peak_mib']:.0f}; {r['device_ready_mib'] - r['device_before_mib']:.0f}, "
-              f"{r['device_peak_mib'] - r['device_before_mib']:.0f} | {r['arena_peak_mib']:.1f} |")
+              f"{r['device_peak_mib'] - r['device_before_mib']:.0f} | {r['arena_peak_mib']:.1f} | "
+              f"{r['ready']['ready_ms'] / 1000:.1f} |")
 
 
 if __name__ == "__main__":

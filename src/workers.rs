@@ -72,30 +72,33 @@ pub struct WorkerContext {
 }
 
 impl WorkerPool {
-    /// Starts `instances` threads, each building its own engine instance, and waits until
-    /// all are ready. They take batches from the returned sender (one slot per instance:
+    /// Starts `instances` threads, each building its own engine instance and running the
+    /// `warm` inputs on it, and waits until all are ready. They take batches from the returned sender (one slot per instance:
     /// the scheduler only sends to an idle one) and say `done` after each, so the
     /// scheduler knows an instance is free.
     pub fn start(
         context: Arc<WorkerContext>,
         instances: usize,
         done: mpsc::Sender<()>,
+        warm: Vec<Vec<Tensor>>,
     ) -> Result<(WorkerPool, Sender<Batch>), String> {
+        let warm = Arc::new(warm);
         let (sender, batches) = crossbeam_channel::bounded::<Batch>(instances.max(1));
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(instances);
         let mut pool = WorkerPool {
             threads: Vec::with_capacity(instances),
         };
         for i in 0..instances {
-            let (context, batches, done, ready_tx) = (
+            let (context, batches, done, ready_tx, warm) = (
                 Arc::clone(&context),
                 batches.clone(),
                 done.clone(),
                 ready_tx.clone(),
+                Arc::clone(&warm),
             );
             let spawned = thread::Builder::new()
                 .name(format!("wharf-{}-{i}", context.model_name))
-                .spawn(move || work(&context, batches, done, ready_tx));
+                .spawn(move || work(&context, batches, done, ready_tx, warm));
             match spawned {
                 Ok(handle) => pool.threads.push(handle),
                 Err(e) => {
@@ -132,15 +135,29 @@ fn work(
     batches: Receiver<Batch>,
     done: mpsc::Sender<()>,
     ready: std::sync::mpsc::SyncSender<Result<(), String>>,
+    warm: Arc<Vec<Vec<Tensor>>>,
 ) {
-    let mut instance = match Arc::clone(&context.model).new_instance() {
+    let warmed = Arc::clone(&context.model)
+        .new_instance()
+        .map_err(|e| e.to_string())
+        .and_then(|mut instance| {
+            for inputs in warm.iter() {
+                instance.run(inputs).map_err(|e| {
+                    let shapes: Vec<_> = inputs.iter().map(|t| &t.shape).collect();
+                    format!("warming it at {shapes:?} failed: {e}")
+                })?;
+            }
+            Ok(instance)
+        });
+    drop(warm);
+    let mut instance = match warmed {
         Ok(instance) => {
             let _ = ready.send(Ok(()));
             drop(ready);
             instance
         }
         Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
+            let _ = ready.send(Err(e));
             return;
         }
     };
@@ -317,6 +334,103 @@ mod tests {
             shape,
             data: TensorData::Fixed(bytes.into()),
         }
+    }
+
+    /// An engine that logs the rows of every call each instance makes, and fails calls of
+    /// `fail_at` rows.
+    struct Recording {
+        signature: crate::backend::Signature,
+        calls: std::sync::Mutex<Vec<(usize, usize)>>,
+        instances: std::sync::atomic::AtomicUsize,
+        fail_at: usize,
+    }
+
+    struct RecordingInstance {
+        model: Arc<Recording>,
+        id: usize,
+    }
+
+    impl Model for Recording {
+        fn signature(&self) -> &crate::backend::Signature {
+            &self.signature
+        }
+
+        fn new_instance(
+            self: Arc<Self>,
+        ) -> Result<Box<dyn Instance>, crate::backend::BackendError> {
+            let id = self
+                .instances
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Box::new(RecordingInstance { model: self, id }))
+        }
+    }
+
+    impl Instance for RecordingInstance {
+        fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, crate::backend::BackendError> {
+            let rows = inputs[0].shape[0];
+            if rows == self.model.fail_at {
+                return Err(crate::backend::BackendError::Execution(
+                    "out of memory".into(),
+                ));
+            }
+            self.model.calls.lock().unwrap().push((self.id, rows));
+            Ok(inputs.to_vec())
+        }
+    }
+
+    fn pool_with_warmup(
+        fail_at: usize,
+    ) -> (Arc<Recording>, Result<(WorkerPool, Sender<Batch>), String>) {
+        let model = Arc::new(Recording {
+            signature: crate::backend::Signature {
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+            },
+            calls: Default::default(),
+            instances: Default::default(),
+            fail_at,
+        });
+        let context = Arc::new(WorkerContext {
+            model_name: "m".into(),
+            model: Arc::clone(&model) as Arc<dyn Model>,
+            costs: CostCurves::default(),
+            stats: Arc::new(ModelStats::default()),
+            batched: true,
+        });
+        let warm = (1..=4)
+            .map(|rows| vec![fp32(vec![rows, 1], &vec![0.0; rows])])
+            .collect();
+        let (done, _done_rx) = mpsc::channel(2);
+        (
+            Arc::clone(&model),
+            WorkerPool::start(context, 2, done, warm),
+        )
+    }
+
+    #[test]
+    fn every_instance_runs_the_warm_inputs_before_it_is_ready() {
+        let (model, started) = pool_with_warmup(0);
+        let (pool, sender) = started.unwrap();
+        let mut calls = model.calls.lock().unwrap().clone();
+        calls.sort_unstable();
+        let expected: Vec<(usize, usize)> =
+            (0..2).flat_map(|i| (1..=4).map(move |r| (i, r))).collect();
+        assert_eq!(
+            calls, expected,
+            "each of the 2 instances ran 1..=4 rows once"
+        );
+        drop(sender);
+        drop(pool);
+    }
+
+    #[test]
+    fn a_failing_warm_call_fails_the_start_and_names_the_shape() {
+        let (_model, started) = pool_with_warmup(3);
+        let error = started.err().expect("the start fails");
+        assert!(
+            error.contains("warming it at [[3, 1]] failed: inference failed: out of memory"),
+            "{error}"
+        );
     }
 
     #[test]

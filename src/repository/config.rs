@@ -478,6 +478,21 @@ impl ModelConfig {
             .unwrap_or(0)
     }
 
+    /// Whether cuDNN searches every convolution algorithm (best kernels, slow at each new
+    /// input shape) rather than taking its heuristic's pick: as `cudnn_conv_algo_search`
+    /// says, else exhaustive only when every input dim is fixed, so that warming the batch
+    /// sizes covers every shape the model will see and no request pays for a search.
+    pub fn cudnn_exhaustive_search(&self) -> bool {
+        match self.parameter("cudnn_conv_algo_search") {
+            Some(search) => search == "EXHAUSTIVE",
+            None => self
+                .input
+                .iter()
+                .flatten()
+                .all(|input| input.dims.iter().flatten().all(|d| *d > 0)),
+        }
+    }
+
     pub fn model_filename(&self) -> &str {
         self.default_model_filename
             .as_deref()
@@ -497,6 +512,24 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cudnn_searches_exhaustively_only_where_warming_covers_every_shape() {
+        let search = |yaml: &str| {
+            ModelConfig::from_yaml(&format!("backend: onnxruntime\n{yaml}"))
+                .unwrap()
+                .cudnn_exhaustive_search()
+        };
+        let fixed = "input: [{ name: x, data_type: TYPE_FP32, dims: [3, 48, 192] }]\n";
+        let free = "input: [{ name: x, data_type: TYPE_FP32, dims: [3, 48, -1] }]\n";
+        let asked = |v: &str| {
+            format!("parameters: {{ cudnn_conv_algo_search: {{ string_value: {v} }} }}\n")
+        };
+        assert!(search(fixed));
+        assert!(!search(free));
+        assert!(search(&format!("{free}{}", asked("EXHAUSTIVE"))));
+        assert!(!search(&format!("{fixed}{}", asked("HEURISTIC"))));
+    }
 
     #[test]
     fn parses_the_documented_example() {

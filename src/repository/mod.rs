@@ -482,7 +482,7 @@ fn open_model(
             let gpu = config.on_gpu().then(|| GpuOptions {
                 device_id: config.gpu_device() as i32,
                 memory_limit: config.memory_budget().map(|b| b as usize),
-                cudnn_exhaustive: config.parameter("cudnn_conv_algo_search") != Some("HEURISTIC"),
+                cudnn_exhaustive: config.cudnn_exhaustive_search(),
                 tensorrt: flag("tensorrt").then(|| TensorRtOptions {
                     fp16: flag("trt_fp16"),
                     engine_cache: config.parameter("trt_engine_cache_path").map(PathBuf::from),
@@ -566,7 +566,14 @@ fn load_version(
         stats: Arc::clone(&stats),
         batched: spec.max_batch_size > 0,
     });
-    let (pool, batches_tx) = WorkerPool::start(context, instances, done_tx)?;
+    // On a GPU every batch size the scheduler can send is a new shape to prepare for.
+    let warm_rows: Vec<usize> = if config.on_gpu() {
+        (1..=policy.max_rows).collect()
+    } else {
+        Vec::new()
+    };
+    let warm = warmup::instance_inputs(&spec, config, &warm_rows)?;
+    let (pool, batches_tx) = WorkerPool::start(context, instances, done_tx, warm)?;
     let scheduler = Scheduler::start(
         runtime,
         task.name.clone(),

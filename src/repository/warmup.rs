@@ -113,6 +113,29 @@ pub fn run(
     Ok(profile)
 }
 
+/// The inputs each serving instance runs before the model is READY: every warm sample at
+/// its own batch size, and at each of `rows` too. Measuring ran on instances of its own;
+/// an engine that prepares per instance and per shape (cuDNN's algorithm search, CUDA
+/// handles per thread) must do so here, not on the first requests.
+pub fn instance_inputs(
+    spec: &ModelSpec,
+    config: &ModelConfig,
+    rows: &[usize],
+) -> Result<Vec<Vec<Tensor>>, String> {
+    let batched = spec.max_batch_size > 0;
+    let mut sets = Vec::new();
+    for sample in samples(spec, config)? {
+        let mut counts = vec![sample.rows];
+        if batched {
+            counts.extend(rows.iter().copied().filter(|r| *r != sample.rows));
+        }
+        for r in counts {
+            sets.push(build(&sample.inputs, batched.then_some(r)));
+        }
+    }
+    Ok(sets)
+}
+
 /// One call at these inputs, timed on an instance whose plan a first call has built, and
 /// the peak bytes a fresh instance allocates on this thread doing the same (its run state
 /// and every intermediate tensor), where the engine allocates through Rust's allocator.
