@@ -165,7 +165,13 @@ def write_model(repo, models, name, config):
     (repo / name / "config.yaml").write_text(config)
 
 
-def run_case(args, tmp, label, name, config, flags):
+def slow(samples, histogram, name, over="0.1"):
+    """Samples of a duration histogram above `over` seconds: where a stall sat."""
+    total = metric(samples, f"{histogram}_count", model=name)
+    return total - metric(samples, f"{histogram}_bucket", model=name, le=over)
+
+
+def run_case(args, tmp, label, name, config, flags, poll_memory=False):
     repo = tmp / label.replace(" ", "_").replace(",", "")
     write_model(repo, args.models, name, config)
     before = device_used_mib()
@@ -175,9 +181,13 @@ def run_case(args, tmp, label, name, config, flags):
         if outcome["message"] != "model ready":
             return {"label": label, "model": name, "failed": outcome}
         idle = device_used_mib()
-        sampler = MemorySampler(server.proc.pid)
+        # The arenas keep what they grew to, so one reading after the load is the peak held;
+        # polling nvidia-smi during the load is a separate case (it can stall the driver).
+        sampler = MemorySampler(server.proc.pid) if poll_memory else None
         report = bench(args.wharf, server, name, flags, args.concurrency, args.seconds)
-        sampler.stop()
+        if sampler:
+            sampler.stop()
+        after_device, after_process = device_used_mib(), process_mib(server.proc.pid)
         samples = server.scrape()
     finally:
         server.stop()
@@ -190,7 +200,11 @@ def run_case(args, tmp, label, name, config, flags):
         "rows_per_call": inferences / max(executions, 1),
         "arena_peak_mib": metric(samples, "wharf_memory_peak_bytes", model=name) / 2**20,
         "device_before_mib": before, "device_ready_mib": idle,
-        "device_peak_mib": sampler.device_peak, "process_peak_mib": sampler.process_peak,
+        "device_peak_mib": max(after_device, sampler.device_peak if sampler else 0),
+        "process_peak_mib": max(after_process, sampler.process_peak if sampler else 0),
+        "over_100ms": {h: slow(samples, f"wharf_{h}_duration_seconds", name) for h in ("request", "queue", "compute")},
+        "compute_mean_ms": 1000 * metric(samples, "wharf_compute_duration_seconds_sum", model=name)
+        / max(metric(samples, "wharf_compute_duration_seconds_count", model=name), 1),
     }
 
 
@@ -212,8 +226,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         for name, (config, flags) in MODELS.items():
-            for label, extra in [("batch 1", ""), ("dynamic batching 4-8", BATCHING)]:
-                result = run_case(args, tmp, f"{name} {args.kind} {label}", name, config + group(2, "1GiB") + extra, flags)
+            for label, extra, poll in [("batch 1", "", False), ("dynamic batching 4-8", BATCHING, False),
+                                       ("dynamic batching 4-8, nvidia-smi polled", BATCHING, True)]:
+                result = run_case(args, tmp, f"{name} {args.kind} {label}", name,
+                                  config + group(2, "1GiB") + extra, flags, poll)
                 results.append(result)
                 print(json.dumps(result), flush=True)
         if args.kind == "KIND_GPU":
@@ -234,17 +250,18 @@ def main():
             results.append(result)
             print(json.dumps(result), flush=True)
     (args.out / "gpu_check.json").write_text(json.dumps({"device": gpu, "results": results}, indent=1))
-    print("\n| case | req/s | p50 ms | p99 ms | rows/call | GPU MiB held by wharf (process peak; device ready-before, peak-before) | arena peak MiB | ready s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| case | req/s | p50 ms | p99 ms | rows/call | GPU MiB held by wharf (process; device at ready, after load) | arena peak MiB | ready s | over 100 ms: request/queue/compute |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "failed" in r:
             reason = str(r["failed"].get("reason", r["failed"])).strip()
-            print(f"| {r['label']} | refused: {reason} | | | | | | |")
+            print(f"| {r['label']} | refused: {reason} | | | | | | | |")
             continue
         print(f"| {r['label']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rows_per_call']:.2f} | "
               f"{r['process_peak_mib']:.0f}; {r['device_ready_mib'] - r['device_before_mib']:.0f}, "
               f"{r['device_peak_mib'] - r['device_before_mib']:.0f} | {r['arena_peak_mib']:.1f} | "
-              f"{r['ready']['ready_ms'] / 1000:.1f} |")
+              f"{r['ready']['ready_ms'] / 1000:.1f} | "
+              f"{'/'.join(str(int(v)) for v in r['over_100ms'].values())} |")
 
 
 if __name__ == "__main__":
