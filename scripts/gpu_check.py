@@ -216,6 +216,8 @@ def main():
     parser.add_argument("--kind", default="KIND_GPU")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--tuning", action="store_true",
+                        help="only dynamic batching on KIND_GPU, under each arena/workspace setting")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     gpus = "gpus: [0], " if args.kind == "KIND_GPU" else ""
@@ -225,14 +227,30 @@ def main():
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        for name, (config, flags) in MODELS.items():
+        if args.tuning:
+            param = lambda k, v: f"{k}: {{ string_value: {v} }}"
+            variants = [
+                ("arena kNextPowerOfTwo", param("arena_extend_strategy", "kNextPowerOfTwo")),
+                ("cuDNN workspace capped", param("cudnn_conv_use_max_workspace", "false")),
+                ("both", param("arena_extend_strategy", "kNextPowerOfTwo") + ", "
+                 + param("cudnn_conv_use_max_workspace", "false")),
+            ]
+            for name in ("ppocr_rec", "ppocr_cls"):
+                config, flags = MODELS[name]
+                extra = [("1 intra-op thread", param("intra_op_thread_count", "1"))] if name == "ppocr_rec" else []
+                for label, params in variants + extra:
+                    result = run_case(args, tmp, f"{name} dynamic batching 4-8, {label}", name,
+                                      config + group(2, "1GiB") + BATCHING + f"parameters: {{ {params} }}\n", flags)
+                    results.append(result)
+                    print(json.dumps(result), flush=True)
+        for name, (config, flags) in ({} if args.tuning else MODELS).items():
             for label, extra, poll in [("batch 1", "", False), ("dynamic batching 4-8", BATCHING, False),
                                        ("dynamic batching 4-8, nvidia-smi polled", BATCHING, True)]:
                 result = run_case(args, tmp, f"{name} {args.kind} {label}", name,
                                   config + group(2, "1GiB") + extra, flags, poll)
                 results.append(result)
                 print(json.dumps(result), flush=True)
-        if args.kind == "KIND_GPU":
+        if args.kind == "KIND_GPU" and not args.tuning:
             rec, flags = MODELS["ppocr_rec"]
             result = run_case(args, tmp, "ppocr_rec KIND_CPU dynamic batching 4-8 (same library, CPU provider)",
                               "ppocr_rec", rec + "instance_group: [{ kind: KIND_CPU, count: 2 }]\n" + BATCHING, flags)
@@ -244,7 +262,7 @@ def main():
             ("budget too small (4 MiB)", group(2, "4MiB")),
             (f"budgets past the device (2 x {total_mib * 0.6 / 1024:.0f} GiB)", group(2, f"{int(total_mib * 0.6)}MiB")),
         ]
-        for label, grp in refusals:
+        for label, grp in [] if args.tuning else refusals:
             result = run_case(args, tmp, f"ppocr_rec {label}", "ppocr_rec", MODELS["ppocr_rec"][0] + grp + BATCHING,
                               MODELS["ppocr_rec"][1])
             results.append(result)

@@ -45,6 +45,12 @@ pub struct GpuOptions {
     pub memory_limit: Option<usize>,
     /// Exhaustive cuDNN convolution search (slow first call, best kernels) or heuristic.
     pub cudnn_exhaustive: bool,
+    /// Let cuDNN take as much workspace as its best algorithm wants (ONNX Runtime's
+    /// default); false caps it, at some speed, for less arena growth.
+    pub cudnn_max_workspace: bool,
+    /// Grow the arena by what is asked (never past need) or by powers of two (fewer,
+    /// larger device allocations).
+    pub arena_same_as_requested: bool,
     /// Try TensorRT first, with these settings.
     pub tensorrt: Option<TensorRtOptions>,
 }
@@ -192,8 +198,12 @@ impl OrtModel {
             }
             let mut cuda = ep::CUDA::default()
                 .with_device_id(gpu.device_id)
-                // Grow by what is asked, not by powers of two: the budget is the cap.
-                .with_arena_extend_strategy(ep::ArenaExtendStrategy::SameAsRequested)
+                .with_arena_extend_strategy(if gpu.arena_same_as_requested {
+                    ep::ArenaExtendStrategy::SameAsRequested
+                } else {
+                    ep::ArenaExtendStrategy::NextPowerOfTwo
+                })
+                .with_conv_max_workspace(gpu.cudnn_max_workspace)
                 .with_conv_algorithm_search(if gpu.cudnn_exhaustive {
                     ep::cuda::ConvAlgorithmSearch::Exhaustive
                 } else {

@@ -40,10 +40,15 @@ pub struct ParameterValue {
 }
 
 /// The `parameters` keys wharf understands, with what each takes (onnxruntime backend).
-pub const ENGINE_PARAMETERS: [(&str, &str); 5] = [
+pub const ENGINE_PARAMETERS: [(&str, &str); 7] = [
     ("intra_op_thread_count", "a whole number >= 1"),
     ("inter_op_thread_count", "a whole number >= 1"),
     ("cudnn_conv_algo_search", "EXHAUSTIVE or HEURISTIC"),
+    ("cudnn_conv_use_max_workspace", "true or false"),
+    (
+        "arena_extend_strategy",
+        "kNextPowerOfTwo or kSameAsRequested",
+    ),
     ("tensorrt", "true or false"),
     ("trt_fp16", "true or false"),
 ];
@@ -403,6 +408,7 @@ impl ModelConfig {
                     v.parse::<usize>().is_ok_and(|n| n >= 1)
                 }
                 "cudnn_conv_algo_search" => matches!(v, "EXHAUSTIVE" | "HEURISTIC"),
+                "arena_extend_strategy" => matches!(v, "kNextPowerOfTwo" | "kSameAsRequested"),
                 _ => matches!(v, "true" | "false"),
             };
             if !ok {

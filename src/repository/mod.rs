@@ -483,6 +483,10 @@ fn open_model(
                 device_id: config.gpu_device() as i32,
                 memory_limit: config.memory_budget().map(|b| b as usize),
                 cudnn_exhaustive: config.cudnn_exhaustive_search(),
+                cudnn_max_workspace: config.parameter("cudnn_conv_use_max_workspace")
+                    != Some("false"),
+                arena_same_as_requested: config.parameter("arena_extend_strategy")
+                    != Some("kNextPowerOfTwo"),
                 tensorrt: flag("tensorrt").then(|| TensorRtOptions {
                     fp16: flag("trt_fp16"),
                     engine_cache: config.parameter("trt_engine_cache_path").map(PathBuf::from),
