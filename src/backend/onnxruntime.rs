@@ -48,8 +48,9 @@ pub struct GpuOptions {
     /// Let cuDNN take as much workspace as its best algorithm wants (ONNX Runtime's
     /// default); false caps it, at some speed, for less arena growth.
     pub cudnn_max_workspace: bool,
-    /// Grow the arena by what is asked (never past need) or by powers of two (fewer,
-    /// larger device allocations).
+    /// Grow the arena by what is asked or by powers of two (fewer, larger device
+    /// allocations; less fragmentation, so often less held). Capped by `memory_limit`
+    /// either way.
     pub arena_same_as_requested: bool,
     /// Try TensorRT first, with these settings.
     pub tensorrt: Option<TensorRtOptions>,

@@ -598,6 +598,18 @@ version_policy: { latest: { num_versions: 2 } }
                 "parameters: {latency_objective_ms: {string_value: \"0\"}}",
                 "parameters.latency_objective_ms.string_value",
             ),
+            (
+                "backend: onnxruntime\nparameters: {arena_extend_strategy: {string_value: kDouble}}",
+                "parameters.arena_extend_strategy.string_value",
+            ),
+            (
+                "backend: onnxruntime\nparameters: {cudnn_conv_use_max_workspace: {string_value: \"1\"}}",
+                "parameters.cudnn_conv_use_max_workspace.string_value",
+            ),
+            (
+                "parameters: {intra_op_thread_count: {string_value: \"2\"}}",
+                "parameters.intra_op_thread_count",
+            ),
             ("version_policy: {newest: {}}", "version_policy.newest"),
             (
                 "version_policy: {all: {}, latest: {num_versions: 1}}",

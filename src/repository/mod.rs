@@ -485,8 +485,10 @@ fn open_model(
                 cudnn_exhaustive: config.cudnn_exhaustive_search(),
                 cudnn_max_workspace: config.parameter("cudnn_conv_use_max_workspace")
                     != Some("false"),
+                // ONNX Runtime's default: on PP-OCR rec it held 953 MiB of the H200 against
+                // 1,253 MiB growing to 1,325 MiB with kSameAsRequested (fragmentation).
                 arena_same_as_requested: config.parameter("arena_extend_strategy")
-                    != Some("kNextPowerOfTwo"),
+                    == Some("kSameAsRequested"),
                 tensorrt: flag("tensorrt").then(|| TensorRtOptions {
                     fp16: flag("trt_fp16"),
                     engine_cache: config.parameter("trt_engine_cache_path").map(PathBuf::from),
