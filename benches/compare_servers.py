@@ -93,6 +93,37 @@ def model(repo, name, source, backend, extra=""):
     (repo / name / "config.yaml").write_text(config + extra)
 
 
+def engine_ceiling(seconds):
+    """Rows/s of the engine alone, in this process, no server: one session of 1 thread per
+    core, each looping on batch-1 calls, or one session using every core; the better."""
+    import numpy as np
+    x = np.random.default_rng(0).random((1, 3, 48, 320), dtype=np.float32)
+    cores = os.cpu_count() or 1
+    best = 0.0
+    for sessions, threads in ((cores, 1), (1, cores)):
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        made = [onnxruntime.InferenceSession(str(REC / "1" / "model.onnx"), options,
+                                             providers=["CPUExecutionProvider"]) for _ in range(sessions)]
+        for session in made:
+            session.run(None, {"x": x})
+        counts = [0] * sessions
+        until = time.monotonic() + seconds
+
+        def loop(i):
+            while time.monotonic() < until:
+                made[i].run(None, {"x": x})
+                counts[i] += 1
+
+        workers = [threading.Thread(target=loop, args=(i,)) for i in range(sessions)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = max(best, sum(counts) / seconds)
+    return best
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10)
@@ -142,6 +173,10 @@ def main():
             print(f"| {name} | {r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors'] or 'none'} |")
         best = max(r["throughput_rps"] for _, r in rows[1:])
         print(f"\nwharf / best Python server: {rows[0][1]['throughput_rps'] / best:.2f}x\n")
+        ceiling = engine_ceiling(args.seconds / 2)
+        print(f"The engine alone in-process (no server, batch 1, {os.cpu_count()} cores): {ceiling:.1f} rows/s; "
+              f"wharf reaches {rows[0][1]['throughput_rps'] / ceiling:.0%} of it, the best Python server "
+              f"{best / ceiling:.0%}, so no server can be more than {ceiling / best:.2f}x the best here.\n")
 
         # 2. tract vs onnxruntime inside wharf.
         repo = tmp / "engines"
