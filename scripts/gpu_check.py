@@ -2,15 +2,15 @@
 
 Measures, each model in its own server with 2 instances of 1 GiB budget each:
 throughput and p50/p99 at batch 1 (no dynamic_batching) vs dynamic batching (preferred
-4 and 8) at concurrency 16, the rows per engine call, and the GPU memory the server holds
-(nvidia-smi, process and device) against the budgets. Then the refusals: a budget too small
-for the model, and budgets that add up past the device's memory. Rec on the CPU provider of
-the same library gives a reference on the same host.
+4 and 8; padded to 8 rows, wharf's GPU default, and unpadded) at concurrency 16, the rows
+per engine call, where requests over 100 ms waited (queue or compute), and the GPU memory
+the server holds (nvidia-smi, process and device) against the budgets. Then the refusals:
+a budget too small for the model, and budgets that add up past the device's memory. Rec on
+the CPU provider of the same library gives a reference on the same host.
 
 On a GPU host (../shared/gpu/README.md carries the CUDA build of ONNX Runtime there):
 
-    eval "$(bash unpack.sh /tmp/ort)"    # exports ORT_DYLIB_PATH and LD_LIBRARY_PATH
-    python3 scripts/gpu_check.py --wharf target/release/wharf --models models --out /tmp/gpu
+    bash scripts/gpu_check.sh /tmp/ort /tmp/ort/unpack.sh /tmp/gpu --wharf target/release/wharf --models models
 
 Rehearse the steps without a GPU with `--kind KIND_CPU` (CPU provider, no nvidia-smi).
 Standard library only: the GPU hosts have no package index.
@@ -44,6 +44,7 @@ model_warmup:
 """
 MODELS = {"ppocr_cls": (CLS, []), "ppocr_rec": (REC, ["--shape", "x:1,3,48,320"])}
 BATCHING = "dynamic_batching: { preferred_batch_size: [4, 8], max_queue_delay_microseconds: 1000 }\n"
+UNPADDED = "parameters: { pad_batches: { string_value: \"false\" } }\n"
 
 
 def nvidia_smi(*query):
@@ -139,26 +140,6 @@ def bench(wharf, server, model, flags, concurrency, seconds):
     return json.loads(out.stdout)
 
 
-class MemorySampler:
-    """Peak device and per-process GPU memory while a load runs."""
-
-    def __init__(self, pid):
-        self.pid, self.device_peak, self.process_peak = pid, 0.0, 0.0
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while not self.done.is_set():
-            self.device_peak = max(self.device_peak, device_used_mib())
-            self.process_peak = max(self.process_peak, process_mib(self.pid))
-            self.done.wait(0.25)
-
-    def stop(self):
-        self.done.set()
-        self.thread.join()
-
-
 def write_model(repo, models, name, config):
     (repo / name / "1").mkdir(parents=True)
     shutil.copy(models / name / "1" / "model.onnx", repo / name / "1" / "model.onnx")
@@ -171,7 +152,7 @@ def slow(samples, histogram, name, over="0.1"):
     return total - metric(samples, f"{histogram}_bucket", model=name, le=over)
 
 
-def run_case(args, tmp, label, name, config, flags, poll_memory=False):
+def run_case(args, tmp, label, name, config, flags):
     repo = tmp / label.replace(" ", "_").replace(",", "")
     write_model(repo, args.models, name, config)
     before = device_used_mib()
@@ -181,12 +162,9 @@ def run_case(args, tmp, label, name, config, flags, poll_memory=False):
         if outcome["message"] != "model ready":
             return {"label": label, "model": name, "failed": outcome}
         idle = device_used_mib()
-        # The arenas keep what they grew to, so one reading after the load is the peak held;
-        # polling nvidia-smi during the load is a separate case (it can stall the driver).
-        sampler = MemorySampler(server.proc.pid) if poll_memory else None
+        # The arenas keep what they grew to, so one reading after the load is the peak held
+        # (polling nvidia-smi during the load changed nothing on an H200).
         report = bench(args.wharf, server, name, flags, args.concurrency, args.seconds)
-        if sampler:
-            sampler.stop()
         after_device, after_process = device_used_mib(), process_mib(server.proc.pid)
         samples = server.scrape()
     finally:
@@ -200,8 +178,7 @@ def run_case(args, tmp, label, name, config, flags, poll_memory=False):
         "rows_per_call": inferences / max(executions, 1),
         "arena_peak_mib": metric(samples, "wharf_memory_peak_bytes", model=name) / 2**20,
         "device_before_mib": before, "device_ready_mib": idle,
-        "device_peak_mib": max(after_device, sampler.device_peak if sampler else 0),
-        "process_peak_mib": max(after_process, sampler.process_peak if sampler else 0),
+        "device_peak_mib": after_device, "process_peak_mib": after_process,
         "over_100ms": {h: slow(samples, f"wharf_{h}_duration_seconds", name) for h in ("request", "queue", "compute")},
         "compute_mean_ms": 1000 * metric(samples, "wharf_compute_duration_seconds_sum", model=name)
         / max(metric(samples, "wharf_compute_duration_seconds_count", model=name), 1),
@@ -244,10 +221,10 @@ def main():
                     results.append(result)
                     print(json.dumps(result), flush=True)
         for name, (config, flags) in ({} if args.tuning else MODELS).items():
-            for label, extra, poll in [("batch 1", "", False), ("dynamic batching 4-8", BATCHING, False),
-                                       ("dynamic batching 4-8, nvidia-smi polled", BATCHING, True)]:
+            for label, extra in [("batch 1", ""), ("dynamic batching 4-8, padded to 8", BATCHING),
+                                 ("dynamic batching 4-8, unpadded", BATCHING + UNPADDED)]:
                 result = run_case(args, tmp, f"{name} {args.kind} {label}", name,
-                                  config + group(2, "1GiB") + extra, flags, poll)
+                                  config + group(2, "1GiB") + extra, flags)
                 results.append(result)
                 print(json.dumps(result), flush=True)
         if args.kind == "KIND_GPU" and not args.tuning:

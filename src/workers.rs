@@ -69,6 +69,10 @@ pub struct WorkerContext {
     pub stats: Arc<ModelStats>,
     /// Whether inputs carry a batch dimension to concatenate along.
     pub batched: bool,
+    /// Pad every formed batch with zero rows to this many: an engine that prepares each
+    /// input shape anew (cuDNN on a GPU) then sees one shape per model, and on a GPU the
+    /// extra rows cost next to nothing. None: calls carry the rows they were given.
+    pub pad_rows: Option<usize>,
 }
 
 impl WorkerPool {
@@ -171,7 +175,10 @@ fn work(
             context.stats.record_cancelled();
         }
         if !live.is_empty() {
-            if context.batched {
+            if context.pad_rows.is_some() {
+                // Padded, every call costs the same: one call for the whole batch.
+                run_piece(context, instance.as_mut(), live);
+            } else if context.batched {
                 let rows: Vec<usize> = live.iter().map(|j| j.inputs[0].shape[0]).collect();
                 let pieces = context
                     .costs
@@ -207,12 +214,24 @@ fn run_piece(context: &WorkerContext, instance: &mut dyn Instance, jobs: Batch) 
             _ => 1,
         })
         .collect();
+    let pad = match context.pad_rows {
+        Some(to) if context.batched => to.saturating_sub(rows.iter().sum()),
+        _ => 0,
+    };
     let joined: Vec<Tensor>;
-    let inputs: &[Tensor] = if jobs.len() == 1 {
+    let inputs: &[Tensor] = if jobs.len() == 1 && pad == 0 {
         &jobs[0].inputs
     } else {
         joined = (0..jobs[0].inputs.len())
-            .map(|ix| concat_rows(&jobs.iter().map(|job| &job.inputs[ix]).collect::<Vec<_>>()))
+            .map(|ix| {
+                let filler = (pad > 0).then(|| zero_rows(&jobs[0].inputs[ix], pad));
+                let parts: Vec<&Tensor> = jobs
+                    .iter()
+                    .map(|job| &job.inputs[ix])
+                    .chain(filler.as_ref())
+                    .collect();
+                concat_rows(&parts)
+            })
             .collect();
         &joined
     };
@@ -221,13 +240,19 @@ fn run_piece(context: &WorkerContext, instance: &mut dyn Instance, jobs: Batch) 
     let computed = Instant::now();
     match result {
         Ok(outputs) => {
-            let answers: Vec<Vec<Tensor>> = if jobs.len() == 1 {
+            let answers: Vec<Vec<Tensor>> = if jobs.len() == 1 && pad == 0 {
                 vec![outputs]
             } else {
+                // The padding's rows come last and are left out.
+                let cuts: Vec<usize> = rows
+                    .iter()
+                    .copied()
+                    .chain((pad > 0).then_some(pad))
+                    .collect();
                 let mut per_job: Vec<Vec<Tensor>> =
                     vec![Vec::with_capacity(outputs.len()); jobs.len()];
                 for output in outputs {
-                    for (slot, part) in per_job.iter_mut().zip(split_rows(output, &rows)) {
+                    for (slot, part) in per_job.iter_mut().zip(split_rows(output, &cuts)) {
                         slot.push(part);
                     }
                 }
@@ -288,6 +313,23 @@ pub fn concat_rows(parts: &[&Tensor]) -> Tensor {
     Tensor {
         name: first.name.clone(),
         datatype: first.datatype,
+        shape,
+        data,
+    }
+}
+
+/// `rows` rows of zeros (empty strings for BYTES) shaped like `like` past its first dim.
+fn zero_rows(like: &Tensor, rows: usize) -> Tensor {
+    let mut shape = like.shape.clone();
+    shape[0] = rows;
+    let count: usize = shape.iter().product();
+    let data = match like.datatype.element_size() {
+        Some(size) => TensorData::Fixed(Bytes::from(vec![0u8; count * size])),
+        None => TensorData::Bytes(vec![Bytes::new(); count]),
+    };
+    Tensor {
+        name: like.name.clone(),
+        datatype: like.datatype,
         shape,
         data,
     }
@@ -382,8 +424,8 @@ mod tests {
 
     type Started = Result<(WorkerPool, Sender<Batch>), String>;
 
-    fn pool_with_warmup(fail_at: usize) -> (Arc<Recording>, Started) {
-        let model = Arc::new(Recording {
+    fn recording(fail_at: usize) -> Arc<Recording> {
+        Arc::new(Recording {
             signature: crate::backend::Signature {
                 inputs: Vec::new(),
                 outputs: Vec::new(),
@@ -391,13 +433,18 @@ mod tests {
             calls: Default::default(),
             instances: Default::default(),
             fail_at,
-        });
+        })
+    }
+
+    fn pool_with_warmup(fail_at: usize) -> (Arc<Recording>, Started) {
+        let model = recording(fail_at);
         let context = Arc::new(WorkerContext {
             model_name: "m".into(),
             model: Arc::clone(&model) as Arc<dyn Model>,
             costs: CostCurves::default(),
             stats: Arc::new(ModelStats::default()),
             batched: true,
+            pad_rows: None,
         });
         let warm = (1..=4)
             .map(|rows| vec![fp32(vec![rows, 1], &vec![0.0; rows])])
@@ -433,6 +480,57 @@ mod tests {
         assert!(
             error.contains("warming it at [[3, 1]] failed: inference failed: out of memory"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn padded_calls_carry_the_padding_and_answer_only_the_requests() {
+        let model = recording(0);
+        let context = WorkerContext {
+            model_name: "m".into(),
+            model: Arc::clone(&model) as Arc<dyn Model>,
+            costs: CostCurves::default(),
+            stats: Arc::new(ModelStats::default()),
+            batched: true,
+            pad_rows: Some(8),
+        };
+        let mut instance = Arc::clone(&context.model).new_instance().unwrap();
+        let (a, b) = (
+            fp32(vec![1, 2], &[1.0, 2.0]),
+            fp32(vec![2, 2], &[3.0, 4.0, 5.0, 6.0]),
+        );
+        let mut answers = Vec::new();
+        let jobs = [a.clone(), b.clone()]
+            .into_iter()
+            .map(|input| {
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                Job {
+                    inputs: vec![input],
+                    reply,
+                    work: WorkToken::none(),
+                }
+            })
+            .collect();
+        run_piece(&context, instance.as_mut(), jobs);
+        let calls = model.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 1, "one call");
+        assert_eq!(calls[0].1, 8, "3 rows padded to 8");
+        let got: Vec<Tensor> = answers
+            .into_iter()
+            .map(|mut answer| answer.try_recv().unwrap().unwrap().remove(0))
+            .collect();
+        assert_eq!(
+            got,
+            vec![a, b],
+            "each request gets its own rows, not the padding"
+        );
+        let stats = context.stats.snapshot();
+        assert_eq!(stats.execution_count, 1);
+        assert_eq!(
+            stats.batches.keys().copied().collect::<Vec<_>>(),
+            vec![3],
+            "counted as the 3 rows asked for"
         );
     }
 

@@ -40,7 +40,8 @@ pub struct ParameterValue {
 }
 
 /// The `parameters` keys wharf understands, with what each takes (onnxruntime backend).
-pub const ENGINE_PARAMETERS: [(&str, &str); 7] = [
+pub const ENGINE_PARAMETERS: [(&str, &str); 8] = [
+    ("pad_batches", "true or false"),
     ("intra_op_thread_count", "a whole number >= 1"),
     ("inter_op_thread_count", "a whole number >= 1"),
     ("cudnn_conv_algo_search", "EXHAUSTIVE or HEURISTIC"),
