@@ -117,6 +117,21 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// Zeros (empty strings for BYTES) of this type and shape.
+    pub fn zeros(name: &str, datatype: DataType, shape: Vec<usize>) -> Tensor {
+        let count: usize = shape.iter().product();
+        let data = match datatype.element_size() {
+            Some(size) => TensorData::Fixed(bytes::Bytes::from(vec![0u8; count * size])),
+            None => TensorData::Bytes(vec![bytes::Bytes::new(); count]),
+        };
+        Tensor {
+            name: name.to_owned(),
+            datatype,
+            shape,
+            data,
+        }
+    }
+
     pub fn element_count(&self) -> usize {
         self.shape.iter().product()
     }

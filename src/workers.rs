@@ -69,7 +69,7 @@ pub struct WorkerContext {
     pub stats: Arc<ModelStats>,
     /// Whether inputs carry a batch dimension to concatenate along.
     pub batched: bool,
-    /// Pad every formed batch with zero rows to this many: an engine that prepares each
+    /// Pad every formed batch with zero rows to this many (batched models only): an engine that prepares each
     /// input shape anew (cuDNN on a GPU) then sees one shape per model, and on a GPU the
     /// extra rows cost next to nothing. None: calls carry the rows they were given.
     pub pad_rows: Option<usize>,
@@ -77,9 +77,9 @@ pub struct WorkerContext {
 
 impl WorkerPool {
     /// Starts `instances` threads, each building its own engine instance and running the
-    /// `warm` inputs on it, and waits until all are ready. They take batches from the returned sender (one slot per instance:
-    /// the scheduler only sends to an idle one) and say `done` after each, so the
-    /// scheduler knows an instance is free.
+    /// `warm` inputs on it, and waits until all are ready. They take batches from the
+    /// returned sender (one slot per instance: the scheduler only sends to an idle one)
+    /// and say `done` after each, so the scheduler knows an instance is free.
     pub fn start(
         context: Arc<WorkerContext>,
         instances: usize,
@@ -214,17 +214,20 @@ fn run_piece(context: &WorkerContext, instance: &mut dyn Instance, jobs: Batch) 
             _ => 1,
         })
         .collect();
-    let pad = match context.pad_rows {
-        Some(to) if context.batched => to.saturating_sub(rows.iter().sum()),
-        _ => 0,
-    };
+    let pad = context
+        .pad_rows
+        .map_or(0, |to| to.saturating_sub(rows.iter().sum()));
     let joined: Vec<Tensor>;
     let inputs: &[Tensor] = if jobs.len() == 1 && pad == 0 {
         &jobs[0].inputs
     } else {
         joined = (0..jobs[0].inputs.len())
             .map(|ix| {
-                let filler = (pad > 0).then(|| zero_rows(&jobs[0].inputs[ix], pad));
+                let filler = (pad > 0).then(|| {
+                    let like = &jobs[0].inputs[ix];
+                    let shape = [pad].into_iter().chain(like.shape[1..].iter().copied());
+                    Tensor::zeros(&like.name, like.datatype, shape.collect())
+                });
                 let parts: Vec<&Tensor> = jobs
                     .iter()
                     .map(|job| &job.inputs[ix])
@@ -313,23 +316,6 @@ pub fn concat_rows(parts: &[&Tensor]) -> Tensor {
     Tensor {
         name: first.name.clone(),
         datatype: first.datatype,
-        shape,
-        data,
-    }
-}
-
-/// `rows` rows of zeros (empty strings for BYTES) shaped like `like` past its first dim.
-fn zero_rows(like: &Tensor, rows: usize) -> Tensor {
-    let mut shape = like.shape.clone();
-    shape[0] = rows;
-    let count: usize = shape.iter().product();
-    let data = match like.datatype.element_size() {
-        Some(size) => TensorData::Fixed(Bytes::from(vec![0u8; count * size])),
-        None => TensorData::Bytes(vec![Bytes::new(); count]),
-    };
-    Tensor {
-        name: like.name.clone(),
-        datatype: like.datatype,
         shape,
         data,
     }

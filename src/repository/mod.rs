@@ -572,18 +572,19 @@ fn load_version(
     ));
     let work = WorkEstimate::new(&profile.curves, policy.form_rows);
     let (done_tx, done_rx) = tokio::sync::mpsc::channel(instances);
+    let pad_rows = pads_batches(config, &policy).then_some(policy.max_rows);
     let context = Arc::new(WorkerContext {
         model_name: task.name.clone(),
         model,
         costs: profile.curves.clone(),
         stats: Arc::clone(&stats),
         batched: spec.max_batch_size > 0,
-        pad_rows: pads_batches(config, &policy).then_some(policy.max_rows),
+        pad_rows,
     });
     // On a GPU every batch size the scheduler can send is a new shape to prepare for
     // (with padding, only the one).
-    let warm_rows: Vec<usize> = if pads_batches(config, &policy) {
-        vec![policy.max_rows]
+    let warm_rows: Vec<usize> = if let Some(rows) = pad_rows {
+        vec![rows]
     } else if config.on_gpu() {
         (1..=policy.max_rows).collect()
     } else {

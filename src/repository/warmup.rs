@@ -7,8 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-
 use super::{
     config::{ModelConfig, Warmup},
     spec::ModelSpec,
@@ -261,30 +259,24 @@ fn build(inputs: &[InputTemplate], rows: Option<usize>) -> Vec<Tensor> {
 
 /// Zeros, or for FP32 a fixed pseudo-random pattern in [0, 1) (`random_data`).
 fn filled(name: &str, datatype: DataType, shape: Vec<usize>, random: bool) -> Tensor {
+    if !(random && matches!(datatype, DataType::Fp32)) {
+        return Tensor::zeros(name, datatype, shape);
+    }
+    // xorshift: reproducible, no dependency, enough to exercise the kernels.
+    let mut state = 0x9E37_79B9u32;
     let count: usize = shape.iter().product();
-    let data = match datatype.element_size() {
-        None => TensorData::Bytes(vec![Bytes::new(); count]),
-        Some(size) => {
-            let mut bytes = vec![0u8; count * size];
-            if random && matches!(datatype, DataType::Fp32) {
-                // xorshift: reproducible, no dependency, enough to exercise the kernels.
-                let mut state = 0x9E37_79B9u32;
-                for chunk in bytes.chunks_exact_mut(4) {
-                    state ^= state << 13;
-                    state ^= state >> 17;
-                    state ^= state << 5;
-                    chunk.copy_from_slice(
-                        &((state >> 8) as f32 / (1u32 << 24) as f32).to_le_bytes(),
-                    );
-                }
-            }
-            TensorData::Fixed(bytes.into())
-        }
-    };
+    let bytes: Vec<u8> = (0..count)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            ((state >> 8) as f32 / (1u32 << 24) as f32).to_le_bytes()
+        })
+        .collect();
     Tensor {
         name: name.to_owned(),
         datatype,
         shape,
-        data,
+        data: TensorData::Fixed(bytes.into()),
     }
 }
