@@ -608,6 +608,10 @@ version_policy: { latest: { num_versions: 2 } }
                 "parameters.cudnn_conv_use_max_workspace.string_value",
             ),
             (
+                "backend: onnxruntime\nparameters: {pad_batches: {string_value: \"no\"}}",
+                "parameters.pad_batches.string_value",
+            ),
+            (
                 "parameters: {intra_op_thread_count: {string_value: \"2\"}}",
                 "parameters.intra_op_thread_count",
             ),
