@@ -7,16 +7,21 @@ use thiserror::Error;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
     service::interceptor::InterceptedService,
-    transport::{server::TcpIncoming, Identity, ServerTlsConfig},
+    transport::{Identity, ServerTlsConfig},
 };
 use tonic_health::{server::HealthReporter, ServingStatus};
 use tracing::{info, warn};
 
 use crate::{
+    admission::ByteBudget,
     auth::RequireKey,
     config::{ServerConfig, TlsFiles},
-    grpc::{pb, pb::grpc_inference_service_server::GrpcInferenceServiceServer, InferenceService},
+    grpc::{
+        gate::Gate, pb, pb::grpc_inference_service_server::GrpcInferenceServiceServer,
+        InferenceService,
+    },
     inference::Inference,
+    listener,
     metrics::{endpoint, saturation, Metrics},
     repository::{LoadSettings, Repository},
 };
@@ -31,6 +36,12 @@ pub const LIVENESS_SERVICE: &str = "wharf.liveness";
 
 /// Time allowed after the drain for connections to deliver the last answers and close.
 const CONNECTION_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// HTTP/2 streams one connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// A connection silent this long is pinged, and closed if the ping is not answered in time.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[derive(Debug, Error)]
 pub enum AppError {
@@ -97,6 +108,7 @@ impl Server {
                 onnxruntime_lib: config.onnxruntime_lib.clone(),
                 latency_objective: config.latency_objective,
                 gpu_memory: config.gpu_memory.clone(),
+                load_timeout: config.model_load_timeout,
             },
             Arc::clone(&metrics),
         )
@@ -149,10 +161,12 @@ impl Server {
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
+        let budget = Arc::new(ByteBudget::new(config.max_inflight_bytes));
         let service = InferenceService::new(
             Arc::clone(&inference),
             config.max_request_bytes,
             config.strict_readiness,
+            Arc::clone(&budget),
         );
         // Room for the largest request wharf accepts plus protobuf framing, so that an
         // oversized tensor reaches validation and gets a message that names it.
@@ -160,13 +174,22 @@ impl Server {
             .max_request_bytes
             .saturating_mul(2)
             .saturating_add(1 << 20);
-        let inference_server = InterceptedService::new(
-            GrpcInferenceServiceServer::new(service)
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(usize::MAX),
-            RequireKey(config.api_key.clone()),
+        let inference_server = Gate::new(
+            InterceptedService::new(
+                GrpcInferenceServiceServer::new(service)
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX),
+                RequireKey(config.api_key.clone()),
+            ),
+            budget,
+            Arc::clone(repository.metrics()),
         );
-        let mut builder = tonic::transport::Server::builder();
+        // Bounds on what one connection can hold: streams open at once (each may pin an
+        // answer its client does not read), and pings that find dead peers.
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
         if let Some(tls) = &config.tls {
             builder = builder.tls_config(tls_config(tls)?)?;
         }
@@ -179,6 +202,7 @@ impl Server {
         let (stop, stopped) = oneshot::channel::<()>();
         let drain = Arc::clone(&inference);
         let exit_timeout = config.exit_timeout;
+        let handshake_timeout = config.handshake_timeout;
         let watcher = Arc::clone(&inference);
         let mut closing = inference.draining();
         let task = tokio::spawn(async move {
@@ -200,9 +224,7 @@ impl Server {
                     );
                 }
             };
-            // Small answers must leave at once: without TCP_NODELAY, Nagle's algorithm and
-            // delayed ACKs add ~40 ms to a share of requests.
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = listener::incoming(listener, handshake_timeout);
             let serve = builder
                 .add_service(health)
                 .add_service(reflection_v1)

@@ -16,6 +16,16 @@ use crate::auth::ApiKey;
 /// Tensor data one request may carry unless configured otherwise.
 pub const DEFAULT_MAX_REQUEST_SIZE: ByteSize = ByteSize::mib(64);
 
+/// Request bytes held at once, unless configured: past it a request is refused at once.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: ByteSize = ByteSize::gib(1);
+
+/// How long one model version may take to load and warm before it is UNAVAILABLE.
+pub const DEFAULT_MODEL_LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a new connection may take to send its first bytes (the HTTP/2 preface or a TLS
+/// hello) before it is closed.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The answer time the saturation signal is measured against, unless configured.
 pub const DEFAULT_LATENCY_OBJECTIVE: Duration = Duration::from_millis(100);
 
@@ -28,6 +38,13 @@ pub struct ServerConfig {
     pub exit_timeout: Duration,
     /// Tensor bytes per request; larger requests are INVALID_ARGUMENT.
     pub max_request_bytes: usize,
+    /// Request bytes held at once by every request in flight together; a request that
+    /// would pass it is RESOURCE_EXHAUSTED before its bytes are read.
+    pub max_inflight_bytes: usize,
+    /// A version still loading after this is UNAVAILABLE, and the others load on.
+    pub model_load_timeout: Duration,
+    /// A connection that has not sent its first bytes by then is closed.
+    pub handshake_timeout: Duration,
     /// Ready only when every model is READY (Triton's default); otherwise once loading
     /// has settled, whatever failed.
     pub strict_readiness: bool,
@@ -62,6 +79,9 @@ impl ServerConfig {
             metrics_addr: any,
             exit_timeout: Duration::from_secs(30),
             max_request_bytes: DEFAULT_MAX_REQUEST_SIZE.as_u64() as usize,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES.as_u64() as usize,
+            model_load_timeout: DEFAULT_MODEL_LOAD_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             strict_readiness: true,
             load_parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
             onnxruntime_lib: None,
@@ -83,6 +103,9 @@ pub struct ServerFile {
     pub metrics_port: Option<u16>,
     pub exit_timeout_secs: Option<u64>,
     pub max_request_size: Option<ByteSize>,
+    pub max_inflight_bytes: Option<ByteSize>,
+    pub model_load_timeout_secs: Option<u64>,
+    pub handshake_timeout_secs: Option<u64>,
     pub strict_readiness: Option<bool>,
     pub onnxruntime_lib: Option<PathBuf>,
     pub latency_objective_ms: Option<u64>,
@@ -120,6 +143,34 @@ impl ServerFile {
                 "max_request_size: expected 1 byte to 4GiB, found {max}"
             ));
         }
+        let inflight = overrides
+            .max_inflight_bytes
+            .or(self.max_inflight_bytes)
+            .unwrap_or(DEFAULT_MAX_INFLIGHT_BYTES);
+        if inflight < max {
+            return Err(format!(
+                "max_inflight_bytes: expected at least max_request_size ({max}), found {inflight}"
+            ));
+        }
+        let positive = |key: &str, value: Option<u64>, default: Duration| match value {
+            Some(0) => Err(format!("{key}: expected at least 1 second, found 0")),
+            Some(secs) => Ok(Duration::from_secs(secs)),
+            None => Ok(default),
+        };
+        let model_load_timeout = positive(
+            "model_load_timeout_secs",
+            overrides
+                .model_load_timeout_secs
+                .or(self.model_load_timeout_secs),
+            DEFAULT_MODEL_LOAD_TIMEOUT,
+        )?;
+        let handshake_timeout = positive(
+            "handshake_timeout_secs",
+            overrides
+                .handshake_timeout_secs
+                .or(self.handshake_timeout_secs),
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        )?;
         let objective_ms = overrides
             .latency_objective_ms
             .or(self.latency_objective_ms)
@@ -164,6 +215,9 @@ impl ServerFile {
                     .unwrap_or(30),
             ),
             max_request_bytes: max.as_u64() as usize,
+            max_inflight_bytes: usize::try_from(inflight.as_u64()).unwrap_or(usize::MAX),
+            model_load_timeout,
+            handshake_timeout,
             strict_readiness: overrides
                 .strict_readiness
                 .or(self.strict_readiness)
@@ -193,6 +247,28 @@ mod tests {
         assert_eq!(c.max_request_bytes, 1 << 20);
         assert_eq!(c.model_repository, PathBuf::from("models"));
         assert_eq!(c.exit_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_inflight_bytes, 1 << 30);
+        assert_eq!(c.model_load_timeout, DEFAULT_MODEL_LOAD_TIMEOUT);
+    }
+
+    #[test]
+    fn inflight_budget_and_timeouts_are_checked() {
+        let resolve = |yaml: &str| {
+            serde_yaml::from_str::<ServerFile>(yaml)
+                .unwrap()
+                .resolve(ServerFile::default())
+        };
+        assert_eq!(
+            resolve("max_request_size: 64MiB\nmax_inflight_bytes: 1MiB").unwrap_err(),
+            "max_inflight_bytes: expected at least max_request_size (64.0 MiB), found 1.0 MiB"
+        );
+        assert_eq!(
+            resolve("model_load_timeout_secs: 0").unwrap_err(),
+            "model_load_timeout_secs: expected at least 1 second, found 0"
+        );
+        let c = resolve("handshake_timeout_secs: 3\nmax_inflight_bytes: 2GiB").unwrap();
+        assert_eq!(c.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(c.max_inflight_bytes, 2 << 30);
     }
 
     #[test]

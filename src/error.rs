@@ -27,6 +27,12 @@ pub enum InferError {
         model: String,
         waited: std::time::Duration,
     },
+    #[error("a request of {bytes} was refused: requests in flight hold {held} of the {limit} budget (--max-inflight-bytes); retry later")]
+    InflightBytes {
+        bytes: bytesize::ByteSize,
+        held: bytesize::ByteSize,
+        limit: bytesize::ByteSize,
+    },
     #[error("server is shutting down and takes no new requests")]
     ShuttingDown,
     #[error("model '{model}': {source}")]
@@ -39,5 +45,40 @@ pub enum InferError {
 impl InferError {
     pub fn invalid(msg: impl Into<String>) -> Self {
         InferError::InvalidArgument(msg.into())
+    }
+
+    /// The text a caller is shown: clipped, since it may quote what the caller sent (a
+    /// model name of a megabyte would otherwise not fit in a gRPC status header).
+    pub fn message(&self) -> String {
+        clip(&self.to_string(), MAX_MESSAGE_BYTES).into_owned()
+    }
+}
+
+/// The longest error text sent back; gRPC carries it in a header (8 KiB by default).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked where it was cut.
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end]).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_clipped_on_a_character_boundary() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("abcdefghij", 8), "abcde...");
+        assert_eq!(clip("ééééé", 8), "éé...", "never inside a character");
+        let huge = InferError::ModelNotFound("m".repeat(1 << 20));
+        assert_eq!(huge.message().len(), MAX_MESSAGE_BYTES);
     }
 }

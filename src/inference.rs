@@ -10,7 +10,7 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
-    batching::Entry,
+    batching::{Entry, Scheduler},
     error::InferError,
     metrics::Refusal,
     repository::{Repository, ServedModel},
@@ -140,11 +140,13 @@ impl Inference {
             Some(t) if policy.allow_timeout_override || policy.default_timeout.is_none() => Some(t),
             _ => policy.default_timeout,
         };
+        // A wait too long to represent is no deadline at all (a caller may send any
+        // grpc-timeout).
         let deadline = [timeout, request.deadline]
             .into_iter()
             .flatten()
             .min()
-            .map(|d| arrived + d);
+            .and_then(|d| arrived.checked_add(d));
         let (reply, answer) = oneshot::channel();
         let key = shape_key(&inputs);
         let stats = &model.stats;
@@ -166,10 +168,11 @@ impl Inference {
             },
         })?;
         // Dropping this future (the caller went away) closes `answer`, which the scheduler
-        // and the worker check before computing.
-        let outputs = answer
-            .await
-            .map_err(|_| InferError::WorkerGone(model.name.clone()))??;
+        // and the worker check before computing, and tells the scheduler to free the slot.
+        let waiter = Waiter(Some(&model.scheduler));
+        let answered = answer.await;
+        waiter.answered();
+        let outputs = answered.map_err(|_| InferError::WorkerGone(model.name.clone()))??;
         let outputs = if request.outputs.is_empty() {
             outputs
         } else {
@@ -188,6 +191,24 @@ impl Inference {
                 outputs,
             },
         })
+    }
+}
+
+/// A request waiting for its answer; dropped unanswered, it tells the scheduler its caller
+/// has gone.
+struct Waiter<'a>(Option<&'a Scheduler>);
+
+impl Waiter<'_> {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if let Some(scheduler) = self.0 {
+            scheduler.caller_left();
+        }
     }
 }
 

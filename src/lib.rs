@@ -4,6 +4,7 @@
 //! (`backend`), over a model repository (`repository`); `app` wires them together.
 #![deny(unsafe_code)] // one exception: ONNX Runtime's arena statistics (backend/onnxruntime.rs)
 
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod backend;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod inference;
+pub mod listener;
 pub mod loadgen;
 pub mod metrics;
 pub mod repository;

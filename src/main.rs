@@ -72,6 +72,17 @@ struct ServeArgs {
     /// Tensor data one request may carry, such as 64MiB [default: 64MiB]
     #[arg(long, env = "WHARF_MAX_REQUEST_SIZE")]
     max_request_size: Option<ByteSize>,
+    /// Request bytes all requests in flight may hold together; past it a request is
+    /// RESOURCE_EXHAUSTED before its bytes are read [default: 1GiB]
+    #[arg(long, env = "WHARF_MAX_INFLIGHT_BYTES")]
+    max_inflight_bytes: Option<ByteSize>,
+    /// Seconds one model version may take to load and warm before it is UNAVAILABLE
+    /// [default: 120]
+    #[arg(long, env = "WHARF_MODEL_LOAD_TIMEOUT_SECS")]
+    model_load_timeout_secs: Option<u64>,
+    /// Seconds a new connection may take to send its first bytes [default: 10]
+    #[arg(long, env = "WHARF_HANDSHAKE_TIMEOUT_SECS")]
+    handshake_timeout_secs: Option<u64>,
     /// Ready only when every model is READY [default: true]
     #[arg(long, env = "WHARF_STRICT_READINESS")]
     strict_readiness: Option<bool>,
@@ -125,6 +136,9 @@ impl ServeArgs {
             metrics_port: self.metrics_port,
             exit_timeout_secs: self.exit_timeout_secs,
             max_request_size: self.max_request_size,
+            max_inflight_bytes: self.max_inflight_bytes,
+            model_load_timeout_secs: self.model_load_timeout_secs,
+            handshake_timeout_secs: self.handshake_timeout_secs,
             strict_readiness: self.strict_readiness,
             onnxruntime_lib: self.onnxruntime_lib,
             latency_objective_ms: self.latency_objective_ms,
@@ -178,6 +192,12 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    // Engine panics are caught and answered; each is logged once, here, in the log's own
+    // format (the default hook would write a second, unstructured copy).
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), "{info}");
+    }));
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

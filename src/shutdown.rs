@@ -1,29 +1,30 @@
 //! The drain: count admitted requests so that shutdown can wait for exactly those, and
 //! no longer than the grace period.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
 /// Counts requests admitted and not yet answered.
 #[derive(Debug)]
 pub struct InFlight {
-    count: watch::Sender<usize>,
+    count: Arc<watch::Sender<usize>>,
 }
 
 impl Default for InFlight {
     fn default() -> Self {
         InFlight {
-            count: watch::channel(0).0,
+            count: Arc::new(watch::channel(0).0),
         }
     }
 }
 
 impl InFlight {
-    /// Counts one request until the guard drops (answered, failed or abandoned).
-    pub fn admit(&self) -> Admitted<'_> {
+    /// Counts one request (or an open stream) until the guard drops (answered, failed
+    /// or abandoned).
+    pub fn admit(&self) -> Admitted {
         self.count.send_modify(|n| *n += 1);
-        Admitted(self)
+        Admitted(Arc::clone(&self.count))
     }
 
     pub fn count(&self) -> usize {
@@ -38,11 +39,11 @@ impl InFlight {
     }
 }
 
-pub struct Admitted<'a>(&'a InFlight);
+pub struct Admitted(Arc<watch::Sender<usize>>);
 
-impl Drop for Admitted<'_> {
+impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.count.send_modify(|n| *n -= 1);
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 

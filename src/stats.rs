@@ -59,6 +59,8 @@ pub struct Snapshot {
     pub expired: u64,
     /// Requests dropped uncomputed because their caller had gone.
     pub cancelled: u64,
+    /// Engine calls that panicked.
+    pub panics: u64,
 }
 
 pub struct ModelStats {
@@ -124,6 +126,12 @@ impl ModelStats {
     /// The engine failed on a call carrying `requests` requests.
     pub fn record_backend_error(&self, requests: usize) {
         self.metrics.ended(Outcome::BackendError, requests as u64);
+    }
+
+    /// An engine call panicked (its requests are counted where they end).
+    pub fn record_panic(&self) {
+        self.with(|s| s.panics += 1);
+        self.metrics.engine_panics.increment(1);
     }
 
     /// One engine call of `rows` rows serving `requests` requests. Triton counts the

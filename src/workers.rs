@@ -4,6 +4,7 @@
 
 use std::{
     collections::HashMap,
+    panic::{catch_unwind, AssertUnwindSafe},
     sync::Arc,
     thread::{self, JoinHandle},
     time::Instant,
@@ -12,9 +13,10 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, warn};
 
 use crate::{
-    backend::{Instance, Model},
+    backend::{panic_message, BackendError, Instance, Model},
     batching::{cost::CostCurve, ShapeKey},
     error::InferError,
     metrics::saturation::WorkToken,
@@ -141,70 +143,112 @@ fn work(
     ready: std::sync::mpsc::SyncSender<Result<(), String>>,
     warm: Arc<Vec<Vec<Tensor>>>,
 ) {
-    let warmed = Arc::clone(&context.model)
-        .new_instance()
-        .map_err(|e| e.to_string())
-        .and_then(|mut instance| {
-            // Twice: ONNX Runtime traces a new shape's memory on its first run and sets up
-            // its memory pattern on the second, and neither should land on a request.
-            for inputs in warm.iter().flat_map(|inputs| [inputs, inputs]) {
-                instance.run(inputs).map_err(|e| {
-                    let shapes: Vec<_> = inputs.iter().map(|t| &t.shape).collect();
-                    format!("warming it at {shapes:?} failed: {e}")
-                })?;
-            }
-            Ok(instance)
-        });
+    let mut engine = Engine::new(Arc::clone(&context.model));
+    let warmed = (|| {
+        // Twice: ONNX Runtime traces a new shape's memory on its first run and sets up
+        // its memory pattern on the second, and neither should land on a request.
+        for inputs in warm.iter().flat_map(|inputs| [inputs, inputs]) {
+            engine.run(inputs).map_err(|e| {
+                let shapes: Vec<_> = inputs.iter().map(|t| &t.shape).collect();
+                format!("warming it at {shapes:?} failed: {e}")
+            })?;
+        }
+        // A model without warm inputs still builds its instance before READY.
+        engine.instance().map(|_| ()).map_err(|e| e.to_string())
+    })();
     drop(warm);
-    let mut instance = match warmed {
-        Ok(instance) => {
-            let _ = ready.send(Ok(()));
-            drop(ready);
-            instance
-        }
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
+    let _ = ready.send(warmed.clone());
+    drop(ready);
+    if warmed.is_err() {
+        return;
+    }
     for batch in batches {
-        // A caller that has gone costs nothing more.
-        let (live, gone): (Batch, Batch) =
-            batch.into_iter().partition(|job| !job.reply.is_closed());
-        for _ in gone {
-            context.stats.record_cancelled();
-        }
-        if !live.is_empty() {
-            if context.pad_rows.is_some() {
-                // Padded, every call costs the same: one call for the whole batch.
-                run_piece(context, instance.as_mut(), live);
-            } else if context.batched {
-                let rows: Vec<usize> = live.iter().map(|j| j.inputs[0].shape[0]).collect();
-                let pieces = context
-                    .costs
-                    .for_shape(&shape_key(&live[0].inputs))
-                    .plan(&rows);
-                let mut jobs = live.into_iter();
-                for size in pieces {
-                    run_piece(
-                        context,
-                        instance.as_mut(),
-                        jobs.by_ref().take(size).collect(),
-                    );
-                }
-            } else {
-                for job in live {
-                    run_piece(context, instance.as_mut(), vec![job]);
-                }
-            }
+        // Engine panics are caught closer in; this catches a fault of wharf's own, so the
+        // instance is never lost: the batch's callers get INTERNAL (their replies drop).
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| serve(context, &mut engine, batch)))
+        {
+            error!(model = %context.model_name, panic = %panic_message(payload.as_ref()), "a batch failed outside the engine");
         }
         // The scheduler may be gone (unloading); then nobody needs to know.
         let _ = done.blocking_send(());
     }
 }
 
-/// One engine call for `jobs`: concatenated, run, split back.
-fn run_piece(context: &WorkerContext, instance: &mut dyn Instance, jobs: Batch) {
+/// Runs one batch: in one call, or in the pieces the cost curve finds cheaper.
+fn serve(context: &WorkerContext, engine: &mut Engine, batch: Batch) {
+    // A caller that has gone costs nothing more.
+    let (live, gone): (Batch, Batch) = batch.into_iter().partition(|job| !job.reply.is_closed());
+    for _ in gone {
+        context.stats.record_cancelled();
+    }
+    if live.is_empty() {
+        return;
+    }
+    if context.pad_rows.is_some() {
+        // Padded, every call costs the same: one call for the whole batch.
+        run_piece(context, engine, live);
+    } else if context.batched {
+        let rows: Vec<usize> = live.iter().map(|j| j.inputs[0].shape[0]).collect();
+        let pieces = context
+            .costs
+            .for_shape(&shape_key(&live[0].inputs))
+            .plan(&rows);
+        let mut jobs = live.into_iter();
+        for size in pieces {
+            run_piece(context, engine, jobs.by_ref().take(size).collect());
+        }
+    } else {
+        for job in live {
+            run_piece(context, engine, vec![job]);
+        }
+    }
+}
+
+/// One worker's engine instance, kept in service whatever a call does: a panic is caught
+/// and answered as an error, and the instance (whose state the panic may have left half
+/// written) is dropped and rebuilt from the shared model before the next call.
+struct Engine {
+    model: Arc<dyn Model>,
+    instance: Option<Box<dyn Instance>>,
+    panics: u64,
+}
+
+impl Engine {
+    fn new(model: Arc<dyn Model>) -> Engine {
+        Engine {
+            model,
+            instance: None,
+            panics: 0,
+        }
+    }
+
+    fn instance(&mut self) -> Result<&mut Box<dyn Instance>, BackendError> {
+        if self.instance.is_none() {
+            let model = Arc::clone(&self.model);
+            let built = catch_unwind(AssertUnwindSafe(|| model.new_instance()))
+                .map_err(|payload| BackendError::Panicked(panic_message(payload.as_ref())))??;
+            self.instance = Some(built);
+        }
+        Ok(self.instance.as_mut().expect("just built"))
+    }
+
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
+        let instance = self.instance()?;
+        match catch_unwind(AssertUnwindSafe(|| instance.run(inputs))) {
+            Ok(result) => result,
+            Err(payload) => {
+                self.instance = None;
+                self.panics += 1;
+                Err(BackendError::Panicked(panic_message(payload.as_ref())))
+            }
+        }
+    }
+}
+
+/// One engine call for `jobs`: concatenated, run, checked, split back. Where a call of
+/// several requests fails, each is retried alone, once, so that only the request that
+/// causes the failure gets the error.
+fn run_piece(context: &WorkerContext, engine: &mut Engine, jobs: Batch) {
     let started = Instant::now();
     // A model without a batch dimension takes one request as one row, whatever its shape.
     let rows: Vec<usize> = jobs
@@ -239,28 +283,34 @@ fn run_piece(context: &WorkerContext, instance: &mut dyn Instance, jobs: Batch) 
         &joined
     };
     let prepared = Instant::now();
-    let result = instance.run(inputs);
+    let panics_before = engine.panics;
+    let result = engine.run(inputs);
     let computed = Instant::now();
-    match result {
-        Ok(outputs) => {
-            let answers: Vec<Vec<Tensor>> = if jobs.len() == 1 && pad == 0 {
-                vec![outputs]
-            } else {
-                // The padding's rows come last and are left out.
-                let cuts: Vec<usize> = rows
-                    .iter()
-                    .copied()
-                    .chain((pad > 0).then_some(pad))
-                    .collect();
-                let mut per_job: Vec<Vec<Tensor>> =
-                    vec![Vec::with_capacity(outputs.len()); jobs.len()];
-                for output in outputs {
-                    for (slot, part) in per_job.iter_mut().zip(split_rows(output, &cuts)) {
-                        slot.push(part);
-                    }
-                }
-                per_job
-            };
+    if engine.panics > panics_before {
+        context.stats.record_panic();
+        warn!(model = %context.model_name, requests = jobs.len(), "the engine panicked; its instance is rebuilt");
+    }
+    // The padding's rows come last and are left out.
+    let cuts: Vec<usize> = rows
+        .iter()
+        .copied()
+        .chain((pad > 0).then_some(pad))
+        .collect();
+    let answers = result.and_then(|outputs| {
+        if jobs.len() == 1 && pad == 0 && !context.batched {
+            return Ok(vec![outputs]);
+        }
+        let mut per_job: Vec<Vec<Tensor>> = vec![Vec::with_capacity(outputs.len()); jobs.len()];
+        for output in outputs {
+            let parts = split_rows(output, &cuts).map_err(BackendError::BadOutput)?;
+            for (slot, part) in per_job.iter_mut().zip(parts) {
+                slot.push(part);
+            }
+        }
+        Ok(per_job)
+    });
+    match answers {
+        Ok(answers) => {
             let finished = Instant::now();
             context.stats.record_execution(
                 rows.iter().sum(),
@@ -273,6 +323,12 @@ fn run_piece(context: &WorkerContext, instance: &mut dyn Instance, jobs: Batch) 
                 if job.reply.send(Ok(outputs)).is_err() {
                     context.stats.record_cancelled(); // the caller left during the call
                 }
+            }
+        }
+        Err(source) if jobs.len() > 1 => {
+            debug!(model = %context.model_name, requests = jobs.len(), error = %source, "a batch failed; retrying its requests one by one");
+            for job in jobs {
+                run_piece(context, engine, vec![job]);
             }
         }
         Err(source) => {
@@ -322,12 +378,31 @@ pub fn concat_rows(parts: &[&Tensor]) -> Tensor {
 }
 
 /// Cuts a batch output back into one tensor per request, `rows[i]` rows each. Fixed-size
-/// data is sliced without copying.
-pub fn split_rows(t: Tensor, rows: &[usize]) -> Vec<Tensor> {
+/// data is sliced without copying. An output whose leading dimension is not the rows sent,
+/// or whose data does not fill its shape, is refused with the reason.
+pub fn split_rows(t: Tensor, rows: &[usize]) -> Result<Vec<Tensor>, String> {
     let total: usize = rows.iter().sum();
-    let per_row = t.element_count().checked_div(total).unwrap_or(0);
+    if t.shape.first() != Some(&total) {
+        return Err(format!(
+            "output '{}' has shape {:?}, whose first dimension should be the {total} rows the call carried",
+            t.name, t.shape
+        ));
+    }
+    let elements = t.element_count();
+    let filled = match &t.data {
+        TensorData::Fixed(b) => Some(b.len()) == t.datatype.element_size().map(|s| s * elements),
+        TensorData::Bytes(items) => items.len() == elements,
+    };
+    if !filled {
+        return Err(format!(
+            "output '{}': its data does not fill its shape {:?}",
+            t.name, t.shape
+        ));
+    }
+    let per_row = elements.checked_div(total).unwrap_or(0);
     let mut at = 0;
-    rows.iter()
+    Ok(rows
+        .iter()
         .map(|&n| {
             let mut shape = t.shape.clone();
             shape[0] = n;
@@ -348,7 +423,7 @@ pub fn split_rows(t: Tensor, rows: &[usize]) -> Vec<Tensor> {
                 data,
             }
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -373,6 +448,11 @@ mod tests {
         calls: std::sync::Mutex<Vec<(usize, usize)>>,
         instances: std::sync::atomic::AtomicUsize,
         fail_at: usize,
+        /// Panics on a call where any input value is this.
+        panic_on: Option<f32>,
+        /// Answers a call of several rows with one row, as a model without a batch
+        /// dimension in its output would.
+        one_row_out: bool,
     }
 
     struct RecordingInstance {
@@ -398,6 +478,15 @@ mod tests {
     impl Instance for RecordingInstance {
         fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, crate::backend::BackendError> {
             let rows = inputs[0].shape[0];
+            if let (Some(marker), TensorData::Fixed(b)) = (self.model.panic_on, &inputs[0].data) {
+                if b.chunks_exact(4).any(|c| c == marker.to_le_bytes()) {
+                    panic!("index {marker} is out of range");
+                }
+            }
+            if self.model.one_row_out && rows > 1 {
+                self.model.calls.lock().unwrap().push((self.id, rows));
+                return Ok(vec![fp32(vec![1, 1], &[0.0])]);
+            }
             if rows == self.model.fail_at {
                 return Err(crate::backend::BackendError::Execution(
                     "out of memory".into(),
@@ -419,6 +508,8 @@ mod tests {
             calls: Default::default(),
             instances: Default::default(),
             fail_at,
+            panic_on: None,
+            one_row_out: false,
         })
     }
 
@@ -480,7 +571,7 @@ mod tests {
             batched: true,
             pad_rows: Some(8),
         };
-        let mut instance = Arc::clone(&context.model).new_instance().unwrap();
+        let mut engine = Engine::new(Arc::clone(&context.model));
         let (a, b) = (
             fp32(vec![1, 2], &[1.0, 2.0]),
             fp32(vec![2, 2], &[3.0, 4.0, 5.0, 6.0]),
@@ -498,7 +589,7 @@ mod tests {
                 }
             })
             .collect();
-        run_piece(&context, instance.as_mut(), jobs);
+        run_piece(&context, &mut engine, jobs);
         let calls = model.calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 1, "one call");
         assert_eq!(calls[0].1, 8, "3 rows padded to 8");
@@ -520,13 +611,114 @@ mod tests {
         );
     }
 
+    /// Runs `inputs` as one batch on a started one-instance pool of `model`; returns each
+    /// request's answer.
+    fn run_batch(model: &Arc<Recording>, batches: Vec<Vec<Tensor>>) -> Vec<Vec<JobResult>> {
+        let context = Arc::new(WorkerContext {
+            model_name: "m".into(),
+            model: Arc::clone(model) as Arc<dyn Model>,
+            costs: CostCurves::default(),
+            stats: Arc::new(ModelStats::default()),
+            batched: true,
+            pad_rows: None,
+        });
+        let (done, mut done_rx) = mpsc::channel(1);
+        let (pool, sender) = WorkerPool::start(Arc::clone(&context), 1, done, Vec::new()).unwrap();
+        let answers = batches
+            .into_iter()
+            .map(|inputs| {
+                let mut answers = Vec::new();
+                let jobs = inputs
+                    .into_iter()
+                    .map(|input| {
+                        let (reply, answer) = oneshot::channel();
+                        answers.push(answer);
+                        Job {
+                            inputs: vec![input],
+                            reply,
+                            work: WorkToken::none(),
+                        }
+                    })
+                    .collect();
+                sender.send(jobs).unwrap();
+                done_rx
+                    .blocking_recv()
+                    .expect("the worker reports the batch done");
+                answers
+                    .into_iter()
+                    .map(|mut a| a.try_recv().expect("answered"))
+                    .collect()
+            })
+            .collect();
+        drop(sender);
+        drop(pool);
+        answers
+    }
+
+    #[test]
+    fn a_panicking_call_fails_only_its_request_and_the_instance_serves_on() {
+        let model = Arc::new(Recording {
+            panic_on: Some(99.0),
+            ..Arc::into_inner(recording(0)).unwrap()
+        });
+        let good = || fp32(vec![1, 1], &[1.0]);
+        let answers = run_batch(
+            &model,
+            vec![
+                vec![good(), fp32(vec![1, 1], &[99.0]), good()],
+                vec![good(), good()],
+            ],
+        );
+        let first: Vec<String> = answers[0]
+            .iter()
+            .map(|a| match a {
+                Ok(_) => "ok".into(),
+                Err(e) => e.to_string(),
+            })
+            .collect();
+        assert_eq!(
+            first,
+            vec![
+                "ok".to_string(),
+                "model 'm': the engine panicked: index 99 is out of range".into(),
+                "ok".into()
+            ],
+            "the batch is retried one by one: only the culprit fails"
+        );
+        assert!(
+            answers[1].iter().all(Result::is_ok),
+            "the next batch is served"
+        );
+        assert_eq!(
+            model.instances.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "the instance was rebuilt after each of the two panics"
+        );
+    }
+
+    #[test]
+    fn an_output_without_the_batch_rows_is_an_error_not_a_panic() {
+        let model = Arc::new(Recording {
+            one_row_out: true,
+            ..Arc::into_inner(recording(0)).unwrap()
+        });
+        let answers = run_batch(&model, vec![vec![fp32(vec![2, 1], &[1.0, 2.0])]]);
+        let error = answers[0][0].as_ref().expect_err("refused").to_string();
+        assert_eq!(
+            error,
+            "model 'm': the engine returned a wrong output: output 'x' has shape [1, 1], whose first dimension should be the 2 rows the call carried"
+        );
+        let split = split_rows(fp32(vec![], &[1.0]), &[1, 1]).unwrap_err();
+        assert!(split.contains("shape []"), "{split}");
+    }
+
     #[test]
     fn concat_then_split_gives_back_each_request() {
         let a = fp32(vec![1, 2], &[1.0, 2.0]);
         let b = fp32(vec![2, 2], &[3.0, 4.0, 5.0, 6.0]);
         let joined = concat_rows(&[&a, &b]);
         assert_eq!(joined.shape, vec![3, 2]);
-        let parts = split_rows(joined, &[1, 2]);
+        let parts = split_rows(joined, &[1, 2]).unwrap();
         assert_eq!(parts, vec![a, b]);
     }
 
@@ -539,7 +731,7 @@ mod tests {
             data: TensorData::Bytes(items.iter().map(|i| Bytes::from_static(i)).collect()),
         };
         let (a, b) = (s(&[b"a"]), s(&[b"bb", b"ccc"]));
-        let parts = split_rows(concat_rows(&[&a, &b]), &[1, 2]);
+        let parts = split_rows(concat_rows(&[&a, &b]), &[1, 2]).unwrap();
         assert_eq!(parts, vec![a, b]);
     }
 }

@@ -40,6 +40,21 @@ pub enum BackendError {
     Unsupported(String),
     #[error("inference failed: {0}")]
     Execution(String),
+    /// The engine panicked; the instance that ran the call was rebuilt.
+    #[error("the engine panicked: {0}")]
+    Panicked(String),
+    /// The engine answered with an output that does not fit the call it was given.
+    #[error("the engine returned a wrong output: {0}")]
+    BadOutput(String),
+}
+
+/// The text of a panic's payload (`panic!` carries a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// A loaded model: weights and compiled plans, shared by all instances through `Arc`.

@@ -13,7 +13,7 @@ use std::sync::{
 
 use crossbeam_channel::Sender;
 use tokio::{
-    sync::mpsc,
+    sync::{mpsc, Notify},
     task::JoinHandle,
     time::{sleep_until, Instant},
 };
@@ -40,6 +40,9 @@ pub struct Scheduler {
     /// requests before any reaches it.
     arrivals: mpsc::UnboundedSender<Entry<Job>>,
     waiting: Arc<AtomicUsize>,
+    /// Woken when a caller leaves before its answer, so that the queue gives its slot
+    /// back at once rather than when a batch is next formed.
+    left: Arc<Notify>,
     policy: BatchPolicy,
     stats: Arc<ModelStats>,
     task: JoinHandle<()>,
@@ -59,6 +62,7 @@ impl Scheduler {
     ) -> Scheduler {
         let (arrivals, incoming) = mpsc::unbounded_channel();
         let waiting = Arc::new(AtomicUsize::new(0));
+        let left = Arc::new(Notify::new());
         let queue = Queue::new(policy.clone());
         let task = runtime.spawn(run(
             model.clone(),
@@ -68,6 +72,7 @@ impl Scheduler {
             done,
             instances,
             Arc::clone(&waiting),
+            Arc::clone(&left),
             Arc::clone(&stats),
         ));
         stats
@@ -79,6 +84,7 @@ impl Scheduler {
             model,
             arrivals,
             waiting,
+            left,
             policy,
             stats,
             task,
@@ -92,6 +98,12 @@ impl Scheduler {
     /// Requests admitted and not yet handed to an instance.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Says that a caller has gone before its answer: whatever it left in the queue is
+    /// removed, and its slot freed, without waiting for an instance to come free.
+    pub fn caller_left(&self) {
+        self.left.notify_one();
     }
 
     /// Admits a request or refuses it at once when the queue is full.
@@ -132,17 +144,20 @@ async fn run(
     mut done: mpsc::Receiver<()>,
     instances: usize,
     waiting: Arc<AtomicUsize>,
+    caller_left: Arc<Notify>,
     stats: Arc<ModelStats>,
 ) {
     let mut idle = instances;
     loop {
         let wake = queue.next_wake(Instant::now());
+        let mut sweep = false;
         tokio::select! {
             arrival = incoming.recv() => match arrival {
                 Some(entry) => queue.push(entry),
                 None => return,
             },
             Some(()) = done.recv() => idle += 1,
+            () = caller_left.notified() => sweep = true,
             () = async { sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {}
         }
         // Take every arrival already there before forming a batch from them.
@@ -150,7 +165,12 @@ async fn run(
             queue.push(entry);
         }
         let now = Instant::now();
-        for left in queue.expire(now) {
+        let gone = if sweep {
+            queue.sweep(now)
+        } else {
+            queue.expire(now)
+        };
+        for left in gone {
             waiting.fetch_sub(1, Ordering::AcqRel);
             settle(&model, left, now, &stats);
         }

@@ -1,6 +1,7 @@
 //! The gRPC front end: the KServe v2 inference service, health and reflection.
 
 pub mod convert;
+pub mod gate;
 mod service;
 pub mod status;
 

@@ -3,18 +3,23 @@
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use futures::{stream::FuturesOrdered, Stream, StreamExt};
+use futures::{stream::FuturesOrdered, FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use prost::Message;
+
 use super::{
     convert::{decode_request, encode_response},
+    gate::Charge,
     pb::{self, grpc_inference_service_server::GrpcInferenceService},
 };
 use crate::{
+    admission::ByteBudget,
     error::InferError,
     inference::Inference,
+    metrics::Refusal,
     repository::{config::BackendKind, ServedModel},
 };
 
@@ -29,6 +34,8 @@ pub struct InferenceService {
     inference: Arc<Inference>,
     max_request_bytes: usize,
     strict_readiness: bool,
+    /// Stream messages are held against it one by one (unary bodies by `gate`).
+    budget: Arc<ByteBudget>,
 }
 
 impl InferenceService {
@@ -36,11 +43,13 @@ impl InferenceService {
         inference: Arc<Inference>,
         max_request_bytes: usize,
         strict_readiness: bool,
+        budget: Arc<ByteBudget>,
     ) -> Self {
         InferenceService {
             inference,
             max_request_bytes,
             strict_readiness,
+            budget,
         }
     }
 
@@ -63,13 +72,24 @@ impl InferenceService {
             id: request.id.clone(),
             ..Default::default()
         };
-        match self.infer(request, None).await {
+        let answer = match self.budget.try_hold(request.encoded_len()) {
+            Ok(held) => self.infer(request, None).await.inspect(|_| drop(held)),
+            Err(refused) => {
+                self.inference
+                    .repository()
+                    .metrics()
+                    .refused(Refusal::InflightBytes);
+                drop(request);
+                Err(refused)
+            }
+        };
+        match answer {
             Ok(response) => pb::ModelStreamInferResponse {
                 error_message: String::new(),
                 infer_response: Some(response),
             },
             Err(e) => pb::ModelStreamInferResponse {
-                error_message: e.to_string(),
+                error_message: e.message(),
                 infer_response: Some(echo),
             },
         }
@@ -186,6 +206,8 @@ impl GrpcInferenceService for InferenceService {
         r: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let deadline = grpc_timeout(r.metadata());
+        // The body's bytes, held against the in-flight budget until this answer is made.
+        let _held = r.extensions().get::<Charge>().cloned();
         Ok(Response::new(self.infer(r.into_inner(), deadline).await?))
     }
 
@@ -199,11 +221,22 @@ impl GrpcInferenceService for InferenceService {
         let (tx, rx) = mpsc::channel(STREAM_OUT_BUFFER);
         let service = self.clone();
         let mut draining = self.inference.draining();
+        // The stream counts as in flight until its last answer is handed on, so that a
+        // drain waits for the answers to what it has read, not only for their computing.
+        let open = self.inference.in_flight().admit();
+        // One future type for every answer, so that they queue in one FuturesOrdered.
+        let answer = move |request: pb::ModelInferRequest| {
+            let service = service.clone();
+            async move { service.stream_answer(request).await }
+        };
         tokio::spawn(async move {
+            let _open = open;
             let mut pending = FuturesOrdered::new();
             // Stops reading at the client's end of stream, a transport error, or a drain;
-            // what was read is still answered.
+            // what was read is still answered. Why it stopped early, if it did, ends the
+            // stream as its status.
             let mut reading = true;
+            let mut ended_early: Option<Status> = None;
             loop {
                 if !reading && pending.is_empty() {
                     break;
@@ -215,18 +248,30 @@ impl GrpcInferenceService for InferenceService {
                         }
                     }
                     message = incoming.message(), if reading && pending.len() < STREAM_IN_FLIGHT => match message {
-                        Ok(Some(request)) => {
-                            let service = service.clone();
-                            pending.push_back(async move { service.stream_answer(request).await });
+                        Ok(Some(request)) => pending.push_back(answer(request)),
+                        Ok(None) => reading = false,
+                        Err(status) => {
+                            reading = false;
+                            ended_early = Some(status);
                         }
-                        Ok(None) | Err(_) => reading = false,
                     },
                     Ok(()) = draining.changed(), if reading => {
                         if *draining.borrow() {
+                            // What has already arrived is answered (each refused: the
+                            // server is shutting down); the rest is the client's to resend.
+                            while let Some(Ok(Some(request))) = incoming.message().now_or_never() {
+                                pending.push_back(answer(request));
+                            }
                             reading = false;
+                            ended_early = Some(Status::unavailable(
+                                "server is shutting down: this stream reads no more requests; every request read was answered",
+                            ));
                         }
                     }
                 }
+            }
+            if let Some(status) = ended_early {
+                let _ = tx.send(Err(status)).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

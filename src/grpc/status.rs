@@ -9,13 +9,16 @@ pub fn code(error: &InferError) -> Code {
         InferError::ModelNotFound(_) | InferError::VersionNotFound { .. } => Code::NotFound,
         InferError::ModelUnavailable { .. } | InferError::ShuttingDown => Code::Unavailable,
         InferError::InvalidArgument(_) => Code::InvalidArgument,
-        InferError::QueueFull { .. } => Code::ResourceExhausted,
+        InferError::QueueFull { .. } | InferError::InflightBytes { .. } => Code::ResourceExhausted,
         InferError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
         InferError::Backend { source, .. } => match source {
             BackendError::ShapeRejected { .. } | BackendError::Unsupported(_) => {
                 Code::InvalidArgument
             }
-            BackendError::Load(_) | BackendError::Execution(_) => Code::Internal,
+            BackendError::Load(_)
+            | BackendError::Execution(_)
+            | BackendError::Panicked(_)
+            | BackendError::BadOutput(_) => Code::Internal,
         },
         InferError::WorkerGone(_) => Code::Internal,
     }
@@ -23,6 +26,6 @@ pub fn code(error: &InferError) -> Code {
 
 impl From<InferError> for Status {
     fn from(error: InferError) -> Status {
-        Status::new(code(&error), error.to_string())
+        Status::new(code(&error), error.message())
     }
 }

@@ -19,6 +19,7 @@ pub const REQUESTS: &str = "wharf_requests_total";
 pub const REQUESTS_REFUSED: &str = "wharf_requests_refused_total";
 pub const INFERENCES: &str = "wharf_inferences_total";
 pub const EXECUTIONS: &str = "wharf_executions_total";
+pub const ENGINE_PANICS: &str = "wharf_engine_panics_total";
 pub const REQUEST_DURATION: &str = "wharf_request_duration_seconds";
 pub const QUEUE_DURATION: &str = "wharf_queue_duration_seconds";
 pub const COMPUTE_DURATION: &str = "wharf_compute_duration_seconds";
@@ -93,13 +94,16 @@ pub enum Refusal {
     UnknownModel,
     ModelUnavailable,
     ShuttingDown,
+    /// RESOURCE_EXHAUSTED: the requests in flight hold the whole byte budget.
+    InflightBytes,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 3] = [
+    const ALL: [Refusal; 4] = [
         Refusal::UnknownModel,
         Refusal::ModelUnavailable,
         Refusal::ShuttingDown,
+        Refusal::InflightBytes,
     ];
 
     fn label(self) -> &'static str {
@@ -107,6 +111,7 @@ impl Refusal {
             Refusal::UnknownModel => "unknown_model",
             Refusal::ModelUnavailable => "model_unavailable",
             Refusal::ShuttingDown => "shutting_down",
+            Refusal::InflightBytes => "inflight_bytes",
         }
     }
 }
@@ -114,12 +119,13 @@ impl Refusal {
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
 
 /// (name, help) for every metric, so each scrape carries HELP and TYPE lines.
-const HELP: [(&str, &str); 20] = [
+const HELP: [(&str, &str); 21] = [
     (BUILD_INFO, "Always 1; labels carry the wharf version and its compiled backends."),
     (REQUESTS, "Requests that reached a model version, by how they ended."),
     (REQUESTS_REFUSED, "Requests refused before reaching a model version, by reason."),
     (INFERENCES, "Rows computed (a request of batch size n counts n)."),
     (EXECUTIONS, "Engine calls; with dynamic batching, fewer than requests."),
+    (ENGINE_PANICS, "Engine calls that panicked; each instance is rebuilt and serves on."),
     (REQUEST_DURATION, "Time from arrival to answer of successful requests."),
     (QUEUE_DURATION, "Time requests waited in the queue before an instance took them."),
     (COMPUTE_DURATION, "Time of one engine call, inputs joined to outputs split."),
@@ -141,7 +147,7 @@ const HELP: [(&str, &str); 20] = [
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    refused: [Counter; 3],
+    refused: [Counter; 4],
     saturation: Gauge,
 }
 
@@ -251,6 +257,7 @@ impl Metrics {
             outcomes,
             inferences: counter(INFERENCES),
             executions: counter(EXECUTIONS),
+            engine_panics: counter(ENGINE_PANICS),
             request_duration: histogram(REQUEST_DURATION),
             queue_duration: histogram(QUEUE_DURATION),
             compute_duration: histogram(COMPUTE_DURATION),
@@ -297,6 +304,7 @@ pub struct ModelMetrics {
     outcomes: [Counter; 6],
     pub inferences: Counter,
     pub executions: Counter,
+    pub engine_panics: Counter,
     pub request_duration: Histogram,
     pub queue_duration: Histogram,
     pub compute_duration: Histogram,
@@ -317,6 +325,7 @@ impl ModelMetrics {
             outcomes: std::array::from_fn(|_| Counter::noop()),
             inferences: Counter::noop(),
             executions: Counter::noop(),
+            engine_panics: Counter::noop(),
             request_duration: Histogram::noop(),
             queue_duration: Histogram::noop(),
             compute_duration: Histogram::noop(),

@@ -96,6 +96,8 @@ pub struct LoadSettings {
     pub latency_objective: Duration,
     /// Bytes of memory per GPU, for the per-device budget check; empty asks the driver.
     pub gpu_memory: BTreeMap<u32, u64>,
+    /// A version still loading after this is UNAVAILABLE; the others load on.
+    pub load_timeout: Duration,
 }
 
 impl Default for LoadSettings {
@@ -104,12 +106,13 @@ impl Default for LoadSettings {
             onnxruntime_lib: None,
             latency_objective: crate::config::DEFAULT_LATENCY_OBJECTIVE,
             gpu_memory: BTreeMap::new(),
+            load_timeout: crate::config::DEFAULT_MODEL_LOAD_TIMEOUT,
         }
     }
 }
 
 pub struct Repository {
-    settings: LoadSettings,
+    settings: Arc<LoadSettings>,
     metrics: Arc<Metrics>,
     root: PathBuf,
     models: RwLock<BTreeMap<String, ModelEntry>>,
@@ -153,7 +156,7 @@ impl Repository {
             models.insert(name, model);
         }
         Ok(Repository {
-            settings,
+            settings: Arc::new(settings),
             metrics,
             root: root.to_owned(),
             models: RwLock::new(models),
@@ -202,19 +205,61 @@ impl Repository {
                 let rx = rx.clone();
                 scope.spawn(move || {
                     for task in rx {
-                        let loaded = load_version(&task, runtime, &self.settings, &self.metrics);
-                        let state = match loaded {
+                        let (name, version) = (task.name.clone(), task.version);
+                        let state = match self.load_isolated(task, runtime) {
                             Ok(model) => VersionState::Ready(Arc::new(model)),
                             Err(reason) => {
-                                warn!(model = %task.name, version = task.version, %reason, "model failed to load");
+                                warn!(model = %name, version, %reason, "model failed to load");
                                 VersionState::Unavailable(reason)
                             }
                         };
-                        self.set_state(&task.name, task.version, state);
+                        self.set_state(&name, version, state);
                     }
                 });
             }
         });
+    }
+
+    /// Loads one version on a thread of its own, so that a load that panics ends as
+    /// that version's error and one that hangs is given up after the load timeout (its
+    /// thread is left to finish or hang alone; whatever it builds late is dropped).
+    fn load_isolated(
+        &self,
+        task: LoadTask,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<ServedModel, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (settings, metrics, runtime) = (
+            Arc::clone(&self.settings),
+            Arc::clone(&self.metrics),
+            runtime.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("wharf-load-{}", task.name))
+            .spawn(move || {
+                let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    load_version(&task, &runtime, &settings, &metrics)
+                }))
+                .unwrap_or_else(|payload| {
+                    Err(format!(
+                        "loading panicked: {}",
+                        crate::backend::panic_message(payload.as_ref())
+                    ))
+                });
+                let _ = tx.send(loaded);
+            })
+            .map_err(|e| format!("cannot start a loading thread: {e}"))?;
+        let limit = self.settings.load_timeout;
+        match rx.recv_timeout(limit) {
+            Ok(loaded) => loaded,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(format!(
+                "loading did not finish within {} s (--model-load-timeout-secs)",
+                limit.as_secs()
+            )),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Err("the loading thread ended without a result".into())
+            }
+        }
     }
 
     /// Marks UNAVAILABLE every version on a GPU whose instances' budgets, added up with
