@@ -355,3 +355,161 @@ async fn a_request_still_queued_past_its_timeout_is_deadline_exceeded() {
     running.await.unwrap().unwrap();
     t.server.shutdown().await.unwrap();
 }
+
+/// One bad request of the catalogue: what it is, and the code and words it must get.
+struct Bad {
+    request: ModelInferRequest,
+    code: Code,
+    says: String,
+}
+
+fn bad(request: ModelInferRequest, code: Code, says: &str) -> Bad {
+    Bad {
+        request,
+        code,
+        says: says.into(),
+    }
+}
+
+/// add_sub with one input changed.
+fn add_sub_with(change: impl FnOnce(&mut ModelInferRequest)) -> ModelInferRequest {
+    let mut r = add_sub_request();
+    change(&mut r);
+    r
+}
+
+fn one_input(model: &str, datatype: &str, shape: &[i64], raw: Vec<u8>) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![input("INPUT0", datatype, shape)],
+        raw_input_contents: vec![raw.into()],
+        ..Default::default()
+    }
+}
+
+fn param(kind: pb::infer_parameter::ParameterChoice) -> pb::InferParameter {
+    pb::InferParameter {
+        parameter_choice: Some(kind),
+    }
+}
+
+/// The hostile-input catalogue: each case is refused with its code and a message naming
+/// what was wrong, and a good request is served right after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bad_input_catalogue() {
+    use pb::infer_parameter::ParameterChoice::{BoolParam, Int64Param, StringParam};
+    let mut config = ServerConfig::local(test_models());
+    config.max_request_bytes = 1 << 20;
+    config.max_inflight_bytes = 4 << 20;
+    let mut t = TestServer::start(config).await;
+    let four = fp32_bytes(&[1.0; 4]);
+    let cases = vec![
+        bad(add_sub_with(|r| r.model_name = "nope".into()), Code::NotFound, "unknown model 'nope'"),
+        bad(add_sub_with(|r| r.model_name = String::new()), Code::NotFound, "unknown model ''"),
+        bad(add_sub_with(|r| r.model_name = "m".repeat(1 << 20)), Code::NotFound, "unknown model 'mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm"),
+        bad(add_sub_with(|r| r.model_name = "../add_sub".into()), Code::NotFound, "unknown model '../add_sub'"),
+        bad(add_sub_with(|r| r.model_version = "9".into()), Code::NotFound, "model 'add_sub' has no version 9; it serves 1"),
+        bad(add_sub_with(|r| r.model_version = "one".into()), Code::NotFound, "model 'add_sub' has no version one; it serves 1"),
+        bad(add_sub_with(|r| r.model_version = "-1".into()), Code::NotFound, "model 'add_sub' has no version -1; it serves 1"),
+        bad(add_sub_with(|r| { r.inputs.clear(); r.raw_input_contents.clear(); }), Code::InvalidArgument, "missing input 'INPUT0' for model 'add_sub' (expects: INPUT0, INPUT1)"),
+        bad(add_sub_with(|r| { r.inputs.pop(); r.raw_input_contents.pop(); }), Code::InvalidArgument, "missing input 'INPUT1' for model 'add_sub' (expects: INPUT0, INPUT1)"),
+        bad(add_sub_with(|r| { r.inputs.push(input("EXTRA", "FP32", &[1, 4])); r.raw_input_contents.push(four.clone().into()); }), Code::InvalidArgument, "model 'add_sub' has no input named 'EXTRA'; its inputs are: INPUT0, INPUT1"),
+        bad(add_sub_with(|r| { r.inputs[1].name = "INPUT0".into(); }), Code::InvalidArgument, "input 'INPUT0' is given more than once"),
+        bad(add_sub_with(|r| r.inputs[0].datatype = "FP64".into()), Code::InvalidArgument, "input 'INPUT0': raw_input_contents holds 16 bytes but shape [1, 4] of FP64 needs 32"),
+        bad(add_sub_with(|r| r.inputs[0].datatype = "FLOAT".into()), Code::InvalidArgument, "input 'INPUT0': unknown datatype 'FLOAT'; expected one of BOOL, UINT8, UINT16, UINT32, UIN"),
+        bad(add_sub_with(|r| r.inputs[0].datatype = "fp32".into()), Code::InvalidArgument, "input 'INPUT0': unknown datatype 'fp32'; expected one of BOOL, UINT8, UINT16, UINT32, UINT"),
+        bad(add_sub_with(|r| r.inputs[0].datatype = String::new()), Code::InvalidArgument, "input 'INPUT0': unknown datatype ''; expected one of BOOL, UINT8, UINT16, UINT32, UINT64, "),
+        bad(add_sub_with(|r| r.inputs[0].shape = vec![1, 5]), Code::InvalidArgument, "input 'INPUT0': raw_input_contents holds 16 bytes but shape [1, 5] of FP32 needs 20"),
+        bad(add_sub_with(|r| r.inputs[0].shape = vec![4]), Code::InvalidArgument, "input 'INPUT0' has shape [4] but model 'add_sub' expects [-1, 4] (-1: any size; the first "),
+        bad(add_sub_with(|r| r.inputs[0].shape = vec![1, 1, 4]), Code::InvalidArgument, "input 'INPUT0' has shape [1, 1, 4] but model 'add_sub' expects [-1, 4] (-1: any size; the "),
+        bad(add_sub_with(|r| r.inputs[0].shape = vec![-1, 4]), Code::InvalidArgument, "input 'INPUT0': shape [-1, 4] has a negative dimension"),
+        bad(add_sub_with(|r| r.inputs[0].shape = vec![i64::MAX, 4]), Code::InvalidArgument, "input 'INPUT0': shape [9223372036854775807, 4] of FP32 is larger than the limit of 1048576"),
+        bad(add_sub_with(|r| r.inputs[0].shape = vec![1 << 40, 1 << 40]), Code::InvalidArgument, "input 'INPUT0': shape [1099511627776, 1099511627776] of FP32 is larger than the limit of 1"),
+        bad(add_sub_with(|r| r.inputs[0].shape = vec![1; 64]), Code::InvalidArgument, "input 'INPUT0': raw_input_contents holds 16 bytes but shape "),
+        bad(add_sub_with(|r| r.inputs[0].shape = Vec::new()), Code::InvalidArgument, "input 'INPUT0': raw_input_contents holds 16 bytes but shape [] of FP32 needs 4"),
+        bad(add_sub_with(|r| r.raw_input_contents[0] = fp32_bytes(&[1.0; 3]).into()), Code::InvalidArgument, "input 'INPUT0': raw_input_contents holds 12 bytes but shape [1, 4] of FP32 needs 16"),
+        bad(add_sub_with(|r| r.raw_input_contents[0] = vec![0u8; 17].into()), Code::InvalidArgument, "input 'INPUT0': raw_input_contents holds 17 bytes but shape [1, 4] of FP32 needs 16"),
+        bad(add_sub_with(|r| { r.raw_input_contents.pop(); }), Code::InvalidArgument, "raw_input_contents has 1 entries but the request has 2 inputs; expected one per input"),
+        bad(add_sub_with(|r| r.raw_input_contents.push(four.clone().into())), Code::InvalidArgument, "raw_input_contents has 3 entries but the request has 2 inputs; expected one per input"),
+        bad(add_sub_with(|r| r.inputs[0].contents = Some(InferTensorContents { fp32_contents: vec![1.0; 4], ..Default::default() })), Code::InvalidArgument, "input 'INPUT0' has typed contents but the request also carries raw_input_contents; send al"),
+        bad(
+            ModelInferRequest {
+                model_name: "add_sub".into(),
+                inputs: vec![
+                    typed("INPUT0", "FP32", &[1, 4], InferTensorContents { int_contents: vec![1; 4], ..Default::default() }),
+                    typed("INPUT1", "FP32", &[1, 4], InferTensorContents { fp32_contents: vec![1.0; 4], ..Default::default() }),
+                ],
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "input 'INPUT0': FP32 values belong in fp32_contents, but int_contents is set",
+        ),
+        bad(
+            ModelInferRequest {
+                model_name: "add_sub".into(),
+                inputs: vec![
+                    typed("INPUT0", "FP32", &[1, 4], InferTensorContents { fp32_contents: vec![1.0; 3], ..Default::default() }),
+                    typed("INPUT1", "FP32", &[1, 4], InferTensorContents { fp32_contents: vec![1.0; 4], ..Default::default() }),
+                ],
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "input 'INPUT0': fp32_contents holds 3 values but shape [1, 4] needs 4",
+        ),
+        bad(
+            ModelInferRequest {
+                model_name: "add_sub".into(),
+                inputs: vec![input("INPUT0", "FP32", &[1, 4]), input("INPUT1", "FP32", &[1, 4])],
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "input 'INPUT0': has no data: set its contents or raw_input_contents",
+        ),
+        bad(add_sub_with(|r| { for i in &mut r.inputs { i.shape = vec![9, 4]; } r.raw_input_contents = vec![fp32_bytes(&[1.0; 36]).into(), fp32_bytes(&[1.0; 36]).into()]; }), Code::InvalidArgument, "input 'INPUT0' has batch size 9 but model 'add_sub' takes 1 to 8 (max_batch_size)"),
+        bad(add_sub_with(|r| { for i in &mut r.inputs { i.shape = vec![2, 4]; } r.raw_input_contents[1] = fp32_bytes(&[1.0; 8]).into(); r.raw_input_contents[0] = fp32_bytes(&[1.0; 8]).into(); r.inputs[1].shape = vec![1, 4]; r.raw_input_contents[1] = four.clone().into(); }), Code::InvalidArgument, "input 'INPUT1' has batch size 1 but input 'INPUT0' has 2; all inputs must agree"),
+        bad(add_sub_with(|r| r.outputs.push(requested("NOPE"))), Code::InvalidArgument, "model 'add_sub' has no output named 'NOPE'; its outputs are: OUTPUT0, OUTPUT1"),
+        bad(add_sub_with(|r| { r.parameters.insert("priority".into(), param(StringParam("high".into()))); }), Code::InvalidArgument, "parameter 'priority' must be a non-negative integer, found StringParam(\"high\")"),
+        bad(add_sub_with(|r| { r.parameters.insert("priority".into(), param(Int64Param(-1))); }), Code::InvalidArgument, "parameter 'priority' must be a non-negative integer, found Int64Param(-1)"),
+        bad(add_sub_with(|r| { r.parameters.insert("timeout".into(), param(BoolParam(true))); }), Code::InvalidArgument, "parameter 'timeout' must be a non-negative integer, found BoolParam(true)"),
+        bad(add_sub_with(|r| { r.parameters.insert("timeout".into(), param(Int64Param(-5))); }), Code::InvalidArgument, "parameter 'timeout' must be a non-negative integer, found Int64Param(-5)"),
+        bad(add_sub_with(|r| { r.raw_input_contents[0] = vec![0u8; 2 << 20].into(); r.inputs[0].shape = vec![1, 1 << 19]; }), Code::InvalidArgument, "input 'INPUT0': shape [1, 524288] of FP32 is larger than the limit of 1048576 bytes per re"),
+        bad(one_input("identity_bytes", "BYTES", &[1, 1], vec![5, 0, 0, 0, b'a']), Code::InvalidArgument, "input 'INPUT0': BYTES element 0 of 1: declares 5 bytes but only 1 remain"),
+        bad(one_input("identity_bytes", "BYTES", &[1, 1], vec![1, 0]), Code::InvalidArgument, "input 'INPUT0': BYTES element 0 of 1: length prefix runs past the end of the data (2 bytes"),
+        bad(one_input("identity_bytes", "BYTES", &[1, 2], vec![1, 0, 0, 0, b'a']), Code::InvalidArgument, "input 'INPUT0': BYTES element 1 of 2: length prefix runs past the end of the data (5 bytes"),
+        bad(one_input("identity_bytes", "BYTES", &[1, 1], vec![1, 0, 0, 0, b'a', 9]), Code::InvalidArgument, "input 'INPUT0': BYTES data holds 1 bytes after the 1 elements that the shape calls for"),
+        bad(one_input("identity_bool", "BOOL", &[1, 2], vec![1, 2]), Code::InvalidArgument, "input 'INPUT0': BOOL element 1 is byte 2, expected 0 or 1"),
+        bad(one_input("identity_int32", "INT32", &[1, 1], vec![1, 2, 3]), Code::InvalidArgument, "input 'INPUT0': raw_input_contents holds 3 bytes but shape [1, 1] of INT32 needs 4"),
+        bad(one_input("identity_fp16", "FP16", &[1, 1], vec![1]), Code::InvalidArgument, "input 'INPUT0': raw_input_contents holds 1 bytes but shape [1, 1] of FP16 needs 2"),
+        bad(one_input("identity_uint8", "UINT8", &[1, 2], vec![1, 2, 3]), Code::InvalidArgument, "input 'INPUT0': raw_input_contents holds 3 bytes but shape [1, 2] of UINT8 needs 2"),
+        bad(one_input("identity_fp32", "BF16", &[1, 1], vec![0, 0]), Code::InvalidArgument, "input 'INPUT0' has datatype BF16 but model 'identity_fp32' expects FP32"),
+    ];
+    let count = cases.len();
+    assert!(count >= 40, "the catalogue holds {count} cases");
+    let mut wrong = Vec::new();
+    for (i, case) in cases.into_iter().enumerate() {
+        let status = t
+            .client
+            .model_infer(case.request)
+            .await
+            .expect_err("a bad request fails");
+        let message = status.message();
+        if status.code() != case.code || !message.contains(&case.says) {
+            wrong.push(format!(
+                "case {i}: expected {:?} saying {:?}, got {:?}: {}",
+                case.code,
+                case.says,
+                status.code(),
+                wharf::error::clip(message, 300)
+            ));
+        }
+        assert!(
+            message.len() <= wharf::error::MAX_MESSAGE_BYTES,
+            "case {i}: clipped"
+        );
+        let ok = t.client.model_infer(add_sub_request()).await;
+        assert!(ok.is_ok(), "case {i}: a good request after it: {ok:?}");
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    println!("bad-input catalogue: {count} cases, each refused as expected");
+    t.server.shutdown().await.unwrap();
+}

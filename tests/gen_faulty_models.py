@@ -45,6 +45,25 @@ def main():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
     )
 
+    # Not faulty: a model that takes a while (~50 ms on tract) whatever its input's size, to
+    # hold requests in flight or in the queue. Its input (any length) is summed, spread
+    # over a 384x384 matrix and multiplied by itself 12 times.
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=1),
+        helper.make_node("Expand", ["s", "square"], ["m0"]),
+    ]
+    for i in range(12):
+        nodes.append(helper.make_node("MatMul", [f"m{i}", f"m{i}"], [f"p{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"p{i}"], [f"m{i + 1}"]))
+    nodes.append(helper.make_node("ReduceSum", ["m12"], ["y"], keepdims=1))
+    save(
+        "busy",
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+        [numpy_helper.from_array(np.array([384, 384], dtype=np.int64), "square")],
+    )
+
     # Load-time faults: constants that make tract's analysis or optimisation panic.
     data = numpy_helper.from_array(np.zeros((4, 3), dtype=np.float32), "data")
     save(

@@ -6,47 +6,8 @@ mod common;
 use std::{collections::HashMap, time::Duration};
 
 use common::*;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
 use tonic::Code;
 use wharf::{config::ServerConfig, grpc::pb};
-
-/// GET `path` on the metrics port: the status code, the head and the body.
-async fn get(server: &wharf::app::Server, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(server.metrics_addr()).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: wharf\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (code, head.to_owned(), body.to_owned())
-}
-
-/// GET /metrics, the body as text.
-async fn scrape(server: &wharf::app::Server) -> String {
-    let (code, head, body) = get(server, "/metrics").await;
-    assert_eq!(code, 200, "{head}");
-    assert!(head
-        .to_ascii_lowercase()
-        .contains("content-type: text/plain; version=0.0.4"));
-    body
-}
-
-/// Every sample as `name{labels}` → value.
-fn samples(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
 
 fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
     *samples

@@ -253,8 +253,7 @@ impl Repository {
         match rx.recv_timeout(limit) {
             Ok(loaded) => loaded,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(format!(
-                "loading did not finish within {} s (--model-load-timeout-secs)",
-                limit.as_secs()
+                "loading did not finish within {limit:?} (--model-load-timeout-secs)"
             )),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 Err("the loading thread ended without a result".into())

@@ -1,7 +1,15 @@
 //! Starts the real server on a loopback port and connects real gRPC clients to it.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 use tonic::transport::Channel;
 use wharf::{
@@ -173,4 +181,39 @@ pub fn one_model_repository(name: &str, onnx: &Path, config: &str) -> tempfile::
     std::fs::copy(onnx, version.join("model.onnx")).unwrap();
     std::fs::write(dir.path().join(name).join("config.yaml"), config).unwrap();
     dir
+}
+
+/// GET `path` on the metrics port: the status code, the head and the body.
+pub async fn get(server: &Server, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(server.metrics_addr()).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: wharf\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, head.to_owned(), body.to_owned())
+}
+
+/// GET /metrics, the body as text.
+pub async fn scrape(server: &Server) -> String {
+    let (code, head, body) = get(server, "/metrics").await;
+    assert_eq!(code, 200, "{head}");
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("content-type: text/plain; version=0.0.4"));
+    body
+}
+
+/// Every sample as `name{labels}` → value.
+pub fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }

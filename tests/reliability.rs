@@ -1,0 +1,427 @@
+//! Faults contained where they happen, on a real server: an engine that panics or answers
+//! with the wrong shape costs only the request that caused it; a load that panics or hangs
+//! ends UNAVAILABLE while the others load; abandoned callers free their queue slots; a
+//! drain answers every stream request read; request bytes in flight are budgeted; a
+//! connection that sends half a preface is closed.
+
+mod common;
+
+use std::{path::PathBuf, time::Duration};
+
+use common::*;
+use futures::StreamExt;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tonic::Code;
+use wharf::{config::ServerConfig, grpc::pb};
+
+fn faulty(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/faulty/{name}.onnx"))
+}
+
+/// A repository of `(folder, model file, config.yaml)`.
+fn repository(models: &[(&str, PathBuf, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, onnx, config) in models {
+        let version = dir.path().join(name).join("1");
+        std::fs::create_dir_all(&version).unwrap();
+        std::fs::copy(onnx, version.join("model.onnx")).unwrap();
+        std::fs::write(dir.path().join(name).join("config.yaml"), config).unwrap();
+    }
+    dir
+}
+
+fn index_request(indices: &[i64]) -> pb::ModelInferRequest {
+    pb::ModelInferRequest {
+        model_name: "gather".into(),
+        inputs: vec![input("index", "INT64", &[indices.len() as i64, 1])],
+        raw_input_contents: vec![indices
+            .iter()
+            .flat_map(|i| i.to_le_bytes())
+            .collect::<Vec<u8>>()
+            .into()],
+        ..Default::default()
+    }
+}
+
+fn busy_request(values: usize) -> pb::ModelInferRequest {
+    raw_request("busy", "x", &[values as i64], &vec![0.001; values])
+}
+
+async fn infer(
+    mut client: Client,
+    request: pb::ModelInferRequest,
+) -> Result<tonic::Response<pb::ModelInferResponse>, tonic::Status> {
+    client.model_infer(request).await
+}
+
+/// Polls `check` until it holds, failing after `limit`.
+async fn until(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn metric(server: &wharf::app::Server, series: &str) -> f64 {
+    samples(&scrape(server).await)
+        .get(series)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+const GATHER: &str = "max_batch_size: 8\ninstance_group: [{ count: 1, kind: KIND_CPU }]\n\
+                      dynamic_batching: { preferred_batch_size: [3], max_queue_delay_microseconds: 200000 }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_engine_panic_costs_only_the_request_that_caused_it() {
+    let dir = repository(&[("gather", faulty("gather_index"), GATHER)]);
+    let mut t = TestServer::start(ServerConfig::local(dir.path())).await;
+    // Three requests batched together (the delay lets them meet); the middle one's index
+    // is past the table, which makes tract panic.
+    let (a, bad, c) = tokio::join!(
+        infer(t.client.clone(), index_request(&[0])),
+        infer(t.client.clone(), index_request(&[9])),
+        infer(t.client.clone(), index_request(&[3])),
+    );
+    let bad = bad.expect_err("the out-of-range index fails");
+    assert_eq!(bad.code(), Code::Internal, "{bad:?}");
+    assert!(
+        bad.message()
+            .starts_with("model 'gather': the engine panicked: "),
+        "{}",
+        bad.message()
+    );
+    let rows =
+        |r: tonic::Response<pb::ModelInferResponse>| f32s(&r.into_inner().raw_output_contents[0]);
+    assert_eq!(
+        rows(a.unwrap()),
+        vec![0.0, 1.0, 2.0],
+        "its batch-mates are answered"
+    );
+    assert_eq!(rows(c.unwrap()), vec![9.0, 10.0, 11.0]);
+    // The instance serves on: more bad requests, then good ones, all answered at once.
+    for _ in 0..5 {
+        let e = t
+            .client
+            .model_infer(index_request(&[-99]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Internal);
+    }
+    let good = t.client.model_infer(index_request(&[1, 2])).await.unwrap();
+    assert_eq!(rows(good), vec![3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+    let scraped = samples(&scrape(&t.server).await);
+    let panics = scraped[r#"wharf_engine_panics_total{model="gather",version="1"}"#];
+    assert!(panics >= 6.0, "each panic is counted: {panics}");
+    assert_eq!(
+        scraped[r#"wharf_requests_total{model="gather",version="1",outcome="backend_error"}"#], 6.0,
+        "only the bad requests failed"
+    );
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_output_without_the_batch_dimension_is_an_error_naming_it() {
+    let config = "max_batch_size: 8\ndynamic_batching: { max_queue_delay_microseconds: 100000 }\n";
+    let dir = repository(&[
+        ("scalar", faulty("scalar_out"), config),
+        ("gather", faulty("gather_index"), GATHER),
+    ]);
+    let mut t = TestServer::start(ServerConfig::local(dir.path())).await;
+    let request = |v| raw_request("scalar", "x", &[1, 4], &[v; 4]);
+    let (one, two) = tokio::join!(
+        infer(t.client.clone(), request(1.0)),
+        infer(t.client.clone(), request(2.0)),
+    );
+    for answer in [one, two] {
+        let e = answer.expect_err("a scalar cannot be split into rows");
+        assert_eq!(e.code(), Code::Internal);
+        assert_eq!(
+            e.message(),
+            "model 'scalar': the engine returned a wrong output: output 'y' has shape [], \
+             whose first dimension should be the 1 rows the call carried"
+        );
+    }
+    let good = t.client.model_infer(index_request(&[0])).await;
+    assert!(good.is_ok(), "the server serves on: {good:?}");
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn loads_that_panic_or_hang_end_unavailable_and_healthy_models_still_load() {
+    let plain = "max_batch_size: 0\n";
+    let busy_warm = "max_batch_size: 0\nmodel_warmup: [{ name: w, inputs: { x: { data_type: FP32, dims: [4], zero_data: true } } }]\n";
+    let dir = repository(&[
+        ("load_gather", faulty("load_gather"), plain),
+        ("load_range", faulty("load_range"), plain),
+        ("load_slice", faulty("load_slice"), plain),
+        ("load_tile", faulty("load_tile"), plain),
+        ("slow_to_load", faulty("busy"), busy_warm),
+        (
+            "healthy",
+            test_models().join("identity_fp32/1/model.onnx"),
+            "max_batch_size: 8\n",
+        ),
+    ]);
+    let mut config = ServerConfig::local(dir.path());
+    // Two loader threads: before, two stuck loads were enough to keep every model out.
+    config.load_parallelism = 2;
+    config.model_load_timeout = Duration::from_millis(30);
+    let mut t = TestServer::start(config).await;
+    let index = t.index().await;
+    let state = |name: &str| {
+        let row = index.iter().find(|r| r.name == name).unwrap();
+        (row.state.clone(), row.reason.clone())
+    };
+    for name in ["load_gather", "load_range", "load_slice", "load_tile"] {
+        let (state, reason) = state(name);
+        assert_eq!(state, "UNAVAILABLE", "{name}: {reason}");
+        assert!(!reason.is_empty(), "{name} says why");
+    }
+    assert!(
+        state("load_gather").1.contains("loading panicked: "),
+        "{:?}",
+        state("load_gather")
+    );
+    assert_eq!(
+        state("slow_to_load"),
+        (
+            "UNAVAILABLE".to_string(),
+            "loading did not finish within 30ms (--model-load-timeout-secs)".to_string()
+        )
+    );
+    assert_eq!(state("healthy").0, "READY");
+    let answer = t
+        .client
+        .model_infer(raw_request("healthy", "INPUT0", &[1, 2], &[1.0, 2.0]))
+        .await;
+    assert!(answer.is_ok(), "{answer:?}");
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_who_leaves_frees_its_queue_slot_while_the_instance_is_busy() {
+    let config = "max_batch_size: 0\nmodel_warmup: false\n\
+                  instance_group: [{ count: 1, kind: KIND_CPU }]\n\
+                  dynamic_batching: { default_queue_policy: { max_queue_size: 1 } }\n";
+    let dir = repository(&[("slow", test_models().join("slow/1/model.onnx"), config)]);
+    let t = TestServer::start(ServerConfig::local(dir.path())).await;
+    let slow = || raw_request("slow", "x", &[1024, 1024], &vec![0.001; 1024 * 1024]);
+    let pending = r#"wharf_pending_requests{model="slow",version="1"}"#;
+    let busy = r#"wharf_instances_busy{model="slow",version="1"}"#;
+    let cancelled = r#"wharf_requests_total{model="slow",version="1",outcome="cancelled"}"#;
+    // One request on the only instance (a call takes a second or so), one more in the
+    // queue's only slot, whose caller then leaves.
+    let computing = tokio::spawn(infer(t.client.clone(), slow()));
+    let server = &t.server;
+    until(
+        Duration::from_secs(20),
+        "the instance is busy",
+        async || metric(server, busy).await >= 1.0,
+    )
+    .await;
+    let mut client = t.client.clone();
+    let leaving = tokio::spawn(async move { client.model_infer(slow()).await });
+    until(
+        Duration::from_secs(20),
+        "the request waits in the queue",
+        async || metric(server, pending).await >= 1.0,
+    )
+    .await;
+    leaving.abort();
+    until(
+        Duration::from_secs(20),
+        "the slot is given back",
+        async || metric(server, cancelled).await >= 1.0,
+    )
+    .await;
+    assert!(
+        !computing.is_finished(),
+        "the slot came back while the instance was still busy, not when it next took a batch"
+    );
+    let admitted = t.client.clone().model_infer(slow()).await;
+    assert!(
+        admitted.is_ok(),
+        "a new caller takes the slot: {admitted:?}"
+    );
+    assert!(computing.await.unwrap().is_ok());
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drain_answers_every_stream_request_it_has_read() {
+    let config =
+        "max_batch_size: 0\nmodel_warmup: false\ninstance_group: [{ count: 1, kind: KIND_CPU }]\n";
+    let dir = repository(&[("busy", faulty("busy"), config)]);
+    let mut t = TestServer::start(ServerConfig::local(dir.path())).await;
+    const SENT: usize = 200;
+    let requests = (0..SENT).map(|i| pb::ModelInferRequest {
+        id: i.to_string(),
+        ..busy_request(1)
+    });
+    let mut answers = t
+        .client
+        .model_stream_infer(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = answers.next().await.unwrap().unwrap();
+    assert_eq!(first.error_message, "");
+    // Most of the burst is still in the queue or unread when the drain starts.
+    let TestServer { server, .. } = t;
+    let stopping = tokio::spawn(server.shutdown());
+    let (mut answered, mut refused) = (1, 0);
+    let mut ids = vec![first.infer_response.unwrap().id];
+    let mut ended = None;
+    while let Some(item) = answers.next().await {
+        match item {
+            Ok(answer) => {
+                answered += 1;
+                if !answer.error_message.is_empty() {
+                    assert_eq!(
+                        answer.error_message,
+                        "server is shutting down and takes no new requests"
+                    );
+                    refused += 1;
+                }
+                ids.push(answer.infer_response.unwrap().id);
+            }
+            Err(status) => ended = Some(status),
+        }
+    }
+    stopping.await.unwrap().unwrap();
+    let expected: Vec<String> = (0..answered).map(|i| i.to_string()).collect();
+    assert_eq!(ids, expected, "answers in request order, none skipped");
+    let ended = ended.expect("a stream closed by the drain does not end OK");
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(
+        refused > 0,
+        "requests read during the drain are refused, not dropped"
+    );
+    assert!(answered <= SENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_bytes_in_flight_are_budgeted() {
+    let config =
+        "max_batch_size: 0\nmodel_warmup: false\ninstance_group: [{ count: 1, kind: KIND_CPU }]\n";
+    let dir = repository(&[("busy", faulty("busy"), config)]);
+    let mut config = ServerConfig::local(dir.path());
+    config.max_request_bytes = 1 << 20;
+    config.max_inflight_bytes = 1 << 20;
+    let t = TestServer::start(config).await;
+    // 600 KiB each: one fits the 1 MiB budget, two do not.
+    let values = 600 * 1024 / 4;
+    let mut client = t.client.clone();
+    let holding = tokio::spawn(async move {
+        for _ in 0..40 {
+            // Some may meet the other requests' bytes and be refused themselves.
+            let _ = client.model_infer(busy_request(values)).await;
+        }
+    });
+    let server = &t.server;
+    let busy = r#"wharf_instances_busy{model="busy",version="1"}"#;
+    until(
+        Duration::from_secs(20),
+        "a request is computing",
+        async || metric(server, busy).await >= 1.0,
+    )
+    .await;
+    let mut refused = None;
+    for _ in 0..20 {
+        match t.client.clone().model_infer(busy_request(values)).await {
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+            Ok(_) => continue, // the other's bytes had just been given back
+        }
+    }
+    let refused = refused.expect("a second large request is refused while one is held");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().starts_with("a request of 600."),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused
+            .message()
+            .contains("KiB was refused: requests in flight hold "),
+        "{}",
+        refused.message()
+    );
+    assert!(refused
+        .message()
+        .contains("of the 1.0 MiB budget (--max-inflight-bytes)"));
+    holding.await.unwrap();
+    let refusals = metric(
+        &t.server,
+        r#"wharf_requests_refused_total{reason="inflight_bytes"}"#,
+    )
+    .await;
+    assert!(refusals >= 1.0);
+    // A stream message is held the same way, and refused in its own answer.
+    let stream_budget = move |n| pb::ModelInferRequest {
+        id: format!("s{n}"),
+        ..busy_request(values)
+    };
+    let answers: Vec<pb::ModelStreamInferResponse> = t
+        .client
+        .clone()
+        .model_stream_infer(futures::stream::iter((0..4).map(stream_budget)))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|a| a.unwrap())
+        .collect()
+        .await;
+    assert_eq!(answers.len(), 4);
+    assert!(
+        answers
+            .iter()
+            .any(|a| a.error_message.contains("--max-inflight-bytes")),
+        "the stream's concurrent messages pass the budget: at least one is refused"
+    );
+    assert!(answers.iter().any(|a| a.error_message.is_empty()));
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_that_sends_half_a_preface_is_closed() {
+    let mut config = ServerConfig::local(test_models());
+    config.handshake_timeout = Duration::from_millis(300);
+    let mut t = TestServer::start(config).await;
+    let mut half = TcpStream::connect(t.server.grpc_addr()).await.unwrap();
+    half.write_all(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..12])
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), half.read(&mut buffer)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "closed by the server: {closed:?}"
+    );
+    let live = t.client.server_live(pb::ServerLiveRequest {}).await;
+    assert!(live.unwrap().into_inner().live, "whole clients are served");
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_enormous_grpc_timeout_is_no_deadline_rather_than_a_panic() {
+    let mut t = TestServer::default().await;
+    let mut request = tonic::Request::new(add_sub_request());
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "9999999999999999999S".parse().unwrap());
+    let answer = t.client.model_infer(request).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    t.server.shutdown().await.unwrap();
+}
