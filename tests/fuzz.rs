@@ -116,7 +116,11 @@ fn request() -> impl Strategy<Value = ModelInferRequest> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    // PROPTEST_CASES overrides the count for a longer run.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(20_000),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn structured_requests_decode_or_say_why(request in request()) {
