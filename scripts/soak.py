@@ -16,7 +16,6 @@ import argparse
 import json
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,8 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-WHARF = ROOT / "target" / "release" / "wharf"
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+from test_reliability import WHARF, Wharf  # noqa: E402  (starts wharf, waits for READY)
 GATHER = """\
 max_batch_size: 8
 instance_group: [{ count: 1, kind: KIND_CPU }]
@@ -61,29 +61,8 @@ def main():
         (repo / "gather" / "1").mkdir(parents=True)
         shutil.copy(ROOT / "tests" / "faulty" / "gather_index.onnx", repo / "gather" / "1" / "model.onnx")
         (repo / "gather" / "config.yaml").write_text(GATHER)
-        proc = subprocess.Popen(
-            [WHARF, "--log-format", "json", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
-             "--metrics-port", "0", "--model-repository", str(repo)],
-            stderr=subprocess.PIPE, text=True)
-        address = None
-        for line in proc.stderr:
-            fields = json.loads(line).get("fields", {}) if line.startswith("{") else {}
-            address = fields.get("grpc_addr", address)
-            if address:
-                break
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-        channel = grpc.insecure_channel(address)
-        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
-                                    request_serializer=lambda b: b,
-                                    response_deserializer=service_pb2.ModelInferResponse.FromString)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                infer(gather(0), timeout=5)
-                break
-            except grpc.RpcError:
-                assert time.monotonic() < deadline, "wharf did not become ready"
-                time.sleep(0.2)
+        wharf = Wharf(repo)
+        proc, address, infer = wharf.proc, wharf.address, wharf.infer_raw
         seconds = args.minutes * 60
         stop = threading.Event()
         faults = {"OK": 0, "INTERNAL": 0, "other": 0}
@@ -110,8 +89,7 @@ def main():
             time.sleep(5)
         stop.set()
         report = json.loads(bench.stdout.read())
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
+        code = wharf.stop()
         settled = [r for t, r in samples if t >= min(60, seconds / 2)]
         first, last, peak = settled[0], samples[-1][1], max(r for _, r in samples)
         mib = 1 << 20

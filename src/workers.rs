@@ -576,19 +576,7 @@ mod tests {
             fp32(vec![1, 2], &[1.0, 2.0]),
             fp32(vec![2, 2], &[3.0, 4.0, 5.0, 6.0]),
         );
-        let mut answers = Vec::new();
-        let jobs = [a.clone(), b.clone()]
-            .into_iter()
-            .map(|input| {
-                let (reply, answer) = oneshot::channel();
-                answers.push(answer);
-                Job {
-                    inputs: vec![input],
-                    reply,
-                    work: WorkToken::none(),
-                }
-            })
-            .collect();
+        let (jobs, answers) = jobs_of(vec![a.clone(), b.clone()]);
         run_piece(&context, &mut engine, jobs);
         let calls = model.calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 1, "one call");
@@ -611,6 +599,22 @@ mod tests {
         );
     }
 
+    /// One one-input request per tensor, and the receivers of their answers.
+    fn jobs_of(inputs: Vec<Tensor>) -> (Batch, Vec<oneshot::Receiver<JobResult>>) {
+        inputs
+            .into_iter()
+            .map(|input| {
+                let (reply, answer) = oneshot::channel();
+                let job = Job {
+                    inputs: vec![input],
+                    reply,
+                    work: WorkToken::none(),
+                };
+                (job, answer)
+            })
+            .unzip()
+    }
+
     /// Runs `inputs` as one batch on a started one-instance pool of `model`; returns each
     /// request's answer.
     fn run_batch(model: &Arc<Recording>, batches: Vec<Vec<Tensor>>) -> Vec<Vec<JobResult>> {
@@ -627,19 +631,7 @@ mod tests {
         let answers = batches
             .into_iter()
             .map(|inputs| {
-                let mut answers = Vec::new();
-                let jobs = inputs
-                    .into_iter()
-                    .map(|input| {
-                        let (reply, answer) = oneshot::channel();
-                        answers.push(answer);
-                        Job {
-                            inputs: vec![input],
-                            reply,
-                            work: WorkToken::none(),
-                        }
-                    })
-                    .collect();
+                let (jobs, answers) = jobs_of(inputs);
                 sender.send(jobs).unwrap();
                 done_rx
                     .blocking_recv()
