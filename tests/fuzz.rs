@@ -2,49 +2,17 @@
 //! (protobuf bytes → tensors, BYTES framing, raw and typed contents), request validation
 //! and model config parsing. None may panic; each either decodes or says why not. CI runs
 //! a few seconds of it; `PROPTEST_CASES=200000 cargo test --release --test fuzz` runs
-//! longer (benches/README.md has the figure). The coverage-guided targets in fuzz/ call the
-//! same functions.
+//! longer (benches/README.md has the figure). The coverage-guided targets in fuzz/ run the
+//! same bodies (fuzz/targets.rs).
 
-use bytes::Bytes;
 use proptest::prelude::*;
 use prost::Message;
-use wharf::{
-    backend::{Signature, TensorSignature},
-    grpc::{
-        convert::decode_request,
-        pb::{model_infer_request::InferInputTensor, InferTensorContents, ModelInferRequest},
-    },
-    repository::{config::ModelConfig, spec::ModelSpec},
-    tensor::{parse_bytes_framing, DataType},
-    validate,
+use wharf::grpc::pb::{
+    model_infer_request::InferInputTensor, InferTensorContents, ModelInferRequest,
 };
 
-const LIMIT: usize = 1 << 16;
-
-/// add_sub's spec: two FP32 inputs of [batch, 4], batches of up to 8.
-fn spec() -> ModelSpec {
-    let tensor = |name: &str| TensorSignature {
-        name: name.into(),
-        datatype: Some(DataType::Fp32),
-        dims: Some(vec![-1, 4]),
-    };
-    let signature = Signature {
-        inputs: vec![tensor("INPUT0"), tensor("INPUT1")],
-        outputs: vec![tensor("OUTPUT0")],
-    };
-    ModelSpec::resolve(
-        &ModelConfig::from_yaml("max_batch_size: 8\n").unwrap(),
-        &signature,
-    )
-    .unwrap()
-}
-
-/// Decodes and validates; the only thing that may not happen is a panic.
-fn serve(request: ModelInferRequest, spec: &ModelSpec) {
-    if let Ok((decoded, _form)) = decode_request(request, LIMIT) {
-        let _ = validate::inputs("add_sub", spec, decoded.inputs);
-    }
-}
+#[path = "../fuzz/targets.rs"]
+mod targets;
 
 fn datatype() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -110,7 +78,7 @@ fn request() -> impl Strategy<Value = ModelInferRequest> {
         .prop_map(|(inputs, raw)| ModelInferRequest {
             model_name: "add_sub".into(),
             inputs,
-            raw_input_contents: raw.into_iter().map(Bytes::from).collect(),
+            raw_input_contents: raw.into_iter().map(Into::into).collect(),
             ..Default::default()
         })
 }
@@ -124,24 +92,32 @@ proptest! {
 
     #[test]
     fn structured_requests_decode_or_say_why(request in request()) {
-        serve(request, &spec());
+        targets::decode_and_validate(request, targets::add_sub_spec());
+    }
+
+    #[test]
+    fn structured_requests_survive_the_wire_with_bytes_flipped(
+        request in request(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+    ) {
+        let mut wire = request.encode_to_vec();
+        for (at, byte) in flips {
+            if !wire.is_empty() {
+                let i = at.index(wire.len());
+                wire[i] ^= byte;
+            }
+        }
+        targets::wire_request(&wire, targets::add_sub_spec());
     }
 
     #[test]
     fn protobuf_bytes_decode_or_say_why(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        if let Ok(request) = ModelInferRequest::decode(bytes.as_slice()) {
-            serve(request, &spec());
-        }
+        targets::wire_request(&bytes, targets::add_sub_spec());
     }
 
     #[test]
     fn bytes_framing_parses_or_says_why(raw in prop::collection::vec(any::<u8>(), 0..64), count in 0usize..40) {
-        let raw = Bytes::from(raw);
-        if let Ok(items) = parse_bytes_framing(&raw, count) {
-            prop_assert_eq!(items.len(), count);
-            let framed: usize = items.iter().map(|i| i.len() + 4).sum();
-            prop_assert_eq!(framed, raw.len());
-        }
+        targets::bytes_framing(&raw, count);
     }
 
     #[test]
@@ -164,11 +140,11 @@ proptest! {
         )
     ) {
         let yaml: String = lines.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
-        let _ = ModelConfig::from_yaml(&yaml);
+        targets::model_config(&yaml);
     }
 
     #[test]
     fn arbitrary_config_text_parses_or_says_why(text in "\\PC{0,200}") {
-        let _ = ModelConfig::from_yaml(&text);
+        targets::model_config(&text);
     }
 }

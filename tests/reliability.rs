@@ -180,16 +180,13 @@ async fn loads_that_panic_or_hang_end_unavailable_and_healthy_models_still_load(
         let row = index.iter().find(|r| r.name == name).unwrap();
         (row.state.clone(), row.reason.clone())
     };
+    // Each makes tract panic while it optimises the graph (a constant Gather index out of
+    // range, Range and Slice with a step of 0, Tile with a negative repeat).
     for name in ["load_gather", "load_range", "load_slice", "load_tile"] {
         let (state, reason) = state(name);
         assert_eq!(state, "UNAVAILABLE", "{name}: {reason}");
-        assert!(!reason.is_empty(), "{name} says why");
+        assert!(reason.starts_with("loading panicked: "), "{name}: {reason}");
     }
-    assert!(
-        state("load_gather").1.contains("loading panicked: "),
-        "{:?}",
-        state("load_gather")
-    );
     assert_eq!(
         state("slow_to_load"),
         (
@@ -236,15 +233,23 @@ async fn a_caller_who_leaves_frees_its_queue_slot_while_the_instance_is_busy() {
     )
     .await;
     leaving.abort();
+    let executions = r#"wharf_executions_total{model="slow",version="1"}"#;
+    let mut computed_by_then = f64::NAN;
     until(
         Duration::from_secs(20),
         "the slot is given back",
-        async || metric(server, cancelled).await >= 1.0,
+        async || {
+            let now = samples(&scrape(server).await);
+            computed_by_then = now.get(executions).copied().unwrap_or(0.0);
+            now.get(cancelled).copied().unwrap_or(0.0) >= 1.0
+        },
     )
     .await;
-    assert!(
-        !computing.is_finished(),
-        "the slot came back while the instance was still busy, not when it next took a batch"
+    // The worker counts an execution before it reports the instance free, so this holds
+    // only if the slot came back while the first call was still running.
+    assert_eq!(
+        computed_by_then, 0.0,
+        "the slot came back while the instance was busy, not when it next took a batch"
     );
     let admitted = t.client.clone().model_infer(slow()).await;
     assert!(
