@@ -4,11 +4,10 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::{stream::FuturesOrdered, FutureExt, Stream, StreamExt};
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-
-use prost::Message;
 
 use super::{
     convert::{decode_request, encode_response},
@@ -73,7 +72,7 @@ impl InferenceService {
             ..Default::default()
         };
         let answer = match self.budget.try_hold(request.encoded_len()) {
-            Ok(held) => self.infer(request, None).await.inspect(|_| drop(held)),
+            Ok(_held) => self.infer(request, None).await,
             Err(refused) => {
                 self.inference
                     .repository()
