@@ -101,6 +101,11 @@ def test_deployment_is_hardened_probed_and_drains():
                 .split("=")[1])
     pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pod["terminationGracePeriodSeconds"] > drain + pause
+    # The request bytes wharf holds at once fit well inside the pod's memory limit.
+    inflight = next(a for a in container["args"] if a.startswith("--max-inflight-bytes=")).split("=")[1]
+    limit = container["resources"]["limits"]["memory"]
+    assert inflight.endswith("MiB") and limit.endswith("Gi"), (inflight, limit)
+    assert int(inflight[:-3]) <= int(limit[:-2]) * 1024 // 2
     assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
         "kubernetes.io/hostname", "topology.kubernetes.io/zone"}
     ports = {p["name"]: p["port"] for p in objects["Service"]["spec"]["ports"]}
