@@ -220,6 +220,9 @@ def test_overload_at_five_times_capacity_is_answered_and_memory_stays_flat(busy_
 
 
 def test_sigterm_under_load_answers_every_admitted_request(busy_repo):
+    # A queue that holds every client's request, so that the drain has admitted work.
+    config = busy_repo / "busy" / "config.yaml"
+    config.write_text(config.read_text().replace("max_queue_size: 8", "max_queue_size: 64"))
     wharf = Wharf(busy_repo, "--exit-timeout-secs", "30")
     stop = threading.Event()
     outcomes = []
