@@ -142,8 +142,10 @@ def test_the_inflight_byte_budget_bounds_peak_memory(busy_repo):
         grown = peak - baseline
         print(f"\ninflight budget {budget // MIB} MiB: {ok} answered, {len(refused)} refused; "
               f"RSS baseline {baseline / MIB:.0f} MiB, peak {peak / MIB:.0f} MiB (+{grown / MIB:.0f} MiB)")
-        # The engine copies the tensor it computes (tract owns its inputs), one at a time.
-        assert grown < budget + 2 * 64 * MIB, f"peak grew {grown / MIB:.0f} MiB"
+        # Beyond the budget: the engine's copy of the tensor it computes (tract owns its
+        # inputs), one at a time, and buffers' slack while bodies arrive. Unbounded, the
+        # same burst grows RSS by ~1 GiB (benches/README.md).
+        assert grown < budget + 3 * 64 * MIB, f"peak grew {grown / MIB:.0f} MiB"
         # Answered afterwards as usual.
         assert wharf.infer_raw(busy_request(4), timeout=30).model_name == "busy"
     finally:
