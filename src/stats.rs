@@ -59,8 +59,6 @@ pub struct Snapshot {
     pub expired: u64,
     /// Requests dropped uncomputed because their caller had gone.
     pub cancelled: u64,
-    /// Engine calls that panicked.
-    pub panics: u64,
 }
 
 pub struct ModelStats {
@@ -130,7 +128,6 @@ impl ModelStats {
 
     /// An engine call panicked (its requests are counted where they end).
     pub fn record_panic(&self) {
-        self.with(|s| s.panics += 1);
         self.metrics.engine_panics.increment(1);
     }
 

@@ -210,7 +210,6 @@ fn serve(context: &WorkerContext, engine: &mut Engine, batch: Batch) {
 struct Engine {
     model: Arc<dyn Model>,
     instance: Option<Box<dyn Instance>>,
-    panics: u64,
 }
 
 impl Engine {
@@ -218,7 +217,6 @@ impl Engine {
         Engine {
             model,
             instance: None,
-            panics: 0,
         }
     }
 
@@ -238,7 +236,6 @@ impl Engine {
             Ok(result) => result,
             Err(payload) => {
                 self.instance = None;
-                self.panics += 1;
                 Err(BackendError::Panicked(panic_message(payload.as_ref())))
             }
         }
@@ -283,10 +280,9 @@ fn run_piece(context: &WorkerContext, engine: &mut Engine, jobs: Batch) {
         &joined
     };
     let prepared = Instant::now();
-    let panics_before = engine.panics;
     let result = engine.run(inputs);
     let computed = Instant::now();
-    if engine.panics > panics_before {
+    if matches!(result, Err(BackendError::Panicked(_))) {
         context.stats.record_panic();
         warn!(model = %context.model_name, requests = jobs.len(), "the engine panicked; its instance is rebuilt");
     }

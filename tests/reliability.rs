@@ -21,18 +21,6 @@ fn faulty(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/faulty/{name}.onnx"))
 }
 
-/// A repository of `(folder, model file, config.yaml)`.
-fn repository(models: &[(&str, PathBuf, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, onnx, config) in models {
-        let version = dir.path().join(name).join("1");
-        std::fs::create_dir_all(&version).unwrap();
-        std::fs::copy(onnx, version.join("model.onnx")).unwrap();
-        std::fs::write(dir.path().join(name).join("config.yaml"), config).unwrap();
-    }
-    dir
-}
-
 fn index_request(indices: &[i64]) -> pb::ModelInferRequest {
     pb::ModelInferRequest {
         model_name: "gather".into(),

@@ -172,15 +172,22 @@ pub fn requested(name: &str) -> pb::model_infer_request::InferRequestedOutputTen
     }
 }
 
+/// A repository of `(folder, model file, config.yaml)`, each as version 1.
+pub fn repository(models: &[(&str, PathBuf, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, onnx, config) in models {
+        let version = dir.path().join(name).join("1");
+        std::fs::create_dir_all(&version).unwrap();
+        std::fs::copy(onnx, version.join("model.onnx")).unwrap();
+        std::fs::write(dir.path().join(name).join("config.yaml"), config).unwrap();
+    }
+    dir
+}
+
 /// A repository holding one model `name`, version 1, copied from `onnx`, with `config` as
 /// its config.yaml.
 pub fn one_model_repository(name: &str, onnx: &Path, config: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let version = dir.path().join(name).join("1");
-    std::fs::create_dir_all(&version).unwrap();
-    std::fs::copy(onnx, version.join("model.onnx")).unwrap();
-    std::fs::write(dir.path().join(name).join("config.yaml"), config).unwrap();
-    dir
+    repository(&[(name, onnx.to_owned(), config)])
 }
 
 /// GET `path` on the metrics port: the status code, the head and the body.
