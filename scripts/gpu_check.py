@@ -1,22 +1,32 @@
 """GPU check: PP-OCR cls and rec on KIND_GPU through ONNX Runtime's CUDA provider.
 
-Measures, each model in its own server with 2 instances of 1 GiB budget each:
-throughput and p50/p99 at batch 1 (no dynamic_batching) vs dynamic batching (preferred
-4 and 8; padded to 8 rows, wharf's GPU default, and unpadded) at concurrency 16, the rows
-per engine call, where requests over 100 ms waited (queue or compute), and the GPU memory
-the server holds (nvidia-smi, process and device) against the budgets. Then the refusals:
-a budget too small for the model, and budgets that add up past the device's memory. Rec on
-the CPU provider of the same library gives a reference on the same host.
+Two parts, each case's result printed as a JSON line as soon as it is known and the whole
+written to OUT/gpu_check.json after every case (a run cut short keeps what it measured):
+
+1. In-process engine calls (`wharf engine-calls`, no server): one session fed batch sizes
+   1 and 8 in blocks (AABB) or alternating (ABAB), with cuDNN's heuristic or exhaustive
+   search; then one session per batch size (1, 2, 4, 8) plain, through IoBinding, and
+   replaying CUDA graphs. Per call: batch size, whether the shape changed since that
+   session's last call, time in Run; per size the median and the calls over 3x it.
+2. The server, each model in its own, 2 instances of 1 GiB budget each, at concurrency 16
+   and 64: batch 1 (no dynamic_batching) against dynamic batching (preferred 4 and 8)
+   padded to 8, padded to buckets 1,2,4,8 (a session each), and each with CUDA graphs.
+   Reported: rows/s and its ratio to batch 1, p50/p99, rows per engine call, engine calls
+   over 3x their batch size's median (from the per-call trace log), READY time, and GPU
+   memory held by the process against the budgets. Then rec on the CPU provider of the
+   same library, and the refusals (a budget too small; budgets past the device).
 
 On a GPU host (../shared/gpu/README.md carries the CUDA build of ONNX Runtime there):
 
     bash scripts/gpu_check.sh /tmp/ort /tmp/ort/unpack.sh /tmp/gpu --wharf target/release/wharf --models models
 
-Rehearse the steps without a GPU with `--kind KIND_CPU` (CPU provider, no nvidia-smi).
+Rehearse every step without a GPU with `--kind KIND_CPU` (CPU provider, no nvidia-smi).
 Standard library only: the GPU hosts have no package index.
 """
 import argparse
 import json
+import os
+import statistics
 import pathlib
 import re
 import shutil
@@ -44,7 +54,6 @@ model_warmup:
 """
 MODELS = {"ppocr_cls": (CLS, []), "ppocr_rec": (REC, ["--shape", "x:1,3,48,320"])}
 BATCHING = "dynamic_batching: { preferred_batch_size: [4, 8], max_queue_delay_microseconds: 1000 }\n"
-UNPADDED = "parameters: { pad_batches: { string_value: \"false\" } }\n"
 
 
 def nvidia_smi(*query):
@@ -68,11 +77,12 @@ def process_mib(pid):
 class Server:
     """wharf serve on loopback ports picked by the kernel, its JSON log kept."""
 
-    def __init__(self, wharf, repo, timeout=180):
+    def __init__(self, wharf, repo, timeout=60):
         self.proc = subprocess.Popen(
             [wharf, "--log-format", "json", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
              "--metrics-port", "0", "--model-repository", str(repo), "--strict-readiness", "false"],
-            stderr=subprocess.PIPE, text=True)
+            stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "WHARF_LOG": "info,wharf::engine_calls=trace"})
         self.events = []
         self.lock = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -106,7 +116,7 @@ class Server:
                     raise RuntimeError(f"timed out; last log lines: {self.events[-5:]}")
                 self.lock.wait(left)
 
-    def model_outcome(self, timeout=300):
+    def model_outcome(self, timeout=90):
         return self.wait_for(lambda f: f.get("message") in ("model ready", "model failed to load"), timeout)
 
     def scrape(self):
@@ -134,7 +144,7 @@ def metric(samples, name, **labels):
 def bench(wharf, server, model, flags, concurrency, seconds):
     out = subprocess.run([wharf, "bench", "--url", server.grpc, "--model", model, "--json",
                           "--concurrency", str(concurrency), "--duration-secs", str(seconds),
-                          "--warmup-secs", "1", *flags], capture_output=True, text=True, timeout=seconds + 120)
+                          "--warmup-secs", "1", *flags], capture_output=True, text=True, timeout=seconds + 30)
     if out.returncode != 0:
         raise RuntimeError(f"wharf bench failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout)
@@ -152,37 +162,94 @@ def slow(samples, histogram, name, over="0.1"):
     return total - metric(samples, f"{histogram}_bucket", model=name, le=over)
 
 
-def run_case(args, tmp, label, name, config, flags):
-    repo = tmp / label.replace(" ", "_").replace(",", "")
+def engine_calls(server, name):
+    """Engine calls after READY from the trace log: per batch size the median, and the
+    calls over 3x it (the outliers the issue counts)."""
+    with server.lock:
+        calls = [(int(f["rows"]), int(f["us"]) / 1000) for f in server.events
+                 if f.get("message") == "engine call" and f.get("model") == name]
+    per_size = {}
+    for rows in sorted({r for r, _ in calls}):
+        ms = sorted(m for r, m in calls if r == rows)
+        median = statistics.median(ms)
+        slow = [round(m, 2) for m in ms if m > 3 * median]
+        per_size[rows] = {"calls": len(ms), "median_ms": round(median, 3),
+                          "p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 3),
+                          "max_ms": round(ms[-1], 3), "over_3x_median": len(slow), "slowest": slow[-5:]}
+    return per_size
+
+
+def run_case(args, tmp, label, name, config, flags, concurrencies):
+    repo = tmp / re.sub(r"[^A-Za-z0-9_]", "_", label)
     write_model(repo, args.models, name, config)
     before = device_used_mib()
     server = Server(args.wharf, repo)
     try:
         outcome = server.model_outcome()
         if outcome["message"] != "model ready":
-            return {"label": label, "model": name, "failed": outcome}
+            return [{"label": label, "model": name, "failed": outcome}]
         idle = device_used_mib()
-        # The arenas keep what they grew to, so one reading after the load is the peak held
-        # (polling nvidia-smi during the load changed nothing on an H200).
-        report = bench(args.wharf, server, name, flags, args.concurrency, args.seconds)
-        after_device, after_process = device_used_mib(), process_mib(server.proc.pid)
-        samples = server.scrape()
+        results = []
+        for concurrency in concurrencies:
+            with server.lock:
+                server.events = [e for e in server.events if e.get("message") != "engine call"]
+            report = bench(args.wharf, server, name, flags, concurrency, args.seconds)
+            samples = server.scrape()
+            results.append({
+                "label": label, "model": name, "concurrency": concurrency, "ready_s": outcome["ready_ms"] / 1000,
+                "rps": report["throughput_rps"], "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"],
+                "errors": {k: v for k, v in report.items() if k.startswith("err") or k == "failures"},
+                "engine_calls": engine_calls(server, name),
+                "device_before_mib": before, "device_ready_mib": idle,
+                "device_peak_mib": device_used_mib(), "process_peak_mib": process_mib(server.proc.pid),
+                "arena_peak_mib": metric(samples, "wharf_memory_peak_bytes", model=name) / 2**20,
+                "inferences": metric(samples, "wharf_inferences_total", model=name),
+                "executions": metric(samples, "wharf_executions_total", model=name),
+            })
+        # Counters are cumulative: rows per call for each run from the differences.
+        previous = (0, 0)
+        for r in results:
+            inferences, executions = r["inferences"] - previous[0], r["executions"] - previous[1]
+            previous = (r["inferences"], r["executions"])
+            r["rows_per_call"] = inferences / max(executions, 1)
+        return results
     finally:
         server.stop()
-    inferences = metric(samples, "wharf_inferences_total", model=name)
-    executions = metric(samples, "wharf_executions_total", model=name)
-    return {
-        "label": label, "model": name, "ready": outcome,
-        "rps": report["throughput_rps"], "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"],
-        "errors": {k: v for k, v in report.items() if k.startswith("err") or k == "failures"},
-        "rows_per_call": inferences / max(executions, 1),
-        "arena_peak_mib": metric(samples, "wharf_memory_peak_bytes", model=name) / 2**20,
-        "device_before_mib": before, "device_ready_mib": idle,
-        "device_peak_mib": after_device, "process_peak_mib": after_process,
-        "over_100ms": {h: slow(samples, f"wharf_{h}_duration_seconds", name) for h in ("request", "queue", "compute")},
-        "compute_mean_ms": 1000 * metric(samples, "wharf_compute_duration_seconds_sum", model=name)
-        / max(metric(samples, "wharf_compute_duration_seconds_count", model=name), 1),
-    }
+
+
+ENGINE_CASES = [
+    ("one session, 1/8 in blocks (AABB), heuristic", ["--rows", "1,8", "--order", "blocks"]),
+    ("one session, 1/8 alternating (ABAB), heuristic", ["--rows", "1,8", "--order", "alternate"]),
+    ("one session, 1/8 in blocks (AABB), exhaustive", ["--rows", "1,8", "--order", "blocks", "--exhaustive"]),
+    ("one session, 1/8 alternating (ABAB), exhaustive", ["--rows", "1,8", "--order", "alternate", "--exhaustive", "--calls", "8"]),
+    ("a session per size 1,2,4,8, alternating, heuristic", ["--rows", "1,2,4,8", "--session-per-size"]),
+    ("a session per size 1,2,4,8, alternating, exhaustive", ["--rows", "1,2,4,8", "--session-per-size", "--exhaustive"]),
+    ("a session per size 1,2,4,8, alternating, IoBinding", ["--rows", "1,2,4,8", "--session-per-size", "--io-binding"]),
+    ("a session per size 1,2,4,8, alternating, CUDA graphs", ["--rows", "1,2,4,8", "--session-per-size", "--cuda-graph"]),
+]
+ENGINE_INPUTS = {"ppocr_cls": "x:3,48,192", "ppocr_rec": "x:3,48,320"}
+
+
+def run_engine_case(args, label, name, flags):
+    gpu = ["--gpu", "0"] if args.kind == "KIND_GPU" else []
+    if "--cuda-graph" in flags and not gpu:
+        return {"label": label, "model": name, "skipped": "CUDA graphs need a GPU"}
+    calls = [] if "--calls" in flags else ["--calls", str(args.calls)]
+    command = [args.wharf, "engine-calls", "--model", str(args.models / name / "1" / "model.onnx"),
+               "--input", ENGINE_INPUTS[name], *calls, *gpu, *flags]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=args.engine_timeout)
+    except subprocess.TimeoutExpired:
+        return {"label": label, "model": name, "failed": f"over {args.engine_timeout} s"}
+    if out.returncode != 0:
+        return {"label": label, "model": name, "failed": out.stderr[-1500:]}
+    report = json.loads(out.stdout)
+    report.pop("calls")
+    return {"label": label, "model": name, **report}
+
+
+def params(**kv):
+    return "parameters: { " + ", ".join(f'{k}: {{ string_value: "{v}" }}' for k, v in kv.items()) + " }\n"
 
 
 def main():
@@ -191,72 +258,122 @@ def main():
     parser.add_argument("--models", type=pathlib.Path, default=pathlib.Path("models"))
     parser.add_argument("--out", type=pathlib.Path, required=True)
     parser.add_argument("--kind", default="KIND_GPU")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=8)
-    parser.add_argument("--tuning", action="store_true",
-                        help="only dynamic batching on KIND_GPU, under each arena/workspace setting")
+    parser.add_argument("--concurrency", default="16,64")
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--calls", type=int, default=20, help="engine calls per batch size, in-process")
+    parser.add_argument("--engine-timeout", type=float, default=30)
+    parser.add_argument("--deadline-secs", type=float, default=330,
+                        help="skip the cases left once this long has passed, so the run ends in time")
+    parser.add_argument("--only", default="", help="run only the cases whose label contains this")
     args = parser.parse_args()
+    started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
     gpus = "gpus: [0], " if args.kind == "KIND_GPU" else ""
     group = lambda count, budget: f"instance_group: [{{ kind: {args.kind}, {gpus}count: {count}, memory_budget: {budget} }}]\n"
     gpu = nvidia_smi("--query-gpu=name,memory.total,memory.used,driver_version", "-i", "0")
     print(f"device: {gpu}", flush=True)
     results = []
+
+    def record(result):
+        result["at_s"] = round(time.monotonic() - started, 1)
+        results.append(result)
+        print(json.dumps(result), flush=True)
+        (args.out / "gpu_check.json").write_text(json.dumps({"device": gpu, "kind": args.kind, "results": results}, indent=1))
+
+    def due(label):
+        if args.only and args.only not in label:
+            return False
+        if time.monotonic() - started > args.deadline_secs:
+            record({"label": label, "skipped": f"past the {args.deadline_secs:.0f} s deadline"})
+            return False
+        return True
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        if args.tuning:
-            param = lambda k, v: f"{k}: {{ string_value: {v} }}"
-            variants = [
-                ("arena kNextPowerOfTwo", param("arena_extend_strategy", "kNextPowerOfTwo")),
-                ("cuDNN workspace capped", param("cudnn_conv_use_max_workspace", "false")),
-                ("both", param("arena_extend_strategy", "kNextPowerOfTwo") + ", "
-                 + param("cudnn_conv_use_max_workspace", "false")),
-            ]
-            for name in ("ppocr_rec", "ppocr_cls"):
-                config, flags = MODELS[name]
-                extra = [("1 intra-op thread", param("intra_op_thread_count", "1"))] if name == "ppocr_rec" else []
-                for label, params in variants + extra:
-                    result = run_case(args, tmp, f"{name} dynamic batching 4-8, {label}", name,
-                                      config + group(2, "1GiB") + BATCHING + f"parameters: {{ {params} }}\n", flags)
-                    results.append(result)
-                    print(json.dumps(result), flush=True)
-        for name, (config, flags) in ({} if args.tuning else MODELS).items():
-            for label, extra in [("batch 1", ""), ("dynamic batching 4-8, padded to 8", BATCHING),
-                                 ("dynamic batching 4-8, unpadded", BATCHING + UNPADDED)]:
-                result = run_case(args, tmp, f"{name} {args.kind} {label}", name,
-                                  config + group(2, "1GiB") + extra, flags)
-                results.append(result)
-                print(json.dumps(result), flush=True)
-        if args.kind == "KIND_GPU" and not args.tuning:
+        for name in ("ppocr_cls", "ppocr_rec"):
+            for label, flags in ENGINE_CASES:
+                label = f"{name} engine calls: {label}"
+                if due(label):
+                    record(run_engine_case(args, label, name, flags))
+        batching = BATCHING
+        server_cases = [
+            ("batch 1", ""),
+            ("dynamic batching 4-8, padded to 8", batching + params(batch_buckets="max")),
+            ("dynamic batching 4-8, buckets 1,2,4,8", batching + params(batch_buckets="1,2,4,8")),
+            ("dynamic batching 4-8, padded to 8, CUDA graphs", batching + params(batch_buckets="max", cuda_graph="true")),
+            ("dynamic batching 4-8, buckets 1,2,4,8, CUDA graphs",
+             batching + params(batch_buckets="1,2,4,8", cuda_graph="true")),
+        ]
+        for name, (config, flags) in MODELS.items():
+            for label, extra in server_cases:
+                case_config = config
+                if "CUDA graphs" in label:
+                    if args.kind != "KIND_GPU":
+                        continue
+                    # A graph replays one shape: rec's width is fixed for it.
+                    case_config = config.replace("dims: [3, 48, -1]", "dims: [3, 48, 320]")
+                label = f"{name} {args.kind} {label}"
+                if due(label):
+                    for result in run_case(args, tmp, label, name, case_config + group(2, "1GiB") + extra, flags,
+                                           concurrencies):
+                        record(result)
+        if args.kind == "KIND_GPU":
             rec, flags = MODELS["ppocr_rec"]
-            result = run_case(args, tmp, "ppocr_rec KIND_CPU dynamic batching 4-8 (same library, CPU provider)",
-                              "ppocr_rec", rec + "instance_group: [{ kind: KIND_CPU, count: 2 }]\n" + BATCHING, flags)
-            results.append(result)
-            print(json.dumps(result), flush=True)
+            label = "ppocr_rec KIND_CPU dynamic batching 4-8 (same library, CPU provider)"
+            if due(label):
+                for result in run_case(args, tmp, label, "ppocr_rec",
+                                       rec + "instance_group: [{ kind: KIND_CPU, count: 2 }]\n" + BATCHING, flags,
+                                       concurrencies[:1]):
+                    record(result)
         # Refusals: each must fail to load with a reason, not serve or crash.
         total_mib = float(gpu[0][1]) if gpu else 8192.0
         refusals = [
             ("budget too small (4 MiB)", group(2, "4MiB")),
             (f"budgets past the device (2 x {total_mib * 0.6 / 1024:.0f} GiB)", group(2, f"{int(total_mib * 0.6)}MiB")),
         ]
-        for label, grp in [] if args.tuning else refusals:
-            result = run_case(args, tmp, f"ppocr_rec {label}", "ppocr_rec", MODELS["ppocr_rec"][0] + grp + BATCHING,
-                              MODELS["ppocr_rec"][1])
-            results.append(result)
-            print(json.dumps(result), flush=True)
-    (args.out / "gpu_check.json").write_text(json.dumps({"device": gpu, "results": results}, indent=1))
-    print("\n| case | req/s | p50 ms | p99 ms | rows/call | GPU MiB held by wharf (process; device at ready, after load) | arena peak MiB | ready s | over 100 ms: request/queue/compute |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        if "failed" in r:
-            reason = str(r["failed"].get("reason", r["failed"])).strip()
-            print(f"| {r['label']} | refused: {reason} | | | | | | | |")
+        for label, grp in refusals:
+            label = f"ppocr_rec {label}"
+            if due(label):
+                for result in run_case(args, tmp, label, "ppocr_rec", MODELS["ppocr_rec"][0] + grp + BATCHING,
+                                       MODELS["ppocr_rec"][1], concurrencies[:1]):
+                    record(result)
+    summarise(results)
+
+
+def summarise(results):
+    print("\n| engine calls, in-process | per size: median ms (calls over 3x median; median after a change of shape) | first call ms | slow share | max abs diff vs a plain session |")
+    print("|---|---|---|---|---|")
+    for r in (r for r in results if "engine calls" in r["label"]):
+        if "sizes" in r:
+            sizes = "; ".join(f"{s['rows']}: {s['median_ms']:.2f} ({s['slow']}"
+                              + (f"; {s['changed_median_ms']:.2f}" if s["changed_median_ms"] else "") + ")"
+                              for s in r["sizes"])
+            first = ", ".join(f"{rows}: {ms:.0f}" for rows, ms in r["first_ms"])
+            diff = max((d for _, d in r["max_abs_diff_vs_plain"]), default=0)
+            print(f"| {r['label']} | {sizes} | {first} | {r['slow_share']:.2f} | {diff:.2g} |")
+        else:
+            print(f"| {r['label']} | {str(r.get('failed') or r.get('skipped')).strip()[:300]} | | | |")
+    batch1 = {(r["model"], r["concurrency"]): r["rps"] for r in results if r.get("label", "").endswith("batch 1") and "rps" in r}
+    print("\n| case | conc. | rows/s | x batch 1 | p50 ms | p99 ms | rows/call | calls over 3x median (of calls) | READY s | GPU MiB: process; device at ready |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in (r for r in results if "engine calls" not in r["label"]):
+        if "skipped" in r:
+            print(f"| {r['label']} | | {r['skipped']} | | | | | | | |")
             continue
-        print(f"| {r['label']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rows_per_call']:.2f} | "
-              f"{r['process_peak_mib']:.0f}; {r['device_ready_mib'] - r['device_before_mib']:.0f}, "
-              f"{r['device_peak_mib'] - r['device_before_mib']:.0f} | {r['arena_peak_mib']:.1f} | "
-              f"{r['ready']['ready_ms'] / 1000:.1f} | "
-              f"{'/'.join(str(int(v)) for v in r['over_100ms'].values())} |")
+        if "failed" in r:
+            reason = r["failed"].get("reason", r["failed"]) if isinstance(r["failed"], dict) else r["failed"]
+            print(f"| {r['label']} | | refused: {str(reason).strip()[:300]} | | | | | | | |")
+            continue
+        if "rps" not in r:
+            continue
+        base = batch1.get((r["model"], r["concurrency"]))
+        ratio = f"{r['rps'] / base:.2f}" if base else ""
+        outliers = sum(s["over_3x_median"] for s in r["engine_calls"].values())
+        calls = sum(s["calls"] for s in r["engine_calls"].values())
+        print(f"| {r['label']} | {r['concurrency']} | {r['rps']:.0f} | {ratio} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+              f"{r['rows_per_call']:.2f} | {outliers} ({calls}) | {r['ready_s']:.1f} | "
+              f"{r['process_peak_mib']:.0f}; {r['device_ready_mib'] - r['device_before_mib']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ impl Server {
                 onnxruntime_lib: config.onnxruntime_lib.clone(),
                 latency_objective: config.latency_objective,
                 gpu_memory: config.gpu_memory.clone(),
+                gpu_context_memory: config.gpu_context_memory,
                 load_timeout: config.model_load_timeout,
             },
             Arc::clone(&metrics),

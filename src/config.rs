@@ -14,6 +14,9 @@ use serde::Deserialize;
 use crate::auth::ApiKey;
 
 /// Tensor data one request may carry unless configured otherwise.
+/// A CUDA process's memory before any arena: ONNX Runtime's CUDA provider with cuDNN and
+/// cuBLAS held 0.9 GiB of an H200 with arenas of a few MiB.
+pub const DEFAULT_GPU_CONTEXT_MEMORY: ByteSize = ByteSize::gib(1);
 pub const DEFAULT_MAX_REQUEST_SIZE: ByteSize = ByteSize::mib(64);
 
 /// Request bytes held at once, unless configured: past it a request is refused at once.
@@ -60,6 +63,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Memory per GPU for the per-device budget check; empty asks the NVIDIA driver.
     pub gpu_memory: BTreeMap<u32, u64>,
+    /// What the process holds on a GPU before any arena (CUDA context, cuDNN and cuBLAS
+    /// handles and kernels), counted once per device in the budget check.
+    pub gpu_context_memory: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +95,7 @@ impl ServerConfig {
             api_key: None,
             tls: None,
             gpu_memory: BTreeMap::new(),
+            gpu_context_memory: DEFAULT_GPU_CONTEXT_MEMORY.as_u64(),
         }
     }
 }
@@ -115,6 +122,8 @@ pub struct ServerFile {
     pub tls_key: Option<PathBuf>,
     /// Memory of each GPU by index ({0: 4GiB}), where the driver cannot be asked.
     pub gpu_memory: Option<BTreeMap<u32, ByteSize>>,
+    /// GPU memory held before any arena (CUDA context and libraries), per device.
+    pub gpu_context_memory: Option<ByteSize>,
 }
 
 impl ServerFile {
@@ -201,6 +210,11 @@ impl ServerFile {
                 .into_iter()
                 .map(|(device, size)| (device, size.as_u64()))
                 .collect(),
+            gpu_context_memory: overrides
+                .gpu_context_memory
+                .or(self.gpu_context_memory)
+                .unwrap_or(DEFAULT_GPU_CONTEXT_MEMORY)
+                .as_u64(),
             latency_objective: Duration::from_millis(objective_ms),
             model_repository: overrides
                 .model_repository

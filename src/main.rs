@@ -39,6 +39,9 @@ enum Command {
     Serve(ServeArgs),
     /// Send load to a KServe v2 gRPC server and report throughput, latency and errors.
     Bench(wharf::loadgen::BenchArgs),
+    /// Time single ONNX Runtime calls in-process, batch sizes in a chosen order (JSON out).
+    #[cfg(feature = "onnxruntime")]
+    EngineCalls(wharf::backend::probe::EngineCallsArgs),
     /// Load and warm every model, print each one's state, exit 1 if any failed.
     Check {
         #[arg(long, env = "WHARF_MODEL_REPOSITORY", default_value = "models")]
@@ -106,6 +109,10 @@ struct ServeArgs {
     /// per GPU. Without it the NVIDIA driver (NVML) is asked.
     #[arg(long = "gpu-memory", value_parser = parse_gpu_memory)]
     gpu_memory: Vec<(u32, ByteSize)>,
+    /// GPU memory the process holds before any arena (CUDA context, cuDNN, cuBLAS),
+    /// counted once per device in the budget check [default: 1GiB]
+    #[arg(long, env = "WHARF_GPU_CONTEXT_MEMORY")]
+    gpu_context_memory: Option<ByteSize>,
 }
 
 fn parse_gpu_memory(s: &str) -> Result<(u32, ByteSize), String> {
@@ -147,6 +154,7 @@ impl ServeArgs {
             tls_key: self.tls_key,
             gpu_memory: (!self.gpu_memory.is_empty())
                 .then(|| self.gpu_memory.into_iter().collect()),
+            gpu_context_memory: self.gpu_context_memory,
         };
         let mut config = file.resolve(overrides).map_err(anyhow::Error::msg)?;
         // The key as a variable (from a Secret through env), never as a flag: flags show
@@ -171,6 +179,11 @@ fn main() -> ExitCode {
             onnxruntime_lib,
         } => check(model_repository, onnxruntime_lib),
         Command::Bench(args) => bench(args),
+        #[cfg(feature = "onnxruntime")]
+        Command::EngineCalls(args) => wharf::backend::probe::run(&args).map(|report| {
+            println!("{}", serde_json::to_string(&report).expect("serialisable"));
+            ExitCode::SUCCESS
+        }),
     };
     match result {
         Ok(code) => code,

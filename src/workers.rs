@@ -71,10 +71,11 @@ pub struct WorkerContext {
     pub stats: Arc<ModelStats>,
     /// Whether inputs carry a batch dimension to concatenate along.
     pub batched: bool,
-    /// Pad every formed batch with zero rows to this many (batched models only): an engine that prepares each
-    /// input shape anew (cuDNN on a GPU) then sees one shape per model, and on a GPU the
-    /// extra rows cost next to nothing. None: calls carry the rows they were given.
-    pub pad_rows: Option<usize>,
+    /// Row counts ("buckets") every formed batch is padded up to with zero rows, to the
+    /// smallest that holds it (batched models only): an engine that prepares each input
+    /// shape anew (cuDNN on a GPU) then sees only these shapes, and on a GPU the extra rows
+    /// cost next to nothing. Empty: calls carry the rows they were given.
+    pub buckets: Vec<usize>,
 }
 
 impl WorkerPool {
@@ -184,8 +185,8 @@ fn serve(context: &WorkerContext, engine: &mut Engine, batch: Batch) {
     if live.is_empty() {
         return;
     }
-    if context.pad_rows.is_some() {
-        // Padded, every call costs the same: one call for the whole batch.
+    if !context.buckets.is_empty() {
+        // Padded to a bucket, a split saves nothing: one call for the whole batch.
         run_piece(context, engine, live);
     } else if context.batched {
         let rows: Vec<usize> = live.iter().map(|j| j.inputs[0].shape[0]).collect();
@@ -242,6 +243,16 @@ impl Engine {
     }
 }
 
+/// Zero rows to add so that `rows` fills the smallest bucket that holds it; none where no
+/// bucket does (or there are none).
+fn padding(buckets: &[usize], rows: usize) -> usize {
+    buckets
+        .iter()
+        .filter(|b| **b >= rows)
+        .min()
+        .map_or(0, |b| b - rows)
+}
+
 /// One engine call for `jobs`: concatenated, run, checked, split back. Where a call of
 /// several requests fails, each is retried alone, once, so that only the request that
 /// causes the failure gets the error.
@@ -255,9 +266,7 @@ fn run_piece(context: &WorkerContext, engine: &mut Engine, jobs: Batch) {
             _ => 1,
         })
         .collect();
-    let pad = context
-        .pad_rows
-        .map_or(0, |to| to.saturating_sub(rows.iter().sum()));
+    let pad = padding(&context.buckets, rows.iter().sum());
     let joined: Vec<Tensor>;
     let inputs: &[Tensor] = if jobs.len() == 1 && pad == 0 {
         &jobs[0].inputs
@@ -282,6 +291,15 @@ fn run_piece(context: &WorkerContext, engine: &mut Engine, jobs: Batch) {
     let prepared = Instant::now();
     let result = engine.run(inputs);
     let computed = Instant::now();
+    // Each call's rows and time, for finding slow calls per batch size
+    // (WHARF_LOG=wharf::engine_calls=trace); one disabled check when off.
+    tracing::trace!(
+        target: "wharf::engine_calls",
+        model = %context.model_name,
+        rows = rows.iter().sum::<usize>() + pad,
+        us = (computed - prepared).as_micros() as u64,
+        "engine call"
+    );
     if matches!(result, Err(BackendError::Panicked(_))) {
         context.stats.record_panic();
         warn!(model = %context.model_name, requests = jobs.len(), "the engine panicked; its instance is rebuilt");
@@ -517,7 +535,7 @@ mod tests {
             costs: CostCurves::default(),
             stats: Arc::new(ModelStats::default()),
             batched: true,
-            pad_rows: None,
+            buckets: Vec::new(),
         });
         let warm = (1..=4)
             .map(|rows| vec![fp32(vec![rows, 1], &vec![0.0; rows])])
@@ -565,7 +583,7 @@ mod tests {
             costs: CostCurves::default(),
             stats: Arc::new(ModelStats::default()),
             batched: true,
-            pad_rows: Some(8),
+            buckets: vec![8],
         };
         let mut engine = Engine::new(Arc::clone(&context.model));
         let (a, b) = (
@@ -595,6 +613,18 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_batch_is_padded_to_the_smallest_bucket_that_holds_it() {
+        let buckets = [1, 2, 4, 8];
+        let padded: Vec<usize> = (1..=9).map(|rows| rows + padding(&buckets, rows)).collect();
+        assert_eq!(
+            padded,
+            vec![1, 2, 4, 4, 8, 8, 8, 8, 9],
+            "past the largest: as it is"
+        );
+        assert_eq!(padding(&[], 3), 0, "no buckets, no padding");
+    }
+
     /// One one-input request per tensor, and the receivers of their answers.
     fn jobs_of(inputs: Vec<Tensor>) -> (Batch, Vec<oneshot::Receiver<JobResult>>) {
         inputs
@@ -620,7 +650,7 @@ mod tests {
             costs: CostCurves::default(),
             stats: Arc::new(ModelStats::default()),
             batched: true,
-            pad_rows: None,
+            buckets: Vec::new(),
         });
         let (done, mut done_rx) = mpsc::channel(1);
         let (pool, sender) = WorkerPool::start(Arc::clone(&context), 1, done, Vec::new()).unwrap();

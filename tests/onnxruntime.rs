@@ -262,3 +262,72 @@ async fn a_cpu_budget_is_measured_from_the_arena_and_caps_the_rows() {
     );
     t.server.shutdown().await.unwrap();
 }
+
+/// The GPU's session layout, run on the CPU provider so that CI keeps it honest: calls
+/// padded to batch buckets, one session per bucket, inputs and outputs through IoBinding
+/// (rebound when rec's width changes). Every answer must match a plain session's, for
+/// every row count and whichever bucket served it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_sessions_through_io_binding_answer_as_a_plain_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let layouts = [
+        ("plain", ""),
+        (
+            "bound",
+            "dynamic_batching: { max_queue_delay_microseconds: 100 }\n\
+             parameters: { batch_buckets: { string_value: \"1,2,4,8\" }, io_binding: { string_value: \"true\" } }\n",
+        ),
+    ];
+    for name in ["ppocr_cls", "ppocr_rec"] {
+        let from = ppocr(name);
+        let config = std::fs::read_to_string(from.join("config.yaml"))
+            .unwrap()
+            .replace("backend: tract", "backend: onnxruntime");
+        for (suffix, extra) in layouts {
+            let to = dir.path().join(format!("{name}_{suffix}"));
+            std::fs::create_dir_all(to.join("1")).unwrap();
+            std::fs::copy(from.join("1/model.onnx"), to.join("1/model.onnx")).unwrap();
+            std::fs::write(to.join("config.yaml"), format!("{config}{extra}")).unwrap();
+        }
+    }
+    let mut config = ServerConfig::local(dir.path());
+    config.onnxruntime_lib = Some(library());
+    let mut t = TestServer::start(config).await;
+    for m in t.index().await {
+        assert_eq!(m.state, "READY", "{} {}", m.name, m.reason);
+    }
+    let cases: [(&str, i64, i64); 8] = [
+        ("ppocr_cls", 1, 192),
+        ("ppocr_cls", 3, 192),
+        ("ppocr_cls", 8, 192),
+        ("ppocr_cls", 1, 192),
+        ("ppocr_rec", 2, 320),
+        ("ppocr_rec", 5, 320),
+        ("ppocr_rec", 2, 160),
+        ("ppocr_rec", 2, 320),
+    ];
+    for (i, (name, rows, width)) in cases.into_iter().enumerate() {
+        let shape = [rows, 3, 48, width];
+        let values = pseudo_image(shape.iter().product::<i64>() as usize, i as u32);
+        let mut outputs = Vec::new();
+        for (suffix, _) in layouts {
+            let request = raw_request(&format!("{name}_{suffix}"), "x", &shape, &values);
+            let response = t.client.model_infer(request).await.unwrap().into_inner();
+            outputs.push((
+                response.outputs[0].shape.clone(),
+                f32s(&response.raw_output_contents[0]),
+            ));
+        }
+        let case = format!("{name}, {rows} rows of width {width}");
+        assert_eq!(outputs[0].0, outputs[1].0, "{case}: shapes differ");
+        assert_eq!(outputs[0].0[0], rows, "{case}: the padding is left out");
+        let diff = outputs[0]
+            .1
+            .iter()
+            .zip(&outputs[1].1)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-4, "{case}: max abs diff {diff}");
+    }
+    t.server.shutdown().await.unwrap();
+}

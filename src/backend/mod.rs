@@ -4,6 +4,8 @@
 pub mod onnx;
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;
+#[cfg(feature = "onnxruntime")]
+pub mod probe;
 pub mod tract;
 
 use std::sync::Arc;
@@ -66,6 +68,11 @@ pub trait Model: Send + Sync + 'static {
     fn counts_host_memory(&self) -> bool {
         true
     }
+
+    /// The row counts every call will carry from now on (formed batches are padded up to
+    /// them), told once before the first instance is made: an engine that prepares each
+    /// input shape anew may then keep one prepared session per count. Others ignore it.
+    fn plan_batch_sizes(&self, _rows: &[usize]) {}
 
     /// A fresh instance that shares this model and owns only its mutable run state.
     /// Called on the thread that will use it, so instances need not be `Send`.

@@ -1,7 +1,10 @@
 //! ONNX Runtime engine through `ort` (load-dynamic): the library is opened at run time from
 //! a path the operator gives. One session per instance; on CPU the weights are shared, not
 //! copied: every session takes the model's large float initializers from one set of buffers
-//! held here, and one prepacked-weights container.
+//! held here, and one prepacked-weights container. Where calls are padded to a few batch
+//! sizes (GPU buckets), an instance keeps one session per size, so that no session ever
+//! sees its input shape change (cuDNN re-plans every convolution when it does); sessions
+//! may run through IoBinding, and on CUDA replay a captured CUDA graph.
 
 use std::{
     path::{Path, PathBuf},
@@ -14,9 +17,11 @@ use ort::{
     memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType},
     session::{
         builder::{GraphOptimizationLevel, PrepackedWeights},
-        Session,
+        IoBinding, Session,
     },
-    value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType},
+    value::{
+        DynTensor, DynTensorValueType, DynValue, Tensor as OrtTensor, TensorElementType, ValueType,
+    },
     AsPointer,
 };
 use tract_onnx::{pb, prelude::Framework};
@@ -35,6 +40,9 @@ const SHARED_INITIALIZER_MIN_ELEMENTS: usize = 1024;
 pub struct OrtOptions {
     pub intra_op_threads: usize,
     pub inter_op_threads: usize,
+    /// Run through IoBinding: inputs copied into buffers bound once per shape (device
+    /// memory on a GPU), outputs left in buffers bound after the first run of that shape.
+    pub io_binding: bool,
     pub gpu: Option<GpuOptions>,
 }
 
@@ -54,6 +62,10 @@ pub struct GpuOptions {
     pub arena_same_as_requested: bool,
     /// Try TensorRT first, with these settings.
     pub tensorrt: Option<TensorRtOptions>,
+    /// Capture each session's run as a CUDA graph and replay it (one fixed shape per
+    /// session, I/O bound at fixed device addresses). Where ONNX Runtime refuses (nodes
+    /// off the CUDA provider, control flow), sessions run plainly and the log says why.
+    pub cuda_graph: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +121,11 @@ pub struct OrtModel {
     initializers: Vec<(String, Arc<DynValue>)>,
     prepacked: PrepackedWeights,
     environment: &'static ort::environment::Environment,
+    /// The batch sizes calls are padded to; each gets a session of its own where there
+    /// are several.
+    batch_sizes: OnceLock<Vec<usize>>,
+    /// Why CUDA graphs could not be used, once found: later sessions skip the attempt.
+    graph_refused: OnceLock<String>,
 }
 
 impl OrtModel {
@@ -160,11 +177,15 @@ impl OrtModel {
             initializers,
             prepacked: PrepackedWeights::new(),
             environment,
+            batch_sizes: OnceLock::new(),
+            graph_refused: OnceLock::new(),
         });
         Ok(model)
     }
 
-    fn session(&self) -> Result<Session, String> {
+    /// One session; on a GPU its arena gets `1/share` of the instance's budget, as each of
+    /// an instance's `share` sessions keeps its own.
+    fn session(&self, share: usize, cuda_graph: bool) -> Result<Session, String> {
         let err = |e: ort::Error<_>| e.to_string();
         let mut builder = Session::builder(self.environment)
             .map_err(|e| e.to_string())?
@@ -211,7 +232,10 @@ impl OrtModel {
                     ep::cuda::ConvAlgorithmSearch::Heuristic
                 });
             if let Some(limit) = gpu.memory_limit {
-                cuda = cuda.with_memory_limit(limit);
+                cuda = cuda.with_memory_limit(limit / share.max(1));
+            }
+            if cuda_graph {
+                cuda = cuda.with_cuda_graph(true);
             }
             providers.push(cuda.build().error_on_failure());
             builder = builder.with_execution_providers(providers).map_err(err)?;
@@ -298,53 +322,346 @@ impl Model for OrtModel {
         false
     }
 
+    fn plan_batch_sizes(&self, rows: &[usize]) {
+        let _ = self.batch_sizes.set(rows.to_vec());
+    }
+
     fn new_instance(self: Arc<Self>) -> Result<Box<dyn Instance>, BackendError> {
-        let session = self.session().map_err(BackendError::Load)?;
+        let sizes = self.batch_sizes.get().cloned().unwrap_or_default();
+        let keys: Vec<Option<usize>> = if sizes.len() > 1 {
+            sizes.into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let share = keys.len();
+        let sessions = keys
+            .into_iter()
+            .map(|rows| {
+                let (session, graph) = self.graph_session(share)?;
+                Ok(ShapeSession {
+                    rows,
+                    session,
+                    graph,
+                    bound: None,
+                })
+            })
+            .collect::<Result<Vec<_>, BackendError>>()?;
         Ok(Box::new(OrtInstance {
             model: self,
-            session,
+            sessions,
+            share,
         }))
+    }
+}
+
+impl OrtModel {
+    fn wants_graph(&self) -> bool {
+        self.options.gpu.as_ref().is_some_and(|g| g.cuda_graph)
+            && self.graph_refused.get().is_none()
+    }
+
+    /// A session with CUDA graphs where asked and possible, else a plain one; the first
+    /// refusal is logged with ONNX Runtime's reason.
+    fn graph_session(&self, share: usize) -> Result<(Session, bool), BackendError> {
+        if self.wants_graph() {
+            match self.session(share, true) {
+                Ok(session) => return Ok((session, true)),
+                Err(reason) => self.refuse_graph(reason),
+            }
+        }
+        Ok((
+            self.session(share, false).map_err(BackendError::Load)?,
+            false,
+        ))
+    }
+
+    fn refuse_graph(&self, reason: String) {
+        if self.graph_refused.set(reason.clone()).is_ok() {
+            tracing::warn!(%reason, "CUDA graphs are off for this model; its sessions run plainly");
+        }
     }
 }
 
 struct OrtInstance {
     model: Arc<OrtModel>,
+    /// One session per batch size where calls are padded to several, else one for all.
+    sessions: Vec<ShapeSession>,
+    /// How many sessions split the instance's memory budget.
+    share: usize,
+}
+
+struct ShapeSession {
+    /// The leading dimension this session serves; None: any.
+    rows: Option<usize>,
     session: Session,
+    /// Runs replay a captured CUDA graph.
+    graph: bool,
+    /// The IoBinding state for the shape last seen.
+    bound: Option<Bound>,
+}
+
+/// Buffers bound to a session for one set of input shapes. Fields drop in order: the
+/// tensors before the allocator that made them.
+struct Bound {
+    binding: IoBinding,
+    shapes: Vec<Vec<usize>>,
+    inputs: Vec<DynTensor>,
+    /// Made the device buffers (the binding holds the output buffers).
+    _allocator: Allocator,
+}
+
+impl OrtInstance {
+    /// The session for a call of `rows`: its own, else the smallest larger, else the last.
+    fn session_for(&self, rows: usize) -> usize {
+        let fits = |s: &ShapeSession| s.rows.is_none_or(|r| r >= rows);
+        self.sessions
+            .iter()
+            .position(|s| s.rows == Some(rows))
+            .or_else(|| {
+                (0..self.sessions.len())
+                    .filter(|i| fits(&self.sessions[*i]))
+                    .min_by_key(|i| self.sessions[*i].rows)
+            })
+            .unwrap_or(self.sessions.len() - 1)
+    }
 }
 
 impl Instance for OrtInstance {
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
-        let values = inputs
+        let rows = inputs
+            .first()
+            .and_then(|t| t.shape.first())
+            .copied()
+            .unwrap_or(1);
+        let ix = self.session_for(rows);
+        let model = Arc::clone(&self.model);
+        let bindable = inputs
             .iter()
-            .map(|t| to_ort(t).map(|v| (t.name.clone(), v)))
-            .collect::<Result<Vec<(String, DynValue)>, _>>()?;
-        let outputs = self
-            .session
-            .run(values)
-            .map_err(|e| BackendError::Execution(e.to_string()))?;
-        self.model
-            .signature
-            .outputs
-            .iter()
-            .map(|sig| {
-                let value = outputs.get(sig.name.as_str()).ok_or_else(|| {
-                    BackendError::Execution(format!("output '{}' missing from the run", sig.name))
-                })?;
-                from_ort(&sig.name, value)
-            })
-            .collect()
+            .all(|t| matches!(t.data, TensorData::Fixed(_)));
+        let shape = &mut self.sessions[ix];
+        if !(model.options.io_binding || shape.graph) || !bindable {
+            return run_plain(&model, &mut shape.session, inputs);
+        }
+        match run_bound(&model, shape, inputs) {
+            // A graph that fails on its first (capturing) runs is given up for this model:
+            // the session is rebuilt plain and the call made again.
+            Err(e) if shape.graph && shape.bound.is_none() => {
+                model.refuse_graph(format!("capturing the first run failed: {e}"));
+                shape.session = model
+                    .session(self.share, false)
+                    .map_err(BackendError::Load)?;
+                shape.graph = false;
+                run_bound(&model, shape, inputs)
+            }
+            result => result,
+        }
     }
 
-    /// The session arena's `MaxInUse` (activations, outputs and whatever the session did
-    /// not share), read through `AllocatorGetStats`.
+    /// The largest `MaxInUse` of the instance's session arenas (activations, outputs and
+    /// whatever a session did not share), read through `AllocatorGetStats`.
     fn peak_bytes(&self) -> Option<u64> {
         let (device, id) = match &self.model.options.gpu {
             Some(gpu) => (AllocationDevice::CUDA, gpu.device_id),
             None => (AllocationDevice::CPU, 0),
         };
-        let info = MemoryInfo::new(device, id, AllocatorType::Arena, MemoryType::Default).ok()?;
-        let allocator = Allocator::new(&self.session, info).ok()?;
-        arena_max_in_use(&allocator)
+        self.sessions
+            .iter()
+            .filter_map(|s| {
+                let info = MemoryInfo::new(
+                    device.clone(),
+                    id,
+                    AllocatorType::Arena,
+                    MemoryType::Default,
+                )
+                .ok()?;
+                let allocator = Allocator::new(&s.session, info).ok()?;
+                arena_max_in_use(&allocator)
+            })
+            .reduce(|a, b| a + b)
+    }
+}
+
+fn run_plain(
+    model: &OrtModel,
+    session: &mut Session,
+    inputs: &[Tensor],
+) -> Result<Vec<Tensor>, BackendError> {
+    let values = inputs
+        .iter()
+        .map(|t| to_ort(t).map(|v| (t.name.clone(), v.into_dyn())))
+        .collect::<Result<Vec<(String, DynValue)>, _>>()?;
+    let outputs = session
+        .run(values)
+        .map_err(|e| BackendError::Execution(e.to_string()))?;
+    model
+        .signature
+        .outputs
+        .iter()
+        .map(|sig| {
+            let value = outputs.get(sig.name.as_str()).ok_or_else(|| {
+                BackendError::Execution(format!("output '{}' missing from the run", sig.name))
+            })?;
+            from_ort(&sig.name, value)
+        })
+        .collect()
+}
+
+/// A run through IoBinding. The first call of a shape binds input buffers of that shape,
+/// lets ONNX Runtime place the outputs once, then binds output buffers of the shapes it
+/// produced, so that every later run (and a CUDA graph's capture and replays) reads and
+/// writes the same addresses. A graph session never changes shape.
+fn run_bound(
+    model: &OrtModel,
+    shape: &mut ShapeSession,
+    inputs: &[Tensor],
+) -> Result<Vec<Tensor>, BackendError> {
+    let exec = |e: ort::Error| BackendError::Execution(e.to_string());
+    let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape.clone()).collect();
+    let fresh = shape.bound.as_ref().is_none_or(|b| b.shapes != shapes);
+    if fresh {
+        if let (true, Some(bound)) = (shape.graph, &shape.bound) {
+            return Err(BackendError::Execution(format!(
+                "this session replays a CUDA graph captured for input shapes {:?}, not {shapes:?}",
+                bound.shapes
+            )));
+        }
+        shape.bound = None;
+        let bound = bind(model, &mut shape.session, inputs, shapes)?;
+        shape.bound = Some(bound);
+    } else {
+        let bound = shape.bound.as_mut().expect("bound above");
+        fill(&mut bound.inputs, inputs)?;
+    }
+    let bound = shape.bound.as_ref().expect("bound above");
+    // The first runs of a graph session capture it; the one after replays it.
+    let runs = if fresh && shape.graph { 2 } else { 1 };
+    for _ in 1..runs {
+        shape.session.run_binding(&bound.binding).map_err(exec)?;
+    }
+    let outputs = shape.session.run_binding(&bound.binding).map_err(exec)?;
+    model
+        .signature
+        .outputs
+        .iter()
+        .map(|sig| {
+            let value = outputs.get(sig.name.as_str()).ok_or_else(|| {
+                BackendError::Execution(format!("output '{}' missing from the run", sig.name))
+            })?;
+            to_host(&sig.name, value)
+        })
+        .collect()
+}
+
+/// Binds input buffers of `shapes`, runs once with the outputs placed by ONNX Runtime,
+/// and binds output buffers of the shapes that run produced.
+fn bind(
+    model: &OrtModel,
+    session: &mut Session,
+    inputs: &[Tensor],
+    shapes: Vec<Vec<usize>>,
+) -> Result<Bound, BackendError> {
+    let exec = |e: ort::Error| BackendError::Execution(e.to_string());
+    let device = match &model.options.gpu {
+        Some(gpu) => MemoryInfo::new(
+            AllocationDevice::CUDA,
+            gpu.device_id,
+            AllocatorType::Device,
+            MemoryType::Default,
+        ),
+        None => MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        ),
+    }
+    .map_err(exec)?;
+    let allocator = Allocator::new(session, device.clone()).map_err(exec)?;
+    let mut binding = session.create_binding().map_err(exec)?;
+    let mut buffers = Vec::with_capacity(inputs.len());
+    for t in inputs {
+        let mut buffer =
+            DynTensor::new(&allocator, element_type(t.datatype), t.shape.clone()).map_err(exec)?;
+        to_ort(t)?.copy_into(&mut buffer).map_err(exec)?;
+        binding.bind_input(t.name.as_str(), &buffer).map_err(exec)?;
+        buffers.push(buffer);
+    }
+    for sig in &model.signature.outputs {
+        binding
+            .bind_output_to_device(sig.name.as_str(), &device)
+            .map_err(exec)?;
+    }
+    let placed: Vec<(TensorElementType, Vec<i64>)> = {
+        let outputs = session.run_binding(&binding).map_err(exec)?;
+        model
+            .signature
+            .outputs
+            .iter()
+            .map(
+                |sig| match outputs.get(sig.name.as_str()).map(|v| v.dtype()) {
+                    Some(ValueType::Tensor { ty, shape, .. }) => Ok((*ty, shape.to_vec())),
+                    other => Err(BackendError::Execution(format!(
+                        "output '{}' is {other:?}, not a tensor",
+                        sig.name
+                    ))),
+                },
+            )
+            .collect::<Result<_, _>>()?
+    };
+    for (sig, (ty, dims)) in model.signature.outputs.iter().zip(placed) {
+        let buffer = DynTensor::new(&allocator, ty, dims).map_err(exec)?;
+        binding
+            .bind_output(sig.name.as_str(), buffer)
+            .map_err(exec)?;
+    }
+    Ok(Bound {
+        binding,
+        shapes,
+        inputs: buffers,
+        _allocator: allocator,
+    })
+}
+
+/// Copies each call's data into the bound input buffers (to the device on a GPU).
+fn fill(buffers: &mut [DynTensor], inputs: &[Tensor]) -> Result<(), BackendError> {
+    for (buffer, t) in buffers.iter_mut().zip(inputs) {
+        to_ort(t)?
+            .copy_into(&mut *buffer)
+            .map_err(|e| BackendError::Execution(format!("input '{}': {e}", t.name)))?;
+    }
+    Ok(())
+}
+
+/// An output as wharf's tensor, copied to the host first where it lives on a device.
+fn to_host(name: &str, value: &DynValue) -> Result<Tensor, BackendError> {
+    let fail = |e: ort::Error| BackendError::Execution(format!("output '{name}': {e}"));
+    let tensor = value
+        .view()
+        .downcast::<DynTensorValueType>()
+        .map_err(fail)?;
+    if tensor.memory_info().is_cpu_accessible() {
+        return from_ort(name, value);
+    }
+    let host = tensor.to(AllocationDevice::CPU, 0).map_err(fail)?;
+    from_ort(name, &host.into_dyn())
+}
+
+fn element_type(datatype: DataType) -> TensorElementType {
+    match datatype {
+        DataType::Bool => TensorElementType::Bool,
+        DataType::Uint8 => TensorElementType::Uint8,
+        DataType::Uint16 => TensorElementType::Uint16,
+        DataType::Uint32 => TensorElementType::Uint32,
+        DataType::Uint64 => TensorElementType::Uint64,
+        DataType::Int8 => TensorElementType::Int8,
+        DataType::Int16 => TensorElementType::Int16,
+        DataType::Int32 => TensorElementType::Int32,
+        DataType::Int64 => TensorElementType::Int64,
+        DataType::Fp16 => TensorElementType::Float16,
+        DataType::Bf16 => TensorElementType::Bfloat16,
+        DataType::Fp32 => TensorElementType::Float32,
+        DataType::Fp64 => TensorElementType::Float64,
+        DataType::Bytes => TensorElementType::String,
     }
 }
 
@@ -354,7 +671,7 @@ fn le<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
         .map(|c| c.try_into().expect("N bytes"))
 }
 
-fn to_ort(t: &Tensor) -> Result<DynValue, BackendError> {
+fn to_ort(t: &Tensor) -> Result<DynTensor, BackendError> {
     let shape: Vec<i64> = t.shape.iter().map(|d| *d as i64).collect();
     let fail = |e: ort::Error| BackendError::Execution(format!("input '{}': {e}", t.name));
     let bytes: &[u8] = match &t.data {
@@ -362,14 +679,14 @@ fn to_ort(t: &Tensor) -> Result<DynValue, BackendError> {
         TensorData::Bytes(items) => {
             let strings = super::utf8_strings(t, items, "onnxruntime")?;
             return OrtTensor::from_string_array((shape, strings.as_slice()))
-                .map(|v| v.into_dyn())
+                .map(|v| v.upcast())
                 .map_err(fail);
         }
     };
     macro_rules! typed {
         ($ty:ty, $n:literal, $conv:expr) => {
             OrtTensor::<$ty>::from_array((shape, le::<$n>(bytes).map($conv).collect::<Vec<$ty>>()))
-                .map(|v| v.into_dyn())
+                .map(|v| v.upcast())
                 .map_err(fail)
         };
     }

@@ -39,11 +39,13 @@ impl GpuClaim {
     }
 }
 
-/// For every claim on a device whose claims add up past its memory, why it cannot load.
-/// Devices whose memory is unknown are not checked.
+/// For every claim on a device whose claims, with the process's `context` (held before any
+/// arena), add up past its memory, why it cannot load. Devices whose memory is unknown are
+/// not checked.
 pub fn over_budget(
     claims: &[GpuClaim],
     device_memory: &BTreeMap<u32, u64>,
+    context: u64,
 ) -> BTreeMap<(String, u64), String> {
     let mut by_device: BTreeMap<u32, Vec<&GpuClaim>> = BTreeMap::new();
     for claim in claims {
@@ -54,7 +56,7 @@ pub fn over_budget(
         let Some(&memory) = device_memory.get(&device) else {
             continue;
         };
-        let sum: u64 = on_it.iter().map(|c| c.total()).sum();
+        let sum: u64 = context + on_it.iter().map(|c| c.total()).sum::<u64>();
         if sum <= memory {
             continue;
         }
@@ -71,10 +73,11 @@ pub fn over_budget(
             })
             .collect();
         let reason = format!(
-            "the memory budgets of the KIND_GPU instances on GPU {device} add up to {} ({}), \
-             more than its {}",
+            "the memory budgets of the KIND_GPU instances on GPU {device} add up to {} ({} and \
+             {} of CUDA context), more than its {}",
             ByteSize::b(sum),
             parts.join(", "),
+            ByteSize::b(context),
             ByteSize::b(memory)
         );
         for claim in on_it {
@@ -118,19 +121,24 @@ mod tests {
         .map(|(m, d, n, b)| GpuClaim::of(m, 1, &gpu_config(d, n, b)).unwrap())
         .collect();
         let gib = 1 << 30;
-        let memory = BTreeMap::from([(0, 3 * gib), (1, 4 * gib)]);
-        let refused = over_budget(&claims, &memory);
+        let context = gib / 2;
+        let memory = BTreeMap::from([(0, 4 * gib), (1, 4 * gib + context)]);
+        let refused = over_budget(&claims, &memory, context);
         assert_eq!(
             refused.keys().cloned().collect::<Vec<_>>(),
             vec![("det".to_owned(), 1), ("rec".to_owned(), 1)]
         );
         assert_eq!(
             refused[&("det".to_owned(), 1)],
-            "the memory budgets of the KIND_GPU instances on GPU 0 add up to 4.0 GiB \
-             (det v1: 2 x 1.0 GiB, rec v1: 2 x 1.0 GiB), more than its 3.0 GiB"
+            "the memory budgets of the KIND_GPU instances on GPU 0 add up to 4.5 GiB \
+             (det v1: 2 x 1.0 GiB, rec v1: 2 x 1.0 GiB and 512.0 MiB of CUDA context), more \
+             than its 4.0 GiB",
+            "the context counts once per device"
         );
-        // 4 GiB on GPU 1 fits exactly; an unknown device is not checked.
-        assert!(over_budget(&claims, &BTreeMap::from([(1, 4 * gib)])).is_empty());
+        // 4.5 GiB on GPU 1 fits exactly; an unknown device is not checked.
+        assert!(
+            over_budget(&claims, &BTreeMap::from([(1, 4 * gib + context)]), context).is_empty()
+        );
     }
 
     #[test]

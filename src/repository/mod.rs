@@ -96,6 +96,8 @@ pub struct LoadSettings {
     pub latency_objective: Duration,
     /// Bytes of memory per GPU, for the per-device budget check; empty asks the driver.
     pub gpu_memory: BTreeMap<u32, u64>,
+    /// Held on each GPU before any arena (CUDA context and libraries).
+    pub gpu_context_memory: u64,
     /// A version still loading after this is UNAVAILABLE; the others load on.
     pub load_timeout: Duration,
 }
@@ -106,6 +108,7 @@ impl Default for LoadSettings {
             onnxruntime_lib: None,
             latency_objective: crate::config::DEFAULT_LATENCY_OBJECTIVE,
             gpu_memory: BTreeMap::new(),
+            gpu_context_memory: crate::config::DEFAULT_GPU_CONTEXT_MEMORY.as_u64(),
             load_timeout: crate::config::DEFAULT_MODEL_LOAD_TIMEOUT,
         }
     }
@@ -276,7 +279,7 @@ impl Repository {
         } else {
             self.settings.gpu_memory.clone()
         };
-        let refused = gpu_budget::over_budget(&claims, &memory);
+        let refused = gpu_budget::over_budget(&claims, &memory, self.settings.gpu_context_memory);
         tasks
             .into_iter()
             .filter(|t| match refused.get(&(t.name.clone(), t.version)) {
@@ -487,11 +490,34 @@ fn scan_model(name: &str, dir: &Path) -> ModelEntry {
     }
 }
 
-/// Whether formed batches are padded to `max_rows`: on a GPU with dynamic batching unless
-/// `pad_batches: false`. Measured on an H200: batch 1 (one shape) ran clean, while batches
-/// of 1..8 rows made engine calls 5x slower on average with stalls up to ~1 s.
-fn pads_batches(config: &ModelConfig, policy: &BatchPolicy) -> bool {
-    config.on_gpu() && policy.enabled && config.parameter("pad_batches") != Some("false")
+/// The row counts ("buckets") formed batches are padded up to; empty: no padding.
+/// `batch_buckets` says: `none`, `max` (every batch padded to `max_rows`) or a list such
+/// as `1,2,4,8` (to the smallest that holds the batch; `max_rows` is always one). Unset: on
+/// a GPU with dynamic batching, `max` unless `pad_batches: false`. Measured on an H200:
+/// batch 1 (one shape) ran clean, while batches of 1..8 rows made engine calls 5x slower
+/// on average with stalls up to ~1 s (cuDNN re-plans at every change of shape).
+fn batch_buckets(config: &ModelConfig, policy: &BatchPolicy) -> Vec<usize> {
+    if !policy.enabled {
+        return Vec::new();
+    }
+    let max = policy.max_rows;
+    let mut buckets = match config.parameter("batch_buckets") {
+        Some("none") => return Vec::new(),
+        Some("max") => vec![max],
+        Some(list) => list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .filter(|n| *n < max)
+            .collect(),
+        None if config.on_gpu() && config.parameter("pad_batches") != Some("false") => {
+            vec![max]
+        }
+        None => return Vec::new(),
+    };
+    buckets.push(max);
+    buckets.sort_unstable();
+    buckets.dedup();
+    buckets
 }
 
 /// Row counts worth measuring: 1, powers of two, the preferred sizes and the maximum.
@@ -530,6 +556,25 @@ fn open_model(
                     .unwrap_or(default)
             };
             let flag = |key: &str| config.parameter(key) == Some("true");
+            if flag("cuda_graph") {
+                // A captured graph replays one shape: a free dim would be a new shape.
+                let free = config
+                    .input
+                    .iter()
+                    .flatten()
+                    .find(|i| i.dims.as_ref().is_none_or(|d| d.contains(&-1)));
+                if !config.on_gpu() {
+                    return Err("parameters.cuda_graph: CUDA graphs need KIND_GPU".into());
+                }
+                if let Some(input) = free {
+                    return Err(format!(
+                        "parameters.cuda_graph: a CUDA graph replays one shape, but input '{}' has \
+                         dims {:?} in the config; give every dim a size, or leave CUDA graphs off",
+                        input.name,
+                        input.dims.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
             let gpu = config.on_gpu().then(|| GpuOptions {
                 device_id: config.gpu_device() as i32,
                 memory_limit: config.memory_budget().map(|b| b as usize),
@@ -540,6 +585,7 @@ fn open_model(
                 // 1,253 MiB growing to 1,325 MiB with kSameAsRequested (fragmentation).
                 arena_same_as_requested: config.parameter("arena_extend_strategy")
                     == Some("kSameAsRequested"),
+                cuda_graph: flag("cuda_graph"),
                 tensorrt: flag("tensorrt").then(|| TensorRtOptions {
                     fp16: flag("trt_fp16"),
                     engine_cache: config.parameter("trt_engine_cache_path").map(PathBuf::from),
@@ -552,6 +598,7 @@ fn open_model(
                     (cores / instances.max(1)).max(1),
                 ),
                 inter_op_threads: number("inter_op_thread_count", 1),
+                io_binding: flag("io_binding"),
                 gpu,
             };
             Ok(
@@ -593,6 +640,8 @@ fn load_version(
             let spec = ModelSpec::resolve(config, model.signature())
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             let mut policy = BatchPolicy::from_config(config, spec.max_batch_size);
+            // Padded calls carry only the buckets' row counts: sessions can be made per count.
+            model.plan_batch_sizes(&batch_buckets(config, &policy));
             let candidates = candidate_rows(&policy, spec.max_batch_size);
             let budgeted = config.memory_budget().is_some();
             let profile = warmup::run(&model, &spec, config, &candidates, budgeted)?;
@@ -616,19 +665,19 @@ fn load_version(
     ));
     let work = WorkEstimate::new(&profile.curves, policy.form_rows);
     let (done_tx, done_rx) = tokio::sync::mpsc::channel(instances);
-    let pad_rows = pads_batches(config, &policy).then_some(policy.max_rows);
+    let buckets = batch_buckets(config, &policy);
     let context = Arc::new(WorkerContext {
         model_name: task.name.clone(),
         model,
         costs: profile.curves.clone(),
         stats: Arc::clone(&stats),
         batched: spec.max_batch_size > 0,
-        pad_rows,
+        buckets: buckets.clone(),
     });
     // On a GPU every batch size the scheduler can send is a new shape to prepare for
-    // (with padding, only the one).
-    let warm_rows: Vec<usize> = if let Some(rows) = pad_rows {
-        vec![rows]
+    // (with padding, only the buckets).
+    let warm_rows: Vec<usize> = if !buckets.is_empty() {
+        buckets
     } else if config.on_gpu() {
         (1..=policy.max_rows).collect()
     } else {
@@ -808,24 +857,42 @@ mod tests {
     }
 
     #[test]
-    fn batches_are_padded_on_a_gpu_with_dynamic_batching_only() {
-        let pads = |yaml: &str| {
+    fn batches_are_padded_to_buckets_on_a_gpu_with_dynamic_batching_only() {
+        let buckets = |yaml: &str| {
             let config = ModelConfig::from_yaml(yaml).unwrap();
-            pads_batches(&config, &BatchPolicy::from_config(&config, 8))
+            batch_buckets(&config, &BatchPolicy::from_config(&config, 8))
         };
         let gpu = "backend: onnxruntime\ninstance_group: [{kind: KIND_GPU}]\n";
-        assert!(pads(&format!("{gpu}dynamic_batching: {{}}\n")));
+        let param = |v: &str| format!("parameters: {{batch_buckets: {{string_value: \"{v}\"}}}}\n");
+        assert_eq!(buckets(&format!("{gpu}dynamic_batching: {{}}\n")), vec![8]);
         assert!(
-            !pads(gpu),
+            buckets(gpu).is_empty(),
             "no dynamic batching: each request runs as it came"
         );
-        assert!(!pads("backend: onnxruntime\ndynamic_batching: {}\n"), "CPU");
-        assert!(!pads(&format!(
+        assert!(
+            buckets("backend: onnxruntime\ndynamic_batching: {}\n").is_empty(),
+            "CPU"
+        );
+        assert!(buckets(&format!(
             "{gpu}dynamic_batching: {{}}\nparameters: {{pad_batches: {{string_value: \"false\"}}}}\n"
-        )));
+        ))
+        .is_empty());
+        assert!(buckets(&format!("{gpu}dynamic_batching: {{}}\n{}", param("none"))).is_empty());
+        assert_eq!(
+            buckets(&format!("{gpu}dynamic_batching: {{}}\n{}", param("2,1,4"))),
+            vec![1, 2, 4, 8],
+            "sorted, the maximum always one"
+        );
+        assert_eq!(
+            buckets(&format!(
+                "backend: onnxruntime\ndynamic_batching: {{}}\n{}",
+                param("1,2,16")
+            )),
+            vec![1, 2, 8],
+            "asked for on a CPU too; none past the maximum"
+        );
     }
 
-    #[test]
     fn gpu_models_whose_budgets_overflow_their_device_do_not_load() {
         let gpu = |count: u32| {
             format!(
@@ -847,8 +914,9 @@ mod tests {
                 .map(|r| (r.state, r.reason))
                 .unwrap()
         };
-        let over = "the memory budgets of the KIND_GPU instances on GPU 0 add up to 3.0 GiB \
-                    (a v1: 2 x 1.0 GiB, b v1: 1 x 1.0 GiB), more than its 2.0 GiB";
+        let over = "the memory budgets of the KIND_GPU instances on GPU 0 add up to 4.0 GiB \
+                    (a v1: 2 x 1.0 GiB, b v1: 1 x 1.0 GiB and 1.0 GiB of CUDA context), more \
+                    than its 2.0 GiB";
         assert_eq!(reason("a"), ("UNAVAILABLE", over.to_owned()));
         assert_eq!(reason("b"), ("UNAVAILABLE", over.to_owned()));
         assert_eq!(reason("cpu").0, "READY");
