@@ -92,7 +92,8 @@ class Server:
     def _read(self):
         for line in self.proc.stderr:
             try:
-                fields = json.loads(line).get("fields", {})
+                event = json.loads(line)
+                fields = {**event.get("fields", {}), "level": event.get("level")}
             except ValueError:
                 fields = {"message": line.strip()}
             with self.lock:
@@ -197,6 +198,9 @@ def run_case(args, tmp, label, name, config, flags, concurrencies):
             samples = server.scrape()
             results.append({
                 "label": label, "model": name, "concurrency": concurrency, "ready_s": outcome["ready_ms"] / 1000,
+                "ready": {k: outcome.get(k) for k in ("batch_rows", "call_rows", "cost_per_call", "peak_per_call")},
+                "warnings": [f"{f.get('message')}: {f.get('reason', '')}" for f in server.events
+                             if f.get("level") in ("WARN", "ERROR")][:5],
                 "rps": report["throughput_rps"], "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"],
                 "errors": {k: v for k, v in report.items() if k.startswith("err") or k == "failures"},
                 "engine_calls": engine_calls(server, name),
@@ -264,7 +268,7 @@ def main():
     parser.add_argument("--engine-timeout", type=float, default=30)
     parser.add_argument("--deadline-secs", type=float, default=330,
                         help="skip the cases left once this long has passed, so the run ends in time")
-    parser.add_argument("--only", default="", help="run only the cases whose label contains this")
+    parser.add_argument("--only", default="", help="run only the cases whose label matches this regex")
     args = parser.parse_args()
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -282,7 +286,7 @@ def main():
         (args.out / "gpu_check.json").write_text(json.dumps({"device": gpu, "kind": args.kind, "results": results}, indent=1))
 
     def due(label):
-        if args.only and args.only not in label:
+        if args.only and not re.search(args.only, label):
             return False
         if time.monotonic() - started > args.deadline_secs:
             record({"label": label, "skipped": f"past the {args.deadline_secs:.0f} s deadline"})
@@ -351,6 +355,8 @@ def summarise(results):
                               for s in r["sizes"])
             first = ", ".join(f"{rows}: {ms:.0f}" for rows, ms in r["first_ms"])
             diff = max((d for _, d in r["max_abs_diff_vs_plain"]), default=0)
+            if r.get("graph_refused"):
+                first += f" (graphs off: {r['graph_refused'][:200]})"
             print(f"| {r['label']} | {sizes} | {first} | {r['slow_share']:.2f} | {diff:.2g} |")
         else:
             print(f"| {r['label']} | {str(r.get('failed') or r.get('skipped')).strip()[:300]} | | | |")

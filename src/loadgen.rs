@@ -98,7 +98,10 @@ struct Tally {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
+    // Windows as wide as the server's: one connection carries every concurrent request.
     let channel = Channel::from_shared(format!("http://{}", args.url))?
+        .initial_stream_window_size(Some(crate::app::HTTP2_STREAM_WINDOW))
+        .initial_connection_window_size(Some(crate::app::HTTP2_CONNECTION_WINDOW))
         .connect()
         .await
         .with_context(|| format!("connecting to {}", args.url))?;

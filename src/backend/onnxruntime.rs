@@ -17,7 +17,7 @@ use ort::{
     memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType},
     session::{
         builder::{GraphOptimizationLevel, PrepackedWeights},
-        IoBinding, Session,
+        IoBinding, RunOptions, Session,
     },
     value::{
         DynTensor, DynTensorValueType, DynValue, Tensor as OrtTensor, TensorElementType, ValueType,
@@ -334,23 +334,15 @@ impl Model for OrtModel {
             vec![None]
         };
         let share = keys.len();
-        let sessions = keys
-            .into_iter()
-            .map(|rows| {
-                let (session, graph) = self.graph_session(share)?;
-                Ok(ShapeSession {
-                    rows,
-                    session,
-                    graph,
-                    bound: None,
-                })
-            })
-            .collect::<Result<Vec<_>, BackendError>>()?;
-        Ok(Box::new(OrtInstance {
+        let mut instance = OrtInstance {
             model: self,
-            sessions,
+            sessions: keys.into_iter().map(|rows| (rows, None)).collect(),
             share,
-        }))
+        };
+        // The first session now, so that a model that cannot make one fails here; the
+        // others when their batch size first runs (warm-up, before READY).
+        instance.session(0)?;
+        Ok(Box::new(instance))
     }
 }
 
@@ -375,6 +367,11 @@ impl OrtModel {
         ))
     }
 
+    /// Why this model's sessions do not use CUDA graphs although asked, if they do not.
+    pub fn graph_refusal(&self) -> Option<&str> {
+        self.graph_refused.get().map(String::as_str)
+    }
+
     fn refuse_graph(&self, reason: String) {
         if self.graph_refused.set(reason.clone()).is_ok() {
             tracing::warn!(%reason, "CUDA graphs are off for this model; its sessions run plainly");
@@ -384,15 +381,14 @@ impl OrtModel {
 
 struct OrtInstance {
     model: Arc<OrtModel>,
-    /// One session per batch size where calls are padded to several, else one for all.
-    sessions: Vec<ShapeSession>,
+    /// One session per batch size (the leading dimension it serves; None: any) where
+    /// calls are padded to several, else one for all; each made at its first call.
+    sessions: Vec<(Option<usize>, Option<ShapeSession>)>,
     /// How many sessions split the instance's memory budget.
     share: usize,
 }
 
 struct ShapeSession {
-    /// The leading dimension this session serves; None: any.
-    rows: Option<usize>,
     session: Session,
     /// Runs replay a captured CUDA graph.
     graph: bool,
@@ -413,16 +409,29 @@ struct Bound {
 impl OrtInstance {
     /// The session for a call of `rows`: its own, else the smallest larger, else the last.
     fn session_for(&self, rows: usize) -> usize {
-        let fits = |s: &ShapeSession| s.rows.is_none_or(|r| r >= rows);
-        self.sessions
-            .iter()
-            .position(|s| s.rows == Some(rows))
+        let keys: Vec<Option<usize>> = self.sessions.iter().map(|(k, _)| *k).collect();
+        keys.iter()
+            .position(|k| *k == Some(rows))
             .or_else(|| {
-                (0..self.sessions.len())
-                    .filter(|i| fits(&self.sessions[*i]))
-                    .min_by_key(|i| self.sessions[*i].rows)
+                (0..keys.len())
+                    .filter(|i| keys[*i].is_none_or(|r| r >= rows))
+                    .min_by_key(|i| keys[*i])
             })
-            .unwrap_or(self.sessions.len() - 1)
+            .unwrap_or(keys.len() - 1)
+    }
+
+    /// The session at `ix`, made now if it has not been.
+    fn session(&mut self, ix: usize) -> Result<&mut ShapeSession, BackendError> {
+        let slot = &mut self.sessions[ix].1;
+        if slot.is_none() {
+            let (session, graph) = self.model.graph_session(self.share)?;
+            *slot = Some(ShapeSession {
+                session,
+                graph,
+                bound: None,
+            });
+        }
+        Ok(slot.as_mut().expect("made above"))
     }
 }
 
@@ -438,18 +447,19 @@ impl Instance for OrtInstance {
         let bindable = inputs
             .iter()
             .all(|t| matches!(t.data, TensorData::Fixed(_)));
-        let shape = &mut self.sessions[ix];
+        let share = self.share;
+        let shape = self.session(ix)?;
         if !(model.options.io_binding || shape.graph) || !bindable {
             return run_plain(&model, &mut shape.session, inputs);
         }
+        let capturing = shape.graph && shape.bound.is_none();
         match run_bound(&model, shape, inputs) {
-            // A graph that fails on its first (capturing) runs is given up for this model:
-            // the session is rebuilt plain and the call made again.
-            Err(e) if shape.graph && shape.bound.is_none() => {
+            // A graph that fails to capture, or whose replay disagrees with a plain run, is
+            // given up for this model: the session is rebuilt plain and the call made again.
+            Err(e) if capturing => {
                 model.refuse_graph(format!("capturing the first run failed: {e}"));
-                shape.session = model
-                    .session(self.share, false)
-                    .map_err(BackendError::Load)?;
+                shape.bound = None;
+                shape.session = model.session(share, false).map_err(BackendError::Load)?;
                 shape.graph = false;
                 run_bound(&model, shape, inputs)
             }
@@ -466,6 +476,7 @@ impl Instance for OrtInstance {
         };
         self.sessions
             .iter()
+            .filter_map(|(_, s)| s.as_ref())
             .filter_map(|s| {
                 let info = MemoryInfo::new(
                     device.clone(),
@@ -490,6 +501,7 @@ fn run_plain(
         .iter()
         .map(|t| to_ort(t).map(|v| (t.name.clone(), v.into_dyn())))
         .collect::<Result<Vec<(String, DynValue)>, _>>()?;
+    let _gpu = gpu_guard(model);
     let outputs = session
         .run(values)
         .map_err(|e| BackendError::Execution(e.to_string()))?;
@@ -506,10 +518,23 @@ fn run_plain(
         .collect()
 }
 
+/// Held for writing while a CUDA graph is captured, for reading around every other GPU
+/// run and copy: CUDA refuses work on other streams of the process during a capture.
+static CAPTURE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn gpu_guard(model: &OrtModel) -> Option<std::sync::RwLockReadGuard<'static, ()>> {
+    model
+        .options
+        .gpu
+        .is_some()
+        .then(|| CAPTURE.read().unwrap_or_else(|e| e.into_inner()))
+}
+
 /// A run through IoBinding. The first call of a shape binds input buffers of that shape,
-/// lets ONNX Runtime place the outputs once, then binds output buffers of the shapes it
-/// produced, so that every later run (and a CUDA graph's capture and replays) reads and
-/// writes the same addresses. A graph session never changes shape.
+/// runs once with the outputs placed by ONNX Runtime (no graph capture on that run), then
+/// binds output buffers of the shapes it produced, so that every later run (and a CUDA
+/// graph's capture and replays) reads and writes the same addresses. A graph session
+/// never changes shape, and its first replay must agree with the plain first run.
 fn run_bound(
     model: &OrtModel,
     shape: &mut ShapeSession,
@@ -518,48 +543,54 @@ fn run_bound(
     let exec = |e: ort::Error| BackendError::Execution(e.to_string());
     let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape.clone()).collect();
     let fresh = shape.bound.as_ref().is_none_or(|b| b.shapes != shapes);
-    if fresh {
-        if let (true, Some(bound)) = (shape.graph, &shape.bound) {
-            return Err(BackendError::Execution(format!(
-                "this session replays a CUDA graph captured for input shapes {:?}, not {shapes:?}",
-                bound.shapes
-            )));
-        }
-        shape.bound = None;
-        let bound = bind(model, &mut shape.session, inputs, shapes)?;
-        shape.bound = Some(bound);
-    } else {
-        let bound = shape.bound.as_mut().expect("bound above");
+    if !fresh {
+        let _gpu = gpu_guard(model);
+        let bound = shape.bound.as_mut().expect("bound");
         fill(&mut bound.inputs, inputs)?;
+        let outputs = shape.session.run_binding(&bound.binding).map_err(exec)?;
+        return read_outputs(model, &outputs);
     }
-    let bound = shape.bound.as_ref().expect("bound above");
-    // The first runs of a graph session capture it; the one after replays it.
-    let runs = if fresh && shape.graph { 2 } else { 1 };
-    for _ in 1..runs {
-        shape.session.run_binding(&bound.binding).map_err(exec)?;
+    if let (true, Some(bound)) = (shape.graph, &shape.bound) {
+        return Err(BackendError::Execution(format!(
+            "this session replays a CUDA graph captured for input shapes {:?}, not {shapes:?}",
+            bound.shapes
+        )));
     }
-    let outputs = shape.session.run_binding(&bound.binding).map_err(exec)?;
-    model
-        .signature
-        .outputs
-        .iter()
-        .map(|sig| {
-            let value = outputs.get(sig.name.as_str()).ok_or_else(|| {
-                BackendError::Execution(format!("output '{}' missing from the run", sig.name))
-            })?;
-            to_host(&sig.name, value)
-        })
-        .collect()
+    shape.bound = None;
+    let (bound, plain) = {
+        let _gpu = gpu_guard(model);
+        bind(model, &mut shape.session, inputs, shapes, shape.graph)?
+    };
+    let bound = shape.bound.insert(bound);
+    if !shape.graph {
+        return Ok(plain);
+    }
+    // ONNX Runtime captures within this one call (after the regular run it needs) and
+    // replays the graph to produce its outputs.
+    let replayed = {
+        let _capturing = CAPTURE.write().unwrap_or_else(|e| e.into_inner());
+        let outputs = shape.session.run_binding(&bound.binding).map_err(exec)?;
+        read_outputs(model, &outputs)?
+    };
+    match replayed.iter().zip(&plain).find(|(a, b)| !agree(a, b)) {
+        Some((a, _)) => Err(BackendError::Execution(format!(
+            "output '{}' of the replayed CUDA graph disagrees with a plain run",
+            a.name
+        ))),
+        None => Ok(replayed),
+    }
 }
 
-/// Binds input buffers of `shapes`, runs once with the outputs placed by ONNX Runtime,
-/// and binds output buffers of the shapes that run produced.
+/// Binds input buffers of `shapes`, runs once with the outputs placed by ONNX Runtime
+/// (skipping graph capture), and binds output buffers of the shapes that run produced;
+/// returns them with that run's outputs.
 fn bind(
     model: &OrtModel,
     session: &mut Session,
     inputs: &[Tensor],
     shapes: Vec<Vec<usize>>,
-) -> Result<Bound, BackendError> {
+    graph: bool,
+) -> Result<(Bound, Vec<Tensor>), BackendError> {
     let exec = |e: ort::Error| BackendError::Execution(e.to_string());
     let device = match &model.options.gpu {
         Some(gpu) => MemoryInfo::new(
@@ -591,9 +622,16 @@ fn bind(
             .bind_output_to_device(sig.name.as_str(), &device)
             .map_err(exec)?;
     }
-    let placed: Vec<(TensorElementType, Vec<i64>)> = {
-        let outputs = session.run_binding(&binding).map_err(exec)?;
-        model
+    // `gpu_graph_id` -1: a regular run, not counted towards (nor starting) a capture.
+    let mut skip_graph = RunOptions::new().map_err(exec)?;
+    if graph {
+        skip_graph.set("gpu_graph_id", "-1").map_err(exec)?;
+    }
+    let (placed, plain) = {
+        let outputs = session
+            .run_binding_with_options(&binding, &skip_graph)
+            .map_err(exec)?;
+        let placed = model
             .signature
             .outputs
             .iter()
@@ -606,7 +644,8 @@ fn bind(
                     ))),
                 },
             )
-            .collect::<Result<_, _>>()?
+            .collect::<Result<Vec<_>, _>>()?;
+        (placed, read_outputs(model, &outputs)?)
     };
     for (sig, (ty, dims)) in model.signature.outputs.iter().zip(placed) {
         let buffer = DynTensor::new(&allocator, ty, dims).map_err(exec)?;
@@ -614,12 +653,46 @@ fn bind(
             .bind_output(sig.name.as_str(), buffer)
             .map_err(exec)?;
     }
-    Ok(Bound {
+    let bound = Bound {
         binding,
         shapes,
         inputs: buffers,
         _allocator: allocator,
-    })
+    };
+    Ok((bound, plain))
+}
+
+fn read_outputs(
+    model: &OrtModel,
+    outputs: &ort::session::SessionOutputs<'_>,
+) -> Result<Vec<Tensor>, BackendError> {
+    model
+        .signature
+        .outputs
+        .iter()
+        .map(|sig| {
+            let value = outputs.get(sig.name.as_str()).ok_or_else(|| {
+                BackendError::Execution(format!("output '{}' missing from the run", sig.name))
+            })?;
+            to_host(&sig.name, value)
+        })
+        .collect()
+}
+
+/// Two runs' outputs agree: FP32 within 1e-3 (relative past 1), anything else exactly.
+fn agree(a: &Tensor, b: &Tensor) -> bool {
+    if a.shape != b.shape || a.datatype != b.datatype {
+        return false;
+    }
+    match (&a.data, &b.data, a.datatype) {
+        (TensorData::Fixed(x), TensorData::Fixed(y), DataType::Fp32) => {
+            le::<4>(x).zip(le::<4>(y)).all(|(p, q)| {
+                let (p, q) = (f32::from_le_bytes(p), f32::from_le_bytes(q));
+                (p - q).abs() <= 1e-3 * q.abs().max(1.0)
+            })
+        }
+        _ => a.data == b.data,
+    }
 }
 
 /// Copies each call's data into the bound input buffers (to the device on a GPU).

@@ -86,6 +86,8 @@ pub struct Report {
     session_per_size: bool,
     io_binding: bool,
     cuda_graph: bool,
+    /// Why CUDA graphs were asked for but not used.
+    graph_refused: Option<String>,
     /// The first call of each size (session set-up, search), left out of the rest.
     first_ms: Vec<(usize, f64)>,
     /// Per size, the largest difference of the last call's outputs from a plain session's
@@ -222,6 +224,7 @@ pub fn run(args: &EngineCallsArgs) -> anyhow::Result<Report> {
         session_per_size: args.session_per_size,
         io_binding: args.io_binding,
         cuda_graph: args.cuda_graph,
+        graph_refused: model.graph_refusal().map(str::to_owned),
         first_ms,
         max_abs_diff_vs_plain,
         slow_share: slow as f64 / calls.len().max(1) as f64,

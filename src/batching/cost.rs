@@ -40,6 +40,24 @@ impl CostCurve {
         }
     }
 
+    /// The curve of calls padded up to `buckets` (the smallest that holds them): a call of
+    /// `r` rows costs what its bucket costs. Unchanged where there are no buckets.
+    pub fn padded_to(&self, buckets: &[usize]) -> CostCurve {
+        let Some(&max) = buckets.iter().max() else {
+            return self.clone();
+        };
+        if self.points.is_empty() {
+            return self.clone();
+        }
+        let bucket = |r: usize| buckets.iter().copied().filter(|b| *b >= r).min();
+        CostCurve::new(
+            (1..=max)
+                .filter_map(|r| Some((r, bucket(r)?)))
+                .map(|(r, b)| (r, Duration::from_nanos(self.estimate(b) as u64)))
+                .collect(),
+        )
+    }
+
     /// The most rows of single-row requests that one call should carry: past it the
     /// measurements say pieces are cheaper. `max` where nothing was measured.
     pub fn efficient_rows(&self, max: usize) -> usize {
@@ -101,6 +119,25 @@ impl CostCurve {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padded_calls_cost_what_their_bucket_costs() {
+        let ms = Duration::from_millis;
+        // A GPU-like curve: 8 rows cost little more than 1, so joining always pays.
+        let curve = CostCurve::new(vec![(1, ms(10)), (2, ms(11)), (4, ms(12)), (8, ms(15))]);
+        let padded = curve.padded_to(&[1, 2, 4, 8]);
+        assert_eq!(padded.estimate(3), padded.estimate(4), "3 rows run as 4");
+        assert_eq!(padded.estimate(5), curve.estimate(8), "5 rows run as 8");
+        assert_eq!(curve.padded_to(&[8]).efficient_rows(8), 8);
+        // Where 8 rows cost more than two calls of 4, padding to buckets stops at 4.
+        let steep = CostCurve::new(vec![(1, ms(1)), (4, ms(4)), (8, ms(20))]);
+        assert_eq!(steep.padded_to(&[1, 2, 4, 8]).efficient_rows(8), 4);
+        assert_eq!(
+            steep.padded_to(&[]).points(),
+            steep.points(),
+            "no buckets: as measured"
+        );
+    }
 
     fn ms(v: f64) -> Duration {
         Duration::from_secs_f64(v / 1000.0)

@@ -646,7 +646,12 @@ fn load_version(
             let budgeted = config.memory_budget().is_some();
             let profile = warmup::run(&model, &spec, config, &candidates, budgeted)?;
             enforce_budget(config, &spec, &profile, &mut policy)?;
-            policy.cap_form_rows(profile.curves.fallback.efficient_rows(policy.max_rows));
+            // Padded, a call costs what its bucket costs: join up to where that stops paying.
+            let padded = profile
+                .curves
+                .fallback
+                .padded_to(&batch_buckets(config, &policy));
+            policy.cap_form_rows(padded.efficient_rows(policy.max_rows));
             Ok((model, spec, policy, profile))
         })();
     });
@@ -676,14 +681,15 @@ fn load_version(
     });
     // On a GPU every batch size the scheduler can send is a new shape to prepare for
     // (with padding, only the buckets).
-    let warm_rows: Vec<usize> = if !buckets.is_empty() {
+    let padded = !buckets.is_empty();
+    let warm_rows: Vec<usize> = if padded {
         buckets
     } else if config.on_gpu() {
         (1..=policy.max_rows).collect()
     } else {
         Vec::new()
     };
-    let warm = warmup::instance_inputs(&spec, config, &warm_rows)?;
+    let warm = warmup::instance_inputs(&spec, config, &warm_rows, padded)?;
     let (pool, batches_tx) = WorkerPool::start(context, instances, done_tx, warm)?;
     let scheduler = Scheduler::start(
         runtime,

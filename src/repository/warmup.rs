@@ -112,18 +112,24 @@ pub fn run(
 }
 
 /// The inputs each serving instance runs before the model is READY: every warm sample at
-/// its own batch size, and at each of `rows` too. Measuring ran on instances of its own;
+/// each of `rows`, and at its own batch size too unless `only_rows` (calls padded to
+/// buckets never carry another count, and a CUDA graph session takes one shape only). Measuring ran on instances of its own;
 /// an engine that prepares per instance and per shape (cuDNN's algorithm search, CUDA
 /// handles per thread) must do so here, not on the first requests.
 pub fn instance_inputs(
     spec: &ModelSpec,
     config: &ModelConfig,
     rows: &[usize],
+    only_rows: bool,
 ) -> Result<Vec<Vec<Tensor>>, String> {
     let batched = spec.max_batch_size > 0;
     let mut sets = Vec::new();
     for sample in samples(spec, config)? {
-        let mut counts = vec![sample.rows];
+        let mut counts = if batched && only_rows {
+            Vec::new()
+        } else {
+            vec![sample.rows]
+        };
         if batched {
             counts.extend(rows.iter().copied().filter(|r| *r != sample.rows));
         }
