@@ -8,7 +8,8 @@ written to OUT/gpu_check.json after every case (a run cut short keeps what it me
    search; then one session per batch size (1, 2, 4, 8) plain, through IoBinding, and
    replaying CUDA graphs. Per call: batch size, whether the shape changed since that
    session's last call, time in Run; per size the median and the calls over 3x it.
-2. The server, each model in its own, 2 instances of 1 GiB budget each, at concurrency 16
+2. The server (`wharf bench` over 8 connections, as a fleet of clients: one HTTP/2
+   connection is copied by one task on each side, which caps rec's 1 MiB answers), each model in its own, 2 instances of 1 GiB budget each, at concurrency 16
    and 64: batch 1 (no dynamic_batching) against dynamic batching (preferred 4 and 8)
    padded to 8, padded to buckets 1,2,4,8 (a session each), and each with CUDA graphs.
    Reported: rows/s and its ratio to batch 1, p50/p99, rows per engine call, engine calls
@@ -143,7 +144,7 @@ def metric(samples, name, **labels):
 
 
 def bench(wharf, server, model, flags, concurrency, seconds):
-    out = subprocess.run([wharf, "bench", "--url", server.grpc, "--model", model, "--json",
+    out = subprocess.run([wharf, "bench", "--url", server.grpc, "--model", model, "--json", "--connections", "8",
                           "--concurrency", str(concurrency), "--duration-secs", str(seconds),
                           "--warmup-secs", "1", *flags], capture_output=True, text=True, timeout=seconds + 30)
     if out.returncode != 0:

@@ -56,6 +56,11 @@ pub struct BenchArgs {
     /// Load sent, but not measured, before measuring.
     #[arg(long, default_value_t = 1.0)]
     pub warmup_secs: f64,
+    /// HTTP/2 connections to spread the requests over, as a fleet of clients would. One
+    /// connection is read and written by one task on each side, which caps large answers
+    /// (rec's 1 MiB rows) at what one core can copy.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -98,17 +103,22 @@ struct Tally {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
-    // Windows as wide as the server's: one connection carries every concurrent request.
-    let channel = Channel::from_shared(format!("http://{}", args.url))?
-        .initial_stream_window_size(Some(crate::app::HTTP2_STREAM_WINDOW))
-        .initial_connection_window_size(Some(crate::app::HTTP2_CONNECTION_WINDOW))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {}", args.url))?;
-    let mut client = GrpcInferenceServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
-    let request = build_request(&mut client, &args).await?;
+    let mut clients = Vec::with_capacity(args.connections.max(1));
+    for _ in 0..args.connections.max(1) {
+        // Windows as wide as the server's: a connection carries many concurrent requests.
+        let channel = Channel::from_shared(format!("http://{}", args.url))?
+            .initial_stream_window_size(Some(crate::app::HTTP2_STREAM_WINDOW))
+            .initial_connection_window_size(Some(crate::app::HTTP2_CONNECTION_WINDOW))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", args.url))?;
+        clients.push(
+            GrpcInferenceServiceClient::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        );
+    }
+    let request = build_request(&mut clients[0], &args).await?;
     let rows = request
         .inputs
         .first()
@@ -129,9 +139,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     let mode = match args.rate {
         None => {
             let tasks: Vec<_> = (0..args.concurrency.max(1))
-                .map(|_| {
+                .map(|i| {
                     let (mut client, request, tally, budget) = (
-                        client.clone(),
+                        clients[i % clients.len()].clone(),
                         request.clone(),
                         Arc::clone(&tally),
                         Arc::clone(&budget),
@@ -155,7 +165,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             for t in tasks {
                 t.await?;
             }
-            format!("closed loop, concurrency {}", args.concurrency)
+            format!(
+                "closed loop, concurrency {} over {} connection(s)",
+                args.concurrency,
+                clients.len()
+            )
         }
         Some(rate) => {
             if rate <= 0.0 {
@@ -169,8 +183,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                 if due >= measure_from && !take(&budget) {
                     break;
                 }
-                let (mut client, request, tally) =
-                    (client.clone(), request.clone(), Arc::clone(&tally));
+                let (mut client, request, tally) = (
+                    clients[pending.len() % clients.len()].clone(),
+                    request.clone(),
+                    Arc::clone(&tally),
+                );
                 let scheduled = due;
                 pending.push(tokio::spawn(async move {
                     let result = client.model_infer(request).await;

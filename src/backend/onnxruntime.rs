@@ -186,6 +186,8 @@ impl OrtModel {
     /// One session; on a GPU its arena gets `1/share` of the instance's budget, as each of
     /// an instance's `share` sessions keeps its own.
     fn session(&self, share: usize, cuda_graph: bool) -> Result<Session, String> {
+        // Making a CUDA session synchronises the device, which a capture elsewhere refuses.
+        let _gpu = gpu_guard(self);
         let err = |e: ort::Error<_>| e.to_string();
         let mut builder = Session::builder(self.environment)
             .map_err(|e| e.to_string())?
@@ -794,7 +796,12 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, BackendError> {
     macro_rules! fixed {
         ($ty:ty, $dt:expr, $to:expr) => {{
             let (shape, data) = value.try_extract_tensor::<$ty>().map_err(fail)?;
-            let bytes: Vec<u8> = data.iter().flat_map(|v| $to(*v)).collect();
+            // One sized buffer, appended to in place (a flat_map collect grows it by
+            // doubling and pushes byte by byte): rec's answers are 1 MiB a row.
+            let mut bytes = Vec::with_capacity(std::mem::size_of_val(data));
+            for v in data {
+                bytes.extend_from_slice(&$to(*v));
+            }
             (
                 shape.iter().map(|d| *d as usize).collect::<Vec<_>>(),
                 $dt,
