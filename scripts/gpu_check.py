@@ -304,8 +304,10 @@ def main():
         batching = BATCHING
         server_cases = [
             ("batch 1", ""),
-            ("dynamic batching 4-8, padded to 8", batching + params(batch_buckets="max")),
-            ("dynamic batching 4-8, buckets 1,2,4,8", batching + params(batch_buckets="1,2,4,8")),
+            ("dynamic batching 4-8, wharf's GPU defaults", batching),
+            ("dynamic batching 4-8, padded to 8", batching + params(batch_buckets="max", cuda_graph="false")),
+            ("dynamic batching 4-8, buckets 1,2,4,8",
+             batching + params(batch_buckets="1,2,4,8", cuda_graph="false")),
             ("dynamic batching 4-8, padded to 8, CUDA graphs", batching + params(batch_buckets="max", cuda_graph="true")),
             ("dynamic batching 4-8, buckets 1,2,4,8, CUDA graphs",
              batching + params(batch_buckets="1,2,4,8", cuda_graph="true")),

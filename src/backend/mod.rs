@@ -69,10 +69,11 @@ pub trait Model: Send + Sync + 'static {
         true
     }
 
-    /// The row counts every call will carry from now on (formed batches are padded up to
-    /// them), told once before the first instance is made: an engine that prepares each
-    /// input shape anew may then keep one prepared session per count. Others ignore it.
-    fn plan_batch_sizes(&self, _rows: &[usize]) {}
+    /// How calls will come, told once before the first instance is made: the row counts
+    /// every call carries (formed batches are padded up to them; empty: any), and whether
+    /// every other dimension is fixed. An engine that prepares each input shape anew may
+    /// then keep one prepared session, or one captured graph, per count. Others ignore it.
+    fn plan_calls(&self, _batch_sizes: &[usize], _fixed_shapes: bool) {}
 
     /// A fresh instance that shares this model and owns only its mutable run state.
     /// Called on the thread that will use it, so instances need not be `Send`.

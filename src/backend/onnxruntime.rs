@@ -63,9 +63,11 @@ pub struct GpuOptions {
     /// Try TensorRT first, with these settings.
     pub tensorrt: Option<TensorRtOptions>,
     /// Capture each session's run as a CUDA graph and replay it (one fixed shape per
-    /// session, I/O bound at fixed device addresses). Where ONNX Runtime refuses (nodes
-    /// off the CUDA provider, control flow), sessions run plainly and the log says why.
-    pub cuda_graph: bool,
+    /// session, I/O bound at fixed device addresses). None: wherever every call has a fixed
+    /// shape (padded to batch sizes, other dims fixed). Where ONNX Runtime refuses (nodes
+    /// off the CUDA provider, control flow) or a replay disagrees with a plain run, sessions
+    /// run plainly and the log says why.
+    pub cuda_graph: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -121,9 +123,9 @@ pub struct OrtModel {
     initializers: Vec<(String, Arc<DynValue>)>,
     prepacked: PrepackedWeights,
     environment: &'static ort::environment::Environment,
-    /// The batch sizes calls are padded to; each gets a session of its own where there
-    /// are several.
-    batch_sizes: OnceLock<Vec<usize>>,
+    /// The batch sizes calls are padded to (each gets a session of its own where there
+    /// are several), and whether the other dims are fixed.
+    plan: OnceLock<(Vec<usize>, bool)>,
     /// Why CUDA graphs could not be used, once found: later sessions skip the attempt.
     graph_refused: OnceLock<String>,
 }
@@ -177,7 +179,7 @@ impl OrtModel {
             initializers,
             prepacked: PrepackedWeights::new(),
             environment,
-            batch_sizes: OnceLock::new(),
+            plan: OnceLock::new(),
             graph_refused: OnceLock::new(),
         });
         Ok(model)
@@ -324,12 +326,12 @@ impl Model for OrtModel {
         false
     }
 
-    fn plan_batch_sizes(&self, rows: &[usize]) {
-        let _ = self.batch_sizes.set(rows.to_vec());
+    fn plan_calls(&self, batch_sizes: &[usize], fixed_shapes: bool) {
+        let _ = self.plan.set((batch_sizes.to_vec(), fixed_shapes));
     }
 
     fn new_instance(self: Arc<Self>) -> Result<Box<dyn Instance>, BackendError> {
-        let sizes = self.batch_sizes.get().cloned().unwrap_or_default();
+        let sizes = self.plan.get().map(|p| p.0.clone()).unwrap_or_default();
         let keys: Vec<Option<usize>> = if sizes.len() > 1 {
             sizes.into_iter().map(Some).collect()
         } else {
@@ -350,8 +352,16 @@ impl Model for OrtModel {
 
 impl OrtModel {
     fn wants_graph(&self) -> bool {
-        self.options.gpu.as_ref().is_some_and(|g| g.cuda_graph)
-            && self.graph_refused.get().is_none()
+        let fixed_calls = self
+            .plan
+            .get()
+            .is_some_and(|(sizes, fixed)| *fixed && !sizes.is_empty());
+        let asked = match self.options.gpu.as_ref().map(|g| g.cuda_graph) {
+            Some(Some(asked)) => asked,
+            Some(None) => fixed_calls,
+            None => false,
+        };
+        asked && self.graph_refused.get().is_none()
     }
 
     /// A session with CUDA graphs where asked and possible, else a plain one; the first

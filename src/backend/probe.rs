@@ -123,13 +123,13 @@ pub fn run(args: &EngineCallsArgs) -> anyhow::Result<Report> {
             cudnn_max_workspace: true,
             arena_same_as_requested: false,
             tensorrt: None,
-            cuda_graph: args.cuda_graph,
+            cuda_graph: Some(args.cuda_graph),
         }),
     };
     let plain = OrtOptions {
         io_binding: false,
         gpu: options.gpu.clone().map(|g| GpuOptions {
-            cuda_graph: false,
+            cuda_graph: Some(false),
             ..g
         }),
         ..options.clone()
@@ -140,7 +140,7 @@ pub fn run(args: &EngineCallsArgs) -> anyhow::Result<Report> {
         let mut planned = sizes.clone();
         planned.sort_unstable();
         planned.dedup();
-        model.plan_batch_sizes(&planned);
+        model.plan_calls(&planned, true);
     }
     let mut instance = Arc::clone(&model).new_instance()?;
     let order: Vec<usize> = match args.order {

@@ -493,9 +493,10 @@ fn scan_model(name: &str, dir: &Path) -> ModelEntry {
 /// The row counts ("buckets") formed batches are padded up to; empty: no padding.
 /// `batch_buckets` says: `none`, `max` (every batch padded to `max_rows`) or a list such
 /// as `1,2,4,8` (to the smallest that holds the batch; `max_rows` is always one). Unset: on
-/// a GPU with dynamic batching, `max` unless `pad_batches: false`. Measured on an H200:
-/// batch 1 (one shape) ran clean, while batches of 1..8 rows made engine calls 5x slower
-/// on average with stalls up to ~1 s (cuDNN re-plans at every change of shape).
+/// a GPU with dynamic batching, the powers of two up to `max_rows` unless `pad_batches:
+/// false`. Measured on an H200: one session fed batches of 1 and 8 in turn took 40x (cls)
+/// to 100x (rec) longer per call than fed one size, as cuDNN re-plans every convolution at
+/// each change of shape; the onnxruntime engine gives each bucket a session of its own.
 fn batch_buckets(config: &ModelConfig, policy: &BatchPolicy) -> Vec<usize> {
     if !policy.enabled {
         return Vec::new();
@@ -509,8 +510,12 @@ fn batch_buckets(config: &ModelConfig, policy: &BatchPolicy) -> Vec<usize> {
             .filter_map(|n| n.trim().parse().ok())
             .filter(|n| *n < max)
             .collect(),
+        // Measured on an H200 (benches/README.md): buckets served rec 1.1-1.4x the rows/s
+        // of padding to the maximum, cls the same; sessions cost memory, not time.
         None if config.on_gpu() && config.parameter("pad_batches") != Some("false") => {
-            vec![max]
+            std::iter::successors(Some(1), |r| Some(r * 2))
+                .take_while(|r| *r < max)
+                .collect()
         }
         None => return Vec::new(),
     };
@@ -585,7 +590,7 @@ fn open_model(
                 // 1,253 MiB growing to 1,325 MiB with kSameAsRequested (fragmentation).
                 arena_same_as_requested: config.parameter("arena_extend_strategy")
                     == Some("kSameAsRequested"),
-                cuda_graph: flag("cuda_graph"),
+                cuda_graph: config.parameter("cuda_graph").map(|v| v == "true"),
                 tensorrt: flag("tensorrt").then(|| TensorRtOptions {
                     fp16: flag("trt_fp16"),
                     engine_cache: config.parameter("trt_engine_cache_path").map(PathBuf::from),
@@ -640,8 +645,10 @@ fn load_version(
             let spec = ModelSpec::resolve(config, model.signature())
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             let mut policy = BatchPolicy::from_config(config, spec.max_batch_size);
-            // Padded calls carry only the buckets' row counts: sessions can be made per count.
-            model.plan_batch_sizes(&batch_buckets(config, &policy));
+            // Padded calls carry only the buckets' row counts: sessions (and CUDA graphs,
+            // where the other dims are fixed too) can be made per count.
+            let fixed_shapes = spec.inputs.iter().all(|i| i.dims.iter().all(|d| *d > 0));
+            model.plan_calls(&batch_buckets(config, &policy), fixed_shapes);
             let candidates = candidate_rows(&policy, spec.max_batch_size);
             let budgeted = config.memory_budget().is_some();
             let profile = warmup::run(&model, &spec, config, &candidates, budgeted)?;
@@ -870,7 +877,12 @@ mod tests {
         };
         let gpu = "backend: onnxruntime\ninstance_group: [{kind: KIND_GPU}]\n";
         let param = |v: &str| format!("parameters: {{batch_buckets: {{string_value: \"{v}\"}}}}\n");
-        assert_eq!(buckets(&format!("{gpu}dynamic_batching: {{}}\n")), vec![8]);
+        assert_eq!(
+            buckets(&format!("{gpu}dynamic_batching: {{}}\n")),
+            vec![1, 2, 4, 8],
+            "a GPU's default: powers of two"
+        );
+        assert_eq!(buckets(&format!("{gpu}dynamic_batching: {{}}\n{}", param("max"))), vec![8]);
         assert!(
             buckets(gpu).is_empty(),
             "no dynamic batching: each request runs as it came"
@@ -899,6 +911,7 @@ mod tests {
         );
     }
 
+    #[test]
     fn gpu_models_whose_budgets_overflow_their_device_do_not_load() {
         let gpu = |count: u32| {
             format!(
