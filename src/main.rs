@@ -110,7 +110,7 @@ struct ServeArgs {
     #[arg(long = "gpu-memory", value_parser = parse_gpu_memory)]
     gpu_memory: Vec<(u32, ByteSize)>,
     /// GPU memory the process holds before any arena (CUDA context, cuDNN, cuBLAS),
-    /// counted once per device in the budget check [default: 1GiB]
+    /// counted once per device in the budget check [default: 640MiB]
     #[arg(long, env = "WHARF_GPU_CONTEXT_MEMORY")]
     gpu_context_memory: Option<ByteSize>,
 }

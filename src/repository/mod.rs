@@ -498,10 +498,14 @@ fn scan_model(name: &str, dir: &Path) -> ModelEntry {
 /// to 100x (rec) longer per call than fed one size, as cuDNN re-plans every convolution at
 /// each change of shape; the onnxruntime engine gives each bucket a session of its own.
 fn batch_buckets(config: &ModelConfig, policy: &BatchPolicy) -> Vec<usize> {
-    if !policy.enabled {
+    bucket_rows(config, policy.enabled, policy.max_rows)
+}
+
+/// `batch_buckets` for a model that batches (`enabled`) up to `max` rows a call.
+fn bucket_rows(config: &ModelConfig, enabled: bool, max: usize) -> Vec<usize> {
+    if !enabled {
         return Vec::new();
     }
-    let max = policy.max_rows;
     let mut buckets = match config.parameter("batch_buckets") {
         Some("none") => return Vec::new(),
         Some("max") => vec![max],
@@ -882,7 +886,10 @@ mod tests {
             vec![1, 2, 4, 8],
             "a GPU's default: powers of two"
         );
-        assert_eq!(buckets(&format!("{gpu}dynamic_batching: {{}}\n{}", param("max"))), vec![8]);
+        assert_eq!(
+            buckets(&format!("{gpu}dynamic_batching: {{}}\n{}", param("max"))),
+            vec![8]
+        );
         assert!(
             buckets(gpu).is_empty(),
             "no dynamic batching: each request runs as it came"
@@ -934,8 +941,8 @@ mod tests {
                 .unwrap()
         };
         let over = "the memory budgets of the KIND_GPU instances on GPU 0 add up to 4.0 GiB \
-                    (a v1: 2 x 1.0 GiB, b v1: 1 x 1.0 GiB and 1.0 GiB of CUDA context), more \
-                    than its 2.0 GiB";
+                    (a v1: 2 x (1.0 GiB + 1 session(s) x 140.0 MiB), b v1: 1 x (1.0 GiB + 1 \
+                    session(s) x 140.0 MiB) and 640.0 MiB of CUDA context), more than its 2.0 GiB";
         assert_eq!(reason("a"), ("UNAVAILABLE", over.to_owned()));
         assert_eq!(reason("b"), ("UNAVAILABLE", over.to_owned()));
         assert_eq!(reason("cpu").0, "READY");
