@@ -331,3 +331,48 @@ async fn bucket_sessions_through_io_binding_answer_as_a_plain_session() {
     }
     t.server.shutdown().await.unwrap();
 }
+
+/// `wharf engine-calls`, the GPU check's in-process probe, on the CPU provider: sessions per
+/// size through IoBinding answer as a plain session (each call's input differs, so a stale
+/// bound buffer would show), and every size is reported.
+#[test]
+fn the_engine_calls_probe_reports_every_size_and_agrees_with_a_plain_session() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .args(["engine-calls", "--model"])
+        .arg(ppocr("ppocr_cls").join("1/model.onnx"))
+        .args(["--onnxruntime-lib"])
+        .arg(library())
+        .args(["--input", "x:3,48,192", "--rows", "1,2,4", "--calls", "3"])
+        .args(["--session-per-size", "--io-binding"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sizes: Vec<u64> = report["sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, vec![1, 2, 4]);
+    assert_eq!(
+        report["calls"].as_array().unwrap().len(),
+        9,
+        "3 per size after the first"
+    );
+    for pair in report["max_abs_diff_vs_plain"].as_array().unwrap() {
+        assert_eq!(pair[1].as_f64(), Some(0.0), "{pair}");
+    }
+    assert!(
+        report["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["shape_changed"] == false),
+        "a session per size never changes shape"
+    );
+}
