@@ -286,13 +286,14 @@ async fn a_full_queue_is_resource_exhausted_at_once() {
     let dir = one_model_repository("slow", &test_models().join("slow/1/model.onnx"), yaml);
     let t = TestServer::start(ServerConfig::local(dir.path())).await;
     let request = raw_request("slow", "x", &[1024, 1024], &vec![0.01; 1024 * 1024]);
-    let calls: Vec<_> = (0..16)
-        .map(|_| {
-            let mut client = t.client.clone();
-            let request = request.clone();
-            tokio::spawn(async move { client.model_infer(request).await })
-        })
-        .collect();
+    // One running first; then the rest arrive at once, for one queue slot.
+    let spawn = |request: pb::ModelInferRequest| {
+        let mut client = t.client.clone();
+        tokio::spawn(async move { client.model_infer(request).await })
+    };
+    let mut calls = vec![spawn(request.clone())];
+    wait_until_slow_is_busy(&t.server).await;
+    calls.extend((1..16).map(|_| spawn(request.clone())));
     let (mut ok, mut exhausted) = (0, 0);
     for call in calls {
         match call.await.unwrap() {
@@ -329,7 +330,7 @@ async fn a_request_still_queued_past_its_timeout_is_deadline_exceeded() {
     let mut busy = t.client.clone();
     let first = request.clone();
     let running = tokio::spawn(async move { busy.model_infer(first).await });
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    wait_until_slow_is_busy(&t.server).await;
 
     let mut hurried = request;
     hurried.parameters.insert(

@@ -107,7 +107,7 @@ async fn shutdown_finishes_admitted_requests_and_refuses_new_ones() {
     let mut client = t.client.clone();
     client.model_infer(slow_request()).await.unwrap(); // builds the plan
     let in_flight = tokio::spawn(async move { client.model_infer(slow_request()).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_until_slow_is_busy(&t.server).await;
 
     let mut late = t.client.clone();
     let shutdown = tokio::spawn(t.server.shutdown());
@@ -154,14 +154,16 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = lines
+    let (addr, metrics_addr) = lines
         .by_ref()
         .map_while(Result::ok)
         .find_map(|line| {
             let v: serde_json::Value = serde_json::from_str(&line).ok()?;
-            v["fields"]["grpc_addr"].as_str().map(str::to_owned)
+            let field = |key: &str| v["fields"][key].as_str().map(str::to_owned);
+            Some((field("grpc_addr")?, field("metrics_addr")?))
         })
-        .expect("the bound port is logged");
+        .expect("the bound ports are logged");
+    let metrics_addr: std::net::SocketAddr = metrics_addr.parse().unwrap();
     // Keep draining the child's log so it never blocks on a full pipe.
     let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
 
@@ -184,7 +186,12 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
     client.model_infer(slow_request()).await.unwrap();
     let mut busy = client.clone();
     let in_flight = tokio::spawn(async move { busy.model_infer(slow_request()).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_for_metric(
+        metrics_addr,
+        r#"wharf_instances_busy{model="slow",version="1"}"#,
+        1.0,
+    )
+    .await;
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -88,7 +88,7 @@ async fn each_request_is_counted_once_under_how_it_ended() {
     // 1 timeout: queued behind a busy instance with 1 ms to wait.
     let mut busy = client();
     let running = tokio::spawn(async move { busy.model_infer(slow_request()).await });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_until_slow_is_busy(&t.server).await;
     let status = client()
         .model_infer(with_timeout_us(slow_request(), 1000))
         .await
@@ -99,7 +99,7 @@ async fn each_request_is_counted_once_under_how_it_ended() {
     // 1 cancelled: queued behind a busy instance, then its caller gives up.
     let mut busy = client();
     let running = tokio::spawn(async move { busy.model_infer(slow_request()).await });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_until_slow_is_busy(&t.server).await;
     let mut leaving = client();
     let waiting = tokio::spawn(async move { leaving.model_infer(slow_request()).await });
     // Leave only once the request is admitted and queued: before that it never reached
@@ -195,7 +195,14 @@ async fn saturation_rises_past_one_when_the_backlog_exceeds_the_objective() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Until the backlog is past the objective (it is at once: 8 slow requests, a 1 ms
+    // objective), read while the load still runs.
+    wait_for_metric(
+        t.server.metrics_addr(),
+        "wharf_saturation_ratio",
+        1.0 + 1e-9,
+    )
+    .await;
     let busy = samples(&scrape(&t.server).await);
     for l in load {
         l.await.unwrap();

@@ -192,7 +192,12 @@ pub fn one_model_repository(name: &str, onnx: &Path, config: &str) -> tempfile::
 
 /// GET `path` on the metrics port: the status code, the head and the body.
 pub async fn get(server: &Server, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(server.metrics_addr()).await.unwrap();
+    get_at(server.metrics_addr(), path).await
+}
+
+/// GET `path` from a metrics port by address (a server in another process).
+pub async fn get_at(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: wharf\r\n\r\n").as_bytes())
         .await
@@ -212,6 +217,35 @@ pub async fn scrape(server: &Server) -> String {
         .to_ascii_lowercase()
         .contains("content-type: text/plain; version=0.0.4"));
     body
+}
+
+/// Polls the metrics at `addr` until `series` reaches `at_least`, failing after 20 s: how a
+/// test waits for a request to be running (`wharf_instances_busy`) or queued, rather than
+/// sleeping and hoping.
+pub async fn wait_for_metric(addr: std::net::SocketAddr, series: &str, at_least: f64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, _, body) = get_at(addr, "/metrics").await;
+        let now = samples(&body).get(series).copied().unwrap_or(0.0);
+        if now >= at_least {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {series} >= {at_least} (at {now})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// The slow test model's instance is running a request.
+pub async fn wait_until_slow_is_busy(server: &Server) {
+    wait_for_metric(
+        server.metrics_addr(),
+        r#"wharf_instances_busy{model="slow",version="1"}"#,
+        1.0,
+    )
+    .await;
 }
 
 /// Every sample as `name{labels}` → value.
