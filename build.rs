@@ -3,9 +3,12 @@ use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    // Build scripts run single-threaded, so setting the variable is sound; prost-build
-    // reads PROTOC.
-    unsafe { env::set_var("PROTOC", protoc) };
+    // SAFETY: build scripts run single-threaded, so setting the variable is sound;
+    // prost-build reads PROTOC. (The one unsafe block outside the ONNX Runtime engine.)
+    #[allow(unsafe_code)]
+    unsafe {
+        env::set_var("PROTOC", protoc)
+    };
     let out = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         // Tensor payloads as `Bytes`, so they are sliced and passed on rather than copied.

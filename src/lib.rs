@@ -2,7 +2,7 @@
 //!
 //! Transport (`grpc`) → serving core (`inference`, `validate`) → workers → engines
 //! (`backend`), over a model repository (`repository`); `app` wires them together.
-#![deny(unsafe_code)] // one exception: ONNX Runtime's arena statistics (backend/onnxruntime.rs)
+// unsafe_code is denied in Cargo.toml's [lints]; the one exception is ONNX Runtime's arena statistics (backend/onnxruntime.rs).
 
 pub mod admission;
 pub mod app;

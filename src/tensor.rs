@@ -162,6 +162,14 @@ impl Tensor {
     }
 }
 
+/// Fixed-size little-endian elements of raw tensor bytes, N bytes each (a trailing partial
+/// element is left out: callers check lengths first).
+pub fn le_chunks<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    bytes
+        .chunks_exact(N)
+        .map(|c| c.try_into().expect("chunks_exact gives N bytes"))
+}
+
 /// Splits raw BYTES framing into its elements, checking that exactly `count` elements fill
 /// `raw` with no bytes left over.
 pub fn parse_bytes_framing(raw: &Bytes, count: usize) -> Result<Vec<Bytes>, String> {

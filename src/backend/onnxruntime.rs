@@ -27,7 +27,7 @@ use ort::{
 use tract_onnx::{pb, prelude::Framework};
 
 use super::{BackendError, Instance, Model, Signature};
-use crate::tensor::{DataType, Tensor, TensorData};
+use crate::tensor::{le_chunks as le, DataType, Tensor, TensorData};
 
 /// The ONNX Runtime release this build is made against (ort's `api-31`).
 pub const WANTED_VERSION: &str = "1.31";
@@ -748,12 +748,6 @@ fn element_type(datatype: DataType) -> TensorElementType {
         DataType::Fp64 => TensorElementType::Float64,
         DataType::Bytes => TensorElementType::String,
     }
-}
-
-fn le<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
-    bytes
-        .chunks_exact(N)
-        .map(|c| c.try_into().expect("N bytes"))
 }
 
 fn to_ort(t: &Tensor) -> Result<DynTensor, BackendError> {

@@ -344,9 +344,7 @@ fn chunks<const N: usize>(t: &Tensor) -> impl Iterator<Item = [u8; N]> + '_ {
         TensorData::Fixed(b) => b,
         TensorData::Bytes(_) => &[],
     };
-    bytes
-        .chunks_exact(N)
-        .map(|c| c.try_into().expect("N-byte chunk"))
+    crate::tensor::le_chunks(bytes)
 }
 
 fn typed_contents(t: &Tensor) -> InferTensorContents {
