@@ -40,7 +40,7 @@ fn policy() -> BatchPolicy {
 fn entry(i: usize, at: Instant) -> Entry<Request> {
     Entry {
         // Four shapes, as a mixed OCR workload (text lines of four widths) would queue.
-        key: vec![(DataType::Fp32, vec![3, 48, 160 * (1 + i % 4)])],
+        key: vec![(DataType::Fp32, vec![3, 48, 160 * (1 + i % 4)])].into(),
         rows: 1,
         priority: 1 + (i % 2) as u32,
         enqueued: at,

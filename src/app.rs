@@ -135,7 +135,7 @@ impl Server {
         let metrics_task = tokio::spawn(endpoint::serve(
             metrics_listener,
             Arc::clone(&metrics),
-            move || server_ready(&probe, strict),
+            move || probe.server_ready(strict),
             async move {
                 let _ = metrics_stopped.await;
             },
@@ -325,12 +325,6 @@ async fn sample_saturation(repository: Arc<Repository>, metrics: Arc<Metrics>) {
     }
 }
 
-/// Ready to take requests: not draining, loading settled, and (strict) every model READY.
-fn server_ready(inference: &Inference, strict: bool) -> bool {
-    let repository = inference.repository();
-    !inference.is_draining() && repository.settled() && (!strict || repository.all_ready())
-}
-
 /// Keeps gRPC health in step with the models: "" and the inference service follow server
 /// readiness, and each model name follows whether a version of it is READY.
 async fn follow_health(reporter: HealthReporter, inference: Arc<Inference>, strict: bool) {
@@ -351,7 +345,7 @@ async fn follow_health(reporter: HealthReporter, inference: Arc<Inference>, stri
             let up = !drained && repository.is_ready(&row.name, "");
             reporter.set_service_status(&row.name, serving(up)).await;
         }
-        let ready = server_ready(&inference, strict);
+        let ready = inference.server_ready(strict);
         reporter
             .set_service_status(INFERENCE_SERVICE, serving(ready))
             .await;

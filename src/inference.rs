@@ -12,12 +12,12 @@ use tracing::debug;
 use crate::{
     batching::{Entry, Scheduler},
     error::InferError,
+    job::{Job, ShapeKey},
     metrics::Refusal,
     repository::{Repository, ServedModel},
     shutdown::InFlight,
     tensor::Tensor,
     validate,
-    workers::{shape_key, Job},
 };
 
 /// A decoded request: inputs already checked against the protocol, not yet the model.
@@ -75,6 +75,13 @@ impl Inference {
 
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()
+    }
+
+    /// The server's readiness, the one rule for ServerReady, gRPC health and `/ready`: not
+    /// draining, loading settled, and (`strict`, Triton's default) every model READY.
+    pub fn server_ready(&self, strict: bool) -> bool {
+        let repository = self.repository();
+        !self.is_draining() && repository.settled() && (!strict || repository.all_ready())
     }
 
     /// Requests admitted and not yet answered.
@@ -148,7 +155,7 @@ impl Inference {
             .min()
             .and_then(|d| arrived.checked_add(d));
         let (reply, answer) = oneshot::channel();
-        let key = shape_key(&inputs);
+        let key = ShapeKey::of(&inputs);
         let stats = &model.stats;
         let work = stats.backlog.arrive(model.work.nanos(
             &key,

@@ -2,23 +2,46 @@
 //!
 //! Transport (`grpc`) → serving core (`inference`, `validate`) → workers → engines
 //! (`backend`), over a model repository (`repository`); `app` wires them together.
-// unsafe_code is denied in Cargo.toml's [lints]; the one exception is ONNX Runtime's arena statistics (backend/onnxruntime.rs).
+// unsafe_code is denied in Cargo.toml's [lints]; the one exception is ONNX Runtime's
+// arena statistics (backend/onnxruntime.rs).
+//
+// Modules from the bottom up: each names only modules above it in this list
+// (`python3 scripts/module_graph.py` checks it and finds no cycle).
 
-pub mod admission;
-pub mod app;
-pub mod auth;
-pub mod backend;
-pub mod batching;
-pub mod config;
-pub mod error;
-pub mod grpc;
-pub mod inference;
-pub mod listener;
-pub mod loadgen;
-pub mod metrics;
-pub mod repository;
-pub mod shutdown;
-pub mod stats;
+// Data and engines.
 pub mod tensor;
-pub mod validate;
+
+pub mod backend;
+
+pub mod error;
+
+// The request path's vocabulary, then telemetry that the scheduler and workers feed.
+pub mod job;
+
+pub mod metrics;
+
+pub mod stats;
+
+// Scheduling and running batches.
+pub mod batching;
+
 pub mod workers;
+
+// Models: the repository, loading, configs.
+pub mod auth;
+pub mod config;
+pub mod repository;
+
+// Serving: validation, admission, the core, the transport, the server.
+pub mod admission;
+pub mod shutdown;
+pub mod validate;
+
+pub mod inference;
+
+pub mod grpc;
+pub mod listener;
+
+pub mod app;
+
+pub mod loadgen;

@@ -3,7 +3,6 @@
 //! the measured cost curve says that is cheaper), and answers each request by its oneshot.
 
 use std::{
-    collections::HashMap,
     panic::{catch_unwind, AssertUnwindSafe},
     sync::Arc,
     thread::{self, JoinHandle},
@@ -12,52 +11,17 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
 use crate::{
     backend::{panic_message, BackendError, Instance, Model},
-    batching::{cost::CostCurve, ShapeKey},
+    batching::cost::CostCurves,
     error::InferError,
-    metrics::saturation::WorkToken,
+    job::{Batch, ShapeKey},
     stats::ModelStats,
     tensor::{Tensor, TensorData},
 };
-
-pub type JobResult = Result<Vec<Tensor>, InferError>;
-
-/// One request's inputs (in the model's input order) and the way back to its caller.
-pub struct Job {
-    pub inputs: Vec<Tensor>,
-    pub reply: oneshot::Sender<JobResult>,
-    /// The request's share of the model's backlog, released when the job is dropped.
-    pub work: WorkToken,
-}
-
-/// Requests that may run together; their inputs share every dim but the first, along
-/// which they are concatenated.
-pub type Batch = Vec<Job>;
-
-/// Cost curves by shape key, measured at warmup; shapes not measured use `fallback`.
-#[derive(Debug, Clone, Default)]
-pub struct CostCurves {
-    pub by_shape: HashMap<ShapeKey, CostCurve>,
-    pub fallback: CostCurve,
-}
-
-impl CostCurves {
-    fn for_shape(&self, key: &ShapeKey) -> &CostCurve {
-        self.by_shape.get(key).unwrap_or(&self.fallback)
-    }
-}
-
-/// The shape key of a request's inputs (all dims but the first).
-pub fn shape_key(inputs: &[Tensor]) -> ShapeKey {
-    inputs
-        .iter()
-        .map(|t| (t.datatype, t.shape.get(1..).unwrap_or_default().to_vec()))
-        .collect()
-}
 
 pub struct WorkerPool {
     threads: Vec<JoinHandle<()>>,
@@ -192,7 +156,7 @@ fn serve(context: &WorkerContext, engine: &mut Engine, batch: Batch) {
         let rows: Vec<usize> = live.iter().map(|j| j.inputs[0].shape[0]).collect();
         let pieces = context
             .costs
-            .for_shape(&shape_key(&live[0].inputs))
+            .for_shape(&ShapeKey::of(&live[0].inputs))
             .plan(&rows);
         let mut jobs = live.into_iter();
         for size in pieces {
@@ -443,7 +407,11 @@ pub fn split_rows(t: Tensor, rows: &[usize]) -> Result<Vec<Tensor>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::DataType;
+    use crate::{
+        job::{Job, JobResult, WorkToken},
+        tensor::DataType,
+    };
+    use tokio::sync::oneshot;
 
     fn fp32(shape: Vec<usize>, values: &[f32]) -> Tensor {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -106,6 +106,7 @@ async fn shutdown_finishes_admitted_requests_and_refuses_new_ones() {
     // Admit a request that takes a while, and make sure it is running before the drain.
     let mut client = t.client.clone();
     client.model_infer(slow_request()).await.unwrap(); // builds the plan
+    wait_until_slow_is_idle(&t.server).await;
     let in_flight = tokio::spawn(async move { client.model_infer(slow_request()).await });
     wait_until_slow_is_busy(&t.server).await;
 
@@ -184,14 +185,10 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
     let mut client = pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel)
         .max_decoding_message_size(usize::MAX);
     client.model_infer(slow_request()).await.unwrap();
+    wait_until_slow_is_idle_at(metrics_addr).await;
     let mut busy = client.clone();
     let in_flight = tokio::spawn(async move { busy.model_infer(slow_request()).await });
-    wait_for_metric(
-        metrics_addr,
-        r#"wharf_instances_busy{model="slow",version="1"}"#,
-        1.0,
-    )
-    .await;
+    wait_for_metric(metrics_addr, SLOW_BUSY, 1.0).await;
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

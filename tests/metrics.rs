@@ -87,6 +87,7 @@ async fn each_request_is_counted_once_under_how_it_ended() {
 
     // 1 timeout: queued behind a busy instance with 1 ms to wait.
     let mut busy = client();
+    wait_until_slow_is_idle(&t.server).await;
     let running = tokio::spawn(async move { busy.model_infer(slow_request()).await });
     wait_until_slow_is_busy(&t.server).await;
     let status = client()
@@ -98,6 +99,7 @@ async fn each_request_is_counted_once_under_how_it_ended() {
 
     // 1 cancelled: queued behind a busy instance, then its caller gives up.
     let mut busy = client();
+    wait_until_slow_is_idle(&t.server).await;
     let running = tokio::spawn(async move { busy.model_infer(slow_request()).await });
     wait_until_slow_is_busy(&t.server).await;
     let mut leaving = client();

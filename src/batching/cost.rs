@@ -1,7 +1,9 @@
 //! What a batch of each size costs, measured at warmup, and how to run a batch for the
 //! least: as one engine call or as pieces, whichever the measurements say is cheaper.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
+
+use crate::job::ShapeKey;
 
 /// Measured time per engine call by rows, for one input shape.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -116,9 +118,66 @@ impl CostCurve {
     }
 }
 
+/// Cost curves by shape key, measured at warmup; shapes not measured use `fallback`.
+#[derive(Debug, Clone, Default)]
+pub struct CostCurves {
+    pub by_shape: HashMap<ShapeKey, CostCurve>,
+    pub fallback: CostCurve,
+}
+
+impl CostCurves {
+    pub fn for_shape(&self, key: &ShapeKey) -> &CostCurve {
+        self.by_shape.get(key).unwrap_or(&self.fallback)
+    }
+}
+
+/// Engine time per row by input shape, from the warmup cost curves at the batch size the
+/// scheduler forms; shapes not measured scale the measured one by their element count.
+#[derive(Debug, Default)]
+pub struct WorkEstimate {
+    by_shape: HashMap<ShapeKey, f64>,
+    /// (ns per row, elements per row) of the fallback curve's shape.
+    scaled_from: Option<(f64, f64)>,
+}
+
+impl WorkEstimate {
+    pub fn new(curves: &CostCurves, form_rows: usize) -> WorkEstimate {
+        let by_shape: HashMap<ShapeKey, f64> = curves
+            .by_shape
+            .iter()
+            .filter_map(|(key, curve)| Some((key.clone(), curve.row_cost_ns(form_rows)?)))
+            .collect();
+        let scaled_from = curves
+            .by_shape
+            .iter()
+            .find(|(_, c)| **c == curves.fallback)
+            .and_then(|(key, _)| Some((by_shape.get(key).copied()?, elements(key))));
+        WorkEstimate {
+            by_shape,
+            scaled_from,
+        }
+    }
+
+    /// Estimated engine nanoseconds for `rows` rows of shape `key`; `observed` (ns per row
+    /// of recent calls) where warmup measured nothing.
+    pub fn nanos(&self, key: &ShapeKey, rows: usize, observed: u64) -> u64 {
+        let per_row = match (self.by_shape.get(key), self.scaled_from) {
+            (Some(ns), _) => *ns,
+            (None, Some((ns, base))) if base > 0.0 => ns * elements(key) / base,
+            _ => observed as f64,
+        };
+        (per_row * rows as f64) as u64
+    }
+}
+
+fn elements(key: &ShapeKey) -> f64 {
+    key.elements_per_row() as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::DataType;
 
     #[test]
     fn padded_calls_cost_what_their_bucket_costs() {
@@ -167,5 +226,23 @@ mod tests {
         assert_eq!(curve.plan(&[3]), vec![1]);
         assert_eq!(curve.efficient_rows(8), 4);
         assert!(CostCurve::default().plan(&[1, 1]) == vec![2]);
+    }
+
+    #[test]
+    fn unmeasured_shapes_scale_by_their_size() {
+        let key = |w: usize| ShapeKey::from(vec![(DataType::Fp32, vec![3, 48, w])]);
+        let curve = CostCurve::new(vec![
+            (1, Duration::from_millis(10)),
+            (2, Duration::from_millis(16)),
+        ]);
+        let curves = CostCurves {
+            by_shape: [(key(320), curve.clone())].into_iter().collect(),
+            fallback: curve,
+        };
+        let estimate = WorkEstimate::new(&curves, 2);
+        assert_eq!(estimate.nanos(&key(320), 1, 0), 8_000_000);
+        assert_eq!(estimate.nanos(&key(640), 2, 0), 32_000_000);
+        let none = WorkEstimate::new(&CostCurves::default(), 2);
+        assert_eq!(none.nanos(&key(320), 3, 5), 15);
     }
 }

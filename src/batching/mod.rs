@@ -19,12 +19,12 @@ use tokio::{
 };
 
 pub use policy::BatchPolicy;
-pub use queue::{Closed, Entry, Left, Queue, ShapeKey, Waiting};
+pub use queue::{Closed, Entry, Left, Queue, Waiting};
 
 use crate::{
     error::InferError,
+    job::{Batch, Job},
     stats::ModelStats,
-    workers::{Batch, Job},
 };
 
 impl Waiting for Job {
@@ -223,10 +223,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        metrics::saturation::WorkToken,
-        repository::config::TimeoutAction,
+        batching::policy::TimeoutAction,
+        job::{JobResult, WorkToken},
         tensor::{DataType, Tensor, TensorData},
-        workers::JobResult,
     };
 
     /// A scheduler whose "workers" are the test itself.
@@ -294,7 +293,7 @@ mod tests {
             let now = Instant::now();
             self.scheduler
                 .submit(Entry {
-                    key: vec![(DataType::Uint8, vec![k])],
+                    key: vec![(DataType::Uint8, vec![k])].into(),
                     rows,
                     priority,
                     enqueued: now,
@@ -429,7 +428,7 @@ mod tests {
         let _kept = h.send("kept", 1, 1, 0, None);
         let (reply, _answer) = oneshot::channel();
         let refused = h.scheduler.submit(Entry {
-            key: vec![(DataType::Uint8, vec![1])],
+            key: vec![(DataType::Uint8, vec![1])].into(),
             rows: 1,
             priority: 0,
             enqueued: Instant::now(),

@@ -3,13 +3,24 @@
 
 use std::time::Duration;
 
-use crate::repository::config::{ModelConfig, TimeoutAction};
+use serde::Deserialize;
 
 /// Preferred sizes when a config turns dynamic batching on without naming any.
 pub const DEFAULT_PREFERRED: [usize; 2] = [4, 8];
 /// Requests waiting per model when the config sets no `max_queue_size`: deep enough to
 /// absorb a burst at the default batch sizes, short enough that nothing waits for seconds.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+
+/// What happens to a request whose queue timeout passes before it runs (Triton's
+/// `timeout_action`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TimeoutAction {
+    #[default]
+    #[serde(rename = "REJECT")]
+    Reject,
+    #[serde(rename = "DELAY")]
+    Delay,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchPolicy {
@@ -42,50 +53,6 @@ pub struct BatchPolicy {
 }
 
 impl BatchPolicy {
-    /// The policy a config asks for; `max_batch_size` is the resolved one (0: unbatched).
-    pub fn from_config(config: &ModelConfig, max_batch_size: u32) -> BatchPolicy {
-        let batching = config.dynamic_batching.as_ref();
-        let queue = batching
-            .and_then(|b| b.default_queue_policy.clone())
-            .unwrap_or_default();
-        let max_rows = max_batch_size.max(1) as usize;
-        let enabled = batching.is_some() && max_batch_size > 0;
-        let mut preferred: Vec<usize> = match batching {
-            Some(b) if !b.preferred_batch_size.is_empty() => {
-                b.preferred_batch_size.iter().map(|s| *s as usize).collect()
-            }
-            _ => DEFAULT_PREFERRED.to_vec(),
-        };
-        preferred.retain(|s| *s <= max_rows);
-        preferred.sort_unstable();
-        preferred.dedup();
-        let levels = batching.map_or(0, |b| b.priority_levels);
-        BatchPolicy {
-            enabled,
-            max_rows,
-            form_rows: max_rows,
-            preferred,
-            max_queue_delay: Duration::from_micros(
-                batching.map_or(0, |b| b.max_queue_delay_microseconds),
-            ),
-            max_queue_size: match queue.max_queue_size {
-                0 => DEFAULT_QUEUE_CAPACITY,
-                n => n as usize,
-            },
-            default_timeout: match queue.default_timeout_microseconds {
-                0 => None,
-                us => Some(Duration::from_micros(us)),
-            },
-            allow_timeout_override: queue.allow_timeout_override,
-            timeout_action: queue.timeout_action,
-            priority_levels: levels,
-            default_priority: match batching.map_or(0, |b| b.default_priority_level) {
-                0 => levels.div_ceil(2).max(1),
-                p => p,
-            },
-        }
-    }
-
     /// Caps every call at `rows` (what the memory budget allows).
     pub fn cap_rows(&mut self, rows: usize) {
         self.max_rows = self.max_rows.min(rows.max(1));

@@ -6,12 +6,8 @@ use std::collections::VecDeque;
 
 use tokio::time::Instant;
 
-use super::policy::BatchPolicy;
-use crate::tensor::DataType;
-
-/// Every input's datatype and dims except the batch dimension: requests that agree on it
-/// can be concatenated.
-pub type ShapeKey = Vec<(DataType, Vec<usize>)>;
+use super::policy::{BatchPolicy, TimeoutAction};
+use crate::job::ShapeKey;
 
 /// What the queue needs to know of a waiting request's payload.
 pub trait Waiting {
@@ -138,7 +134,7 @@ impl<T: Waiting> Queue<T> {
     /// Removes every expired or abandoned request, whatever the deadlines (also used when
     /// the queue is full, to make room that abandoned requests hold).
     pub fn sweep(&mut self, now: Instant) -> Vec<Left<T>> {
-        let reject = self.policy.timeout_action == crate::repository::config::TimeoutAction::Reject;
+        let reject = self.policy.timeout_action == TimeoutAction::Reject;
         let mut left = Vec::new();
         let mut earliest: Option<Instant> = None;
         for group in &mut self.groups {
@@ -174,9 +170,9 @@ impl<T: Waiting> Queue<T> {
             .filter(|g| !self.ready(g, now))
             .filter_map(|g| g.oldest())
             .map(|o| o + self.policy.max_queue_delay);
-        let deadline = self.earliest_deadline.filter(|_| {
-            self.policy.timeout_action == crate::repository::config::TimeoutAction::Reject
-        });
+        let deadline = self
+            .earliest_deadline
+            .filter(|_| self.policy.timeout_action == TimeoutAction::Reject);
         delays.chain(deadline).min()
     }
 
@@ -291,7 +287,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::repository::config::TimeoutAction;
+    use crate::tensor::DataType;
 
     /// What the test remembers of a pushed request: key, rows, cancel flag, deadline.
     type Pushed = (ShapeKey, usize, Rc<Cell<bool>>, Option<Instant>);
@@ -324,7 +320,7 @@ mod tests {
     }
 
     fn key(k: usize) -> ShapeKey {
-        vec![(DataType::Fp32, vec![k])]
+        vec![(DataType::Fp32, vec![k])].into()
     }
 
     #[derive(Debug, Clone)]

@@ -145,10 +145,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         _: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
-        let repo = self.inference.repository();
-        let ready = !self.inference.is_draining()
-            && repo.settled()
-            && (!self.strict_readiness || repo.all_ready());
+        let ready = self.inference.server_ready(self.strict_readiness);
         Ok(Response::new(pb::ServerReadyResponse { ready }))
     }
 

@@ -9,7 +9,6 @@
 //! moment it arrives, the average is over time, and refusals push the value above 1.
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -17,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{batching::ShapeKey, workers::CostCurves};
+use crate::job::WorkToken;
 
 /// How fast the smoothed value follows the instant one: after a step in load it has moved
 /// 63% of the way in this time, 95% in three times it. Short beside the HPA's 15 s sync
@@ -31,7 +30,7 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub struct Backlog {
     /// Estimated nanoseconds of engine time held by requests admitted and not answered.
-    work_ns: AtomicU64,
+    work_ns: Arc<AtomicU64>,
     arrived: AtomicU64,
     refused: AtomicU64,
     /// Nanoseconds of engine time the instances finish within the objective.
@@ -45,7 +44,7 @@ pub struct Backlog {
 impl Backlog {
     pub fn new(instances: usize, objective: Duration) -> Arc<Backlog> {
         Arc::new(Backlog {
-            work_ns: AtomicU64::new(0),
+            work_ns: Arc::new(AtomicU64::new(0)),
             arrived: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             capacity_ns: (instances.max(1) as f64 * objective.as_nanos() as f64).max(1.0),
@@ -58,8 +57,7 @@ impl Backlog {
     /// backlog when the token is dropped, whichever way the request ends.
     pub fn arrive(self: &Arc<Self>, work_ns: u64) -> WorkToken {
         self.arrived.fetch_add(1, Ordering::Relaxed);
-        self.work_ns.fetch_add(work_ns, Ordering::Relaxed);
-        WorkToken(Some((Arc::clone(self), work_ns)))
+        WorkToken::hold(&self.work_ns, work_ns)
     }
 
     /// A request that arrived was turned away (queue full).
@@ -98,74 +96,9 @@ impl Backlog {
     }
 }
 
-/// A request's share of its model's backlog, released on drop.
-#[derive(Debug)]
-pub struct WorkToken(Option<(Arc<Backlog>, u64)>);
-
-impl WorkToken {
-    /// For requests that no backlog follows (tests of the parts).
-    pub fn none() -> WorkToken {
-        WorkToken(None)
-    }
-}
-
-impl Drop for WorkToken {
-    fn drop(&mut self) {
-        if let Some((backlog, ns)) = self.0.take() {
-            backlog.work_ns.fetch_sub(ns, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Engine time per row by input shape, from the warmup cost curves at the batch size the
-/// scheduler forms; shapes not measured scale the measured one by their element count.
-#[derive(Debug, Default)]
-pub struct WorkEstimate {
-    by_shape: HashMap<ShapeKey, f64>,
-    /// (ns per row, elements per row) of the fallback curve's shape.
-    scaled_from: Option<(f64, f64)>,
-}
-
-impl WorkEstimate {
-    pub fn new(curves: &CostCurves, form_rows: usize) -> WorkEstimate {
-        let by_shape: HashMap<ShapeKey, f64> = curves
-            .by_shape
-            .iter()
-            .filter_map(|(key, curve)| Some((key.clone(), curve.row_cost_ns(form_rows)?)))
-            .collect();
-        let scaled_from = curves
-            .by_shape
-            .iter()
-            .find(|(_, c)| **c == curves.fallback)
-            .and_then(|(key, _)| Some((by_shape.get(key).copied()?, elements(key))));
-        WorkEstimate {
-            by_shape,
-            scaled_from,
-        }
-    }
-
-    /// Estimated engine nanoseconds for `rows` rows of shape `key`; `observed` (ns per row
-    /// of recent calls) where warmup measured nothing.
-    pub fn nanos(&self, key: &ShapeKey, rows: usize, observed: u64) -> u64 {
-        let per_row = match (self.by_shape.get(key), self.scaled_from) {
-            (Some(ns), _) => *ns,
-            (None, Some((ns, base))) if base > 0.0 => ns * elements(key) / base,
-            _ => observed as f64,
-        };
-        (per_row * rows as f64) as u64
-    }
-}
-
-fn elements(key: &ShapeKey) -> f64 {
-    key.iter()
-        .map(|(_, dims)| dims.iter().product::<usize>() as f64)
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{batching::cost::CostCurve, tensor::DataType};
 
     #[test]
     fn work_leaves_the_backlog_however_the_request_ends() {
@@ -201,23 +134,5 @@ mod tests {
             value = backlog.sample(Duration::from_millis(250));
         }
         assert!((1.4..=1.5).contains(&value), "{value}");
-    }
-
-    #[test]
-    fn unmeasured_shapes_scale_by_their_size() {
-        let key = |w: usize| vec![(DataType::Fp32, vec![3, 48, w])];
-        let curve = CostCurve::new(vec![
-            (1, Duration::from_millis(10)),
-            (2, Duration::from_millis(16)),
-        ]);
-        let curves = CostCurves {
-            by_shape: [(key(320), curve.clone())].into_iter().collect(),
-            fallback: curve,
-        };
-        let estimate = WorkEstimate::new(&curves, 2);
-        assert_eq!(estimate.nanos(&key(320), 1, 0), 8_000_000);
-        assert_eq!(estimate.nanos(&key(640), 2, 0), 32_000_000);
-        let none = WorkEstimate::new(&CostCurves::default(), 2);
-        assert_eq!(none.nanos(&key(320), 3, 5), 15);
     }
 }

@@ -3,6 +3,8 @@
 
 use std::{collections::BTreeMap, num::NonZeroU32, path::Path};
 
+pub use crate::batching::policy::TimeoutAction;
+
 use bytesize::ByteSize;
 use serde::{Deserialize, Deserializer};
 
@@ -112,15 +114,6 @@ pub struct QueuePolicy {
     /// 0 means wharf's default bound (the queue is never unbounded).
     #[serde(default)]
     pub max_queue_size: u32,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub enum TimeoutAction {
-    #[default]
-    #[serde(rename = "REJECT")]
-    Reject,
-    #[serde(rename = "DELAY")]
-    Delay,
 }
 
 #[derive(Debug, Clone, Deserialize)]

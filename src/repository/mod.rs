@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod gpu_budget;
+pub mod policy;
 pub mod spec;
 mod warmup;
 
@@ -18,12 +19,9 @@ use tracing::{info, warn};
 
 use crate::{
     backend::{tract::TractModel, Model},
-    batching::{BatchPolicy, Scheduler},
+    batching::{cost::WorkEstimate, BatchPolicy, Scheduler},
     error::InferError,
-    metrics::{
-        saturation::{Backlog, WorkEstimate},
-        Metrics, ModelMetrics,
-    },
+    metrics::{saturation::Backlog, Metrics, ModelMetrics},
     stats::ModelStats,
     workers::{WorkerContext, WorkerPool},
 };
@@ -648,7 +646,7 @@ fn load_version(
             let model = open_model(&path, config, settings)?;
             let spec = ModelSpec::resolve(config, model.signature())
                 .map_err(|e| format!("{}: {e}", path.display()))?;
-            let mut policy = BatchPolicy::from_config(config, spec.max_batch_size);
+            let mut policy = policy::batch_policy(config, spec.max_batch_size);
             // Padded calls carry only the buckets' row counts: sessions (and CUDA graphs,
             // where the other dims are fixed too) can be made per count.
             let fixed_shapes = spec.inputs.iter().all(|i| i.dims.iter().all(|d| *d > 0));
@@ -877,7 +875,7 @@ mod tests {
     fn batches_are_padded_to_buckets_on_a_gpu_with_dynamic_batching_only() {
         let buckets = |yaml: &str| {
             let config = ModelConfig::from_yaml(yaml).unwrap();
-            batch_buckets(&config, &BatchPolicy::from_config(&config, 8))
+            batch_buckets(&config, &policy::batch_policy(&config, 8))
         };
         let gpu = "backend: onnxruntime\ninstance_group: [{kind: KIND_GPU}]\n";
         let param = |v: &str| format!("parameters: {{batch_buckets: {{string_value: \"{v}\"}}}}\n");

@@ -14,8 +14,9 @@ use super::{
 use crate::{
     backend::Model,
     batching::cost::CostCurve,
+    batching::cost::CostCurves,
+    job::ShapeKey,
     tensor::{DataType, Tensor, TensorData},
-    workers::{shape_key, CostCurves},
 };
 
 /// What warming measured.
@@ -105,7 +106,7 @@ pub fn run(
         if profile.curves.by_shape.is_empty() {
             profile.curves.fallback = curve.clone();
         }
-        profile.curves.by_shape.insert(shape_key(&inputs), curve);
+        profile.curves.by_shape.insert(ShapeKey::of(&inputs), curve);
     }
     profile.peak_bytes.sort_unstable();
     Ok(profile)

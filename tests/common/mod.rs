@@ -223,29 +223,47 @@ pub async fn scrape(server: &Server) -> String {
 /// test waits for a request to be running (`wharf_instances_busy`) or queued, rather than
 /// sleeping and hoping.
 pub async fn wait_for_metric(addr: std::net::SocketAddr, series: &str, at_least: f64) {
+    wait_for_series(addr, series, "at least", |v| v >= at_least, at_least).await;
+}
+
+async fn wait_for_series(
+    addr: std::net::SocketAddr,
+    series: &str,
+    how: &str,
+    holds: impl Fn(f64) -> bool,
+    bound: f64,
+) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let (_, _, body) = get_at(addr, "/metrics").await;
         let now = samples(&body).get(series).copied().unwrap_or(0.0);
-        if now >= at_least {
+        if holds(now) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {series} >= {at_least} (at {now})"
+            "timed out waiting for {series} {how} {bound} (at {now})"
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 
+pub const SLOW_BUSY: &str = r#"wharf_instances_busy{model="slow",version="1"}"#;
+
+/// The slow test model's instance has reported its last call done: a request sent now is
+/// the one `wait_until_slow_is_busy` will see running (the busy gauge falls just after an
+/// answer, not with it).
+pub async fn wait_until_slow_is_idle_at(addr: std::net::SocketAddr) {
+    wait_for_series(addr, SLOW_BUSY, "at most", |v| v <= 0.0, 0.0).await;
+}
+
+pub async fn wait_until_slow_is_idle(server: &Server) {
+    wait_until_slow_is_idle_at(server.metrics_addr()).await;
+}
+
 /// The slow test model's instance is running a request.
 pub async fn wait_until_slow_is_busy(server: &Server) {
-    wait_for_metric(
-        server.metrics_addr(),
-        r#"wharf_instances_busy{model="slow",version="1"}"#,
-        1.0,
-    )
-    .await;
+    wait_for_metric(server.metrics_addr(), SLOW_BUSY, 1.0).await;
 }
 
 /// Every sample as `name{labels}` → value.

@@ -1,0 +1,85 @@
+//! The request path's shared vocabulary: a request's inputs as a job, the shape key that
+//! groups jobs, the batch that runs in one call, and the share of backlog a job holds.
+//! Below the scheduler, the workers and telemetry, which all build on it.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use tokio::sync::oneshot;
+
+use crate::{
+    error::InferError,
+    tensor::{DataType, Tensor},
+};
+
+/// What can run together: every input's datatype and dims but the first (the rows).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ShapeKey(Vec<(DataType, Vec<usize>)>);
+
+impl ShapeKey {
+    /// The key of a request's inputs.
+    pub fn of(inputs: &[Tensor]) -> ShapeKey {
+        ShapeKey(
+            inputs
+                .iter()
+                .map(|t| (t.datatype, t.shape.get(1..).unwrap_or_default().to_vec()))
+                .collect(),
+        )
+    }
+
+    /// Elements in one row, all inputs together.
+    pub fn elements_per_row(&self) -> usize {
+        self.0
+            .iter()
+            .map(|(_, dims)| dims.iter().product::<usize>())
+            .sum()
+    }
+}
+
+impl From<Vec<(DataType, Vec<usize>)>> for ShapeKey {
+    fn from(inputs: Vec<(DataType, Vec<usize>)>) -> ShapeKey {
+        ShapeKey(inputs)
+    }
+}
+
+pub type JobResult = Result<Vec<Tensor>, InferError>;
+
+/// One request's inputs (in the model's input order) and the way back to its caller.
+pub struct Job {
+    pub inputs: Vec<Tensor>,
+    pub reply: oneshot::Sender<JobResult>,
+    /// The request's share of the model's backlog, released when the job is dropped.
+    pub work: WorkToken,
+}
+
+/// Requests that may run together; their inputs share every dim but the first, along
+/// which they are concatenated.
+pub type Batch = Vec<Job>;
+
+/// A request's share of its model's backlog (estimated engine nanoseconds), taken from
+/// the backlog's counter on arrival and given back on drop, whichever way it ends.
+#[derive(Debug)]
+pub struct WorkToken(Option<(Arc<AtomicU64>, u64)>);
+
+impl WorkToken {
+    /// Adds `ns` to `backlog` until the token is dropped.
+    pub fn hold(backlog: &Arc<AtomicU64>, ns: u64) -> WorkToken {
+        backlog.fetch_add(ns, Ordering::Relaxed);
+        WorkToken(Some((Arc::clone(backlog), ns)))
+    }
+
+    /// For requests that no backlog follows (tests of the parts).
+    pub fn none() -> WorkToken {
+        WorkToken(None)
+    }
+}
+
+impl Drop for WorkToken {
+    fn drop(&mut self) {
+        if let Some((backlog, ns)) = self.0.take() {
+            backlog.fetch_sub(ns, Ordering::Relaxed);
+        }
+    }
+}
