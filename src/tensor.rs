@@ -132,6 +132,27 @@ impl Tensor {
         }
     }
 
+    /// FP32 values in [0, 1) from a xorshift seeded by `seed`: reproducible, with no
+    /// dependency, and enough to exercise an engine's kernels (warm-up, probes).
+    pub fn noise(name: &str, shape: Vec<usize>, seed: u32) -> Tensor {
+        let mut state = 0x9E37_79B9u32 ^ seed.wrapping_mul(0x85EB_CA6B);
+        let count: usize = shape.iter().product();
+        let bytes: Vec<u8> = (0..count)
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                ((state >> 8) as f32 / (1u32 << 24) as f32).to_le_bytes()
+            })
+            .collect();
+        Tensor {
+            name: name.to_owned(),
+            datatype: DataType::Fp32,
+            shape,
+            data: TensorData::Fixed(bytes.into()),
+        }
+    }
+
     pub fn element_count(&self) -> usize {
         self.shape.iter().product()
     }

@@ -517,17 +517,7 @@ fn run_plain(
     let outputs = session
         .run(values)
         .map_err(|e| BackendError::Execution(e.to_string()))?;
-    model
-        .signature
-        .outputs
-        .iter()
-        .map(|sig| {
-            let value = outputs.get(sig.name.as_str()).ok_or_else(|| {
-                BackendError::Execution(format!("output '{}' missing from the run", sig.name))
-            })?;
-            from_ort(&sig.name, value)
-        })
-        .collect()
+    read_outputs(model, &outputs)
 }
 
 /// Held for writing while a CUDA graph is captured, for reading around every other GPU

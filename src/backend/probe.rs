@@ -11,7 +11,7 @@ use super::{
     onnxruntime::{GpuOptions, OrtModel, OrtOptions},
     Model,
 };
-use crate::tensor::{DataType, Tensor, TensorData};
+use crate::tensor::{Tensor, TensorData};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -158,7 +158,7 @@ pub fn run(args: &EngineCallsArgs) -> anyhow::Result<Report> {
     let mut last_of_size: Vec<(usize, Tensor, Vec<Tensor>)> = Vec::new();
     for (seed, rows) in order.into_iter().enumerate() {
         let shape: Vec<usize> = [rows].into_iter().chain(dims.iter().copied()).collect();
-        let input = pseudo_random(name, shape, seed as u32);
+        let input = Tensor::noise(name, shape, seed as u32);
         let started = Instant::now();
         let output = instance.run(std::slice::from_ref(&input))?;
         let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -240,26 +240,6 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
-}
-
-/// FP32 values in [-1, 1) from a xorshift seeded per call.
-fn pseudo_random(name: &str, shape: Vec<usize>, seed: u32) -> Tensor {
-    let mut state = 0x9E37_79B9u32 ^ seed.wrapping_mul(0x85EB_CA6B);
-    let count: usize = shape.iter().product();
-    let bytes: Vec<u8> = (0..count)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            ((state >> 8) as f32 / (1u32 << 23) as f32 - 1.0).to_le_bytes()
-        })
-        .collect();
-    Tensor {
-        name: name.to_owned(),
-        datatype: DataType::Fp32,
-        shape,
-        data: TensorData::Fixed(bytes.into()),
-    }
 }
 
 /// The largest elementwise difference of two FP32 tensors; infinite where shapes differ.

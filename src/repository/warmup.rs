@@ -16,7 +16,7 @@ use crate::{
     batching::cost::CostCurve,
     batching::cost::CostCurves,
     job::ShapeKey,
-    tensor::{DataType, Tensor, TensorData},
+    tensor::{DataType, Tensor},
 };
 
 /// What warming measured.
@@ -269,21 +269,5 @@ fn filled(name: &str, datatype: DataType, shape: Vec<usize>, random: bool) -> Te
     if !(random && matches!(datatype, DataType::Fp32)) {
         return Tensor::zeros(name, datatype, shape);
     }
-    // xorshift: reproducible, no dependency, enough to exercise the kernels.
-    let mut state = 0x9E37_79B9u32;
-    let count: usize = shape.iter().product();
-    let bytes: Vec<u8> = (0..count)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            ((state >> 8) as f32 / (1u32 << 24) as f32).to_le_bytes()
-        })
-        .collect();
-    Tensor {
-        name: name.to_owned(),
-        datatype,
-        shape,
-        data: TensorData::Fixed(bytes.into()),
-    }
+    Tensor::noise(name, shape, 0)
 }
