@@ -376,3 +376,34 @@ fn the_engine_calls_probe_reports_every_size_and_agrees_with_a_plain_session() {
         "a session per size never changes shape"
     );
 }
+
+/// CUDA graphs asked for where they cannot hold: on a CPU, or with a free dim (a graph
+/// replays one shape). Each is a load error naming the parameter and why; the other model
+/// serves on.
+#[test]
+fn cuda_graphs_asked_for_where_they_cannot_hold_fail_the_load_by_name() {
+    let graphs = "parameters: { cuda_graph: { string_value: \"true\" } }\n";
+    let cases = [
+        (
+            format!("backend: onnxruntime\nmax_batch_size: 8\n{graphs}"),
+            "parameters.cuda_graph: CUDA graphs need KIND_GPU",
+        ),
+        (
+            format!(
+                "backend: onnxruntime\nmax_batch_size: 8\n\
+                 input: [{{ name: x, data_type: TYPE_FP32, dims: [3, 48, -1] }}]\n\
+                 instance_group: [{{ kind: KIND_GPU }}]\n{graphs}"
+            ),
+            "input 'x' has dims [3, 48, -1] in the config",
+        ),
+    ];
+    for (config, expected) in cases {
+        let dir = repo_with_ort_model(&config);
+        let (ok, out) = check(dir.path(), Some(&library()));
+        assert!(!ok, "{out}");
+        let line = out.lines().find(|l| l.starts_with("ort")).unwrap_or_default();
+        assert!(line.contains(expected), "{line}");
+        let tract = out.lines().find(|l| l.starts_with("tract")).unwrap();
+        assert!(tract.contains("READY"), "{tract}");
+    }
+}

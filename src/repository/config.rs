@@ -604,6 +604,18 @@ version_policy: { latest: { num_versions: 2 } }
                 "parameters.pad_batches.string_value",
             ),
             (
+                "backend: onnxruntime\nparameters: {batch_buckets: {string_value: \"1,0,8\"}}",
+                "parameters.batch_buckets.string_value",
+            ),
+            (
+                "backend: onnxruntime\nparameters: {batch_buckets: {string_value: \"4,eight\"}}",
+                "parameters.batch_buckets.string_value",
+            ),
+            (
+                "backend: onnxruntime\nparameters: {cuda_graph: {string_value: \"yes\"}}",
+                "parameters.cuda_graph.string_value",
+            ),
+            (
                 "parameters: {intra_op_thread_count: {string_value: \"2\"}}",
                 "parameters.intra_op_thread_count",
             ),
