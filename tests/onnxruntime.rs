@@ -401,7 +401,10 @@ fn cuda_graphs_asked_for_where_they_cannot_hold_fail_the_load_by_name() {
         let dir = repo_with_ort_model(&config);
         let (ok, out) = check(dir.path(), Some(&library()));
         assert!(!ok, "{out}");
-        let line = out.lines().find(|l| l.starts_with("ort")).unwrap_or_default();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("ort"))
+            .unwrap_or_default();
         assert!(line.contains(expected), "{line}");
         let tract = out.lines().find(|l| l.starts_with("tract")).unwrap();
         assert!(tract.contains("READY"), "{tract}");
