@@ -124,7 +124,7 @@ impl Instance for OrtInstance {
         }
     }
 
-    /// The largest `MaxInUse` of the instance's session arenas (activations, outputs and
+    /// The `MaxInUse` of the instance's session arenas added up (activations, outputs and
     /// whatever a session did not share), read through `AllocatorGetStats`.
     fn peak_bytes(&self) -> Option<u64> {
         let (device, id) = match &self.model.options.gpu {
