@@ -279,8 +279,8 @@ impl Server {
     /// Resolves once no model is LOADING any more.
     pub async fn loaded(&self) {
         let repository = self.inference.repository();
-        let mut changes = repository.subscribe();
-        while !repository.settled() {
+        let mut changes = repository.registry().subscribe();
+        while !repository.registry().settled() {
             if changes.changed().await.is_err() {
                 return;
             }
@@ -310,6 +310,7 @@ async fn sample_saturation(repository: Arc<Repository>, metrics: Arc<Metrics>) {
         let elapsed = now - last;
         last = now;
         let pod = repository
+            .registry()
             .served(None)
             .iter()
             .map(|model| {
@@ -329,7 +330,7 @@ async fn sample_saturation(repository: Arc<Repository>, metrics: Arc<Metrics>) {
 /// readiness, and each model name follows whether a version of it is READY.
 async fn follow_health(reporter: HealthReporter, inference: Arc<Inference>, strict: bool) {
     let repository = Arc::clone(inference.repository());
-    let mut changes = repository.subscribe();
+    let mut changes = repository.registry().subscribe();
     let mut draining = inference.draining();
     loop {
         let serving = |up: bool| {
@@ -341,8 +342,8 @@ async fn follow_health(reporter: HealthReporter, inference: Arc<Inference>, stri
         };
         let drained = inference.is_draining();
         // Models first: whoever sees the server SERVING finds its models' states current.
-        for row in repository.index() {
-            let up = !drained && repository.is_ready(&row.name, "");
+        for row in repository.registry().index() {
+            let up = !drained && repository.registry().is_ready(&row.name, "");
             reporter.set_service_status(&row.name, serving(up)).await;
         }
         let ready = inference.server_ready(strict);

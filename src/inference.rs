@@ -80,8 +80,8 @@ impl Inference {
     /// The server's readiness, the one rule for ServerReady, gRPC health and `/ready`: not
     /// draining, loading settled, and (`strict`, Triton's default) every model READY.
     pub fn server_ready(&self, strict: bool) -> bool {
-        let repository = self.repository();
-        !self.is_draining() && repository.settled() && (!strict || repository.all_ready())
+        let registry = self.repository.registry();
+        !self.is_draining() && registry.settled() && (!strict || registry.all_ready())
     }
 
     /// Requests admitted and not yet answered.
@@ -99,6 +99,7 @@ impl Inference {
         }
         let model = self
             .repository
+            .registry()
             .get(&request.model_name, &request.model_version)
             .inspect_err(|e| {
                 metrics.refused(match e {

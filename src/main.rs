@@ -10,7 +10,7 @@ use wharf::{
     auth::ApiKey,
     config::{ServerConfig, ServerFile},
     metrics::Metrics,
-    repository::{LoadSettings, Repository},
+    repository::{LoadSettings, Repository, Status},
 };
 
 #[derive(Parser)]
@@ -262,10 +262,10 @@ fn check(model_repository: PathBuf, onnxruntime_lib: Option<PathBuf>) -> anyhow:
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         runtime.handle(),
     );
-    let rows = repository.index();
+    let rows = repository.registry().index();
     let mut failed = false;
     for row in &rows {
-        failed |= row.state != "READY";
+        failed |= row.status != Status::Ready;
         let version = if row.version.is_empty() {
             "-"
         } else {
@@ -273,7 +273,7 @@ fn check(model_repository: PathBuf, onnxruntime_lib: Option<PathBuf>) -> anyhow:
         };
         println!(
             "{:<24} {:<8} {:<12} {}",
-            row.name, version, row.state, row.reason
+            row.name, version, row.status, row.reason
         );
     }
     repository.unload_all();

@@ -2,7 +2,6 @@
 //! that runs one batch at a time. One module per engine.
 
 pub mod onnx;
-#[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;
 #[cfg(feature = "onnxruntime")]
 pub mod probe;

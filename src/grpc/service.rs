@@ -19,7 +19,7 @@ use crate::{
     error::InferError,
     inference::Inference,
     metrics::Refusal,
-    repository::{config::BackendKind, ServedModel},
+    repository::{config::BackendKind, ServedModel, Status as VersionStatus},
 };
 
 /// Requests of one stream computed at once; past it the stream stops reading until an
@@ -95,7 +95,7 @@ impl InferenceService {
     }
 
     fn ready_model(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, Status> {
-        Ok(self.inference.repository().get(name, version)?)
+        Ok(self.inference.repository().registry().get(name, version)?)
     }
 }
 
@@ -155,7 +155,11 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let r = r.into_inner();
         let ready = !self.inference.is_draining()
-            && self.inference.repository().is_ready(&r.name, &r.version);
+            && self
+                .inference
+                .repository()
+                .registry()
+                .is_ready(&r.name, &r.version);
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
@@ -179,6 +183,7 @@ impl GrpcInferenceService for InferenceService {
         let versions = self
             .inference
             .repository()
+            .registry()
             .entry(&r.name)
             .map(|e| e.versions.keys().map(u64::to_string).collect())
             .unwrap_or_default();
@@ -290,9 +295,9 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
         let r = r.into_inner();
         let models = if r.name.is_empty() {
-            self.inference.repository().served(None)
+            self.inference.repository().registry().served(None)
         } else if r.version.is_empty() {
-            let all = self.inference.repository().served(Some(&r.name));
+            let all = self.inference.repository().registry().served(Some(&r.name));
             if all.is_empty() {
                 // Says why: unknown, or known but not ready.
                 self.ready_model(&r.name, "")?;
@@ -313,13 +318,14 @@ impl GrpcInferenceService for InferenceService {
         let models = self
             .inference
             .repository()
+            .registry()
             .index()
             .into_iter()
-            .filter(|row| !ready_only || row.state == "READY")
+            .filter(|row| !ready_only || row.status == VersionStatus::Ready)
             .map(|row| pb::repository_index_response::ModelIndex {
                 name: row.name,
                 version: row.version,
-                state: row.state.into(),
+                state: row.status.as_str().into(),
                 reason: row.reason,
             })
             .collect();

@@ -8,9 +8,11 @@ pub use crate::batching::policy::TimeoutAction;
 use bytesize::ByteSize;
 use serde::{Deserialize, Deserializer};
 
+use super::parameters::Parameters;
 use crate::tensor::DataType;
 
 /// The file as written; every key is optional so that a bare ONNX model needs no config.
+/// Read it through `from_file` or `from_yaml`, which validate it and fill `params`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -29,10 +31,13 @@ pub struct ModelConfig {
     pub version_policy: Option<VersionPolicy>,
     /// The file inside each version folder; Triton's key, default `model.onnx`.
     pub default_model_filename: Option<String>,
-    /// Engine settings in Triton's form, `key: { string_value: "..." }`; see
-    /// `ENGINE_PARAMETERS` for the keys understood.
+    /// Engine and scheduling settings in Triton's form, `key: { string_value: "..." }`,
+    /// as written; `params` holds them typed.
     #[serde(default)]
     pub parameters: BTreeMap<String, ParameterValue>,
+    /// `parameters`, parsed when the file is read.
+    #[serde(skip)]
+    pub params: Parameters,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -40,24 +45,6 @@ pub struct ModelConfig {
 pub struct ParameterValue {
     pub string_value: String,
 }
-
-/// The `parameters` keys wharf understands, with what each takes (onnxruntime backend).
-pub const ENGINE_PARAMETERS: [(&str, &str); 11] = [
-    ("pad_batches", "true or false"),
-    ("batch_buckets", "max, none, or row counts such as 1,2,4,8"),
-    ("io_binding", "true or false"),
-    ("cuda_graph", "true or false"),
-    ("intra_op_thread_count", "a whole number >= 1"),
-    ("inter_op_thread_count", "a whole number >= 1"),
-    ("cudnn_conv_algo_search", "EXHAUSTIVE or HEURISTIC"),
-    ("cudnn_conv_use_max_workspace", "true or false"),
-    (
-        "arena_extend_strategy",
-        "kNextPowerOfTwo or kSameAsRequested",
-    ),
-    ("tensorrt", "true or false"),
-    ("trt_fp16", "true or false"),
-];
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -279,7 +266,7 @@ impl ModelConfig {
             return Ok(ModelConfig::default());
         }
         let de = serde_yaml::Deserializer::from_str(text);
-        let config: ModelConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: ModelConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             if key == "." {
@@ -289,6 +276,8 @@ impl ModelConfig {
             }
         })?;
         config.validate()?;
+        config.params = Parameters::parse(&config.parameters, config.backend)
+            .map_err(|(key, what)| format!("key `{key}`: {what}"))?;
         Ok(config)
     }
 
@@ -372,60 +361,6 @@ impl ModelConfig {
                 }
             }
         }
-        for (key, value) in &self.parameters {
-            if key == "trt_engine_cache_path" {
-                continue;
-            }
-            if key == "latency_objective_ms" {
-                if !value.string_value.parse::<u64>().is_ok_and(|ms| ms >= 1) {
-                    return key_err(
-                        &format!("parameters.{key}.string_value"),
-                        format!(
-                            "expected a whole number of milliseconds >= 1, found `{}`",
-                            value.string_value
-                        ),
-                    );
-                }
-                continue;
-            }
-            let Some((_, expected)) = ENGINE_PARAMETERS.iter().find(|(k, _)| k == key) else {
-                let known: Vec<&str> = ENGINE_PARAMETERS
-                    .iter()
-                    .map(|(k, _)| *k)
-                    .chain(["trt_engine_cache_path", "latency_objective_ms"])
-                    .collect();
-                return key_err(
-                    &format!("parameters.{key}"),
-                    format!("unknown parameter; expected one of {}", known.join(", ")),
-                );
-            };
-            let v = value.string_value.as_str();
-            let ok = match key.as_str() {
-                "intra_op_thread_count" | "inter_op_thread_count" => {
-                    v.parse::<usize>().is_ok_and(|n| n >= 1)
-                }
-                "cudnn_conv_algo_search" => matches!(v, "EXHAUSTIVE" | "HEURISTIC"),
-                "batch_buckets" => {
-                    matches!(v, "max" | "none")
-                        || v.split(',')
-                            .all(|n| n.trim().parse::<usize>().is_ok_and(|n| n >= 1))
-                }
-                "arena_extend_strategy" => matches!(v, "kNextPowerOfTwo" | "kSameAsRequested"),
-                _ => matches!(v, "true" | "false"),
-            };
-            if !ok {
-                return key_err(
-                    &format!("parameters.{key}.string_value"),
-                    format!("expected {expected}, found `{v}`"),
-                );
-            }
-            if self.backend != BackendKind::Onnxruntime {
-                return key_err(
-                    &format!("parameters.{key}"),
-                    "engine parameters apply to backend onnxruntime only".into(),
-                );
-            }
-        }
         let kinds: Vec<InstanceKind> = self
             .instance_group
             .iter()
@@ -450,11 +385,6 @@ impl ModelConfig {
             }
         }
         Ok(())
-    }
-
-    /// An engine parameter's value, if set.
-    pub fn parameter(&self, key: &str) -> Option<&str> {
-        self.parameters.get(key).map(|p| p.string_value.as_str())
     }
 
     /// Whether the model runs on a GPU.
@@ -486,14 +416,6 @@ impl ModelConfig {
             .unwrap_or(0)
     }
 
-    /// Whether cuDNN searches every convolution algorithm rather than taking its
-    /// heuristic's pick: only where `cudnn_conv_algo_search: EXHAUSTIVE` asks. The search
-    /// is paid again at every change of a session's input shape (cuDNN 9 keeps one plan per
-    /// convolution), and measured on an H200 it cost far more than it won.
-    pub fn cudnn_exhaustive_search(&self) -> bool {
-        self.parameter("cudnn_conv_algo_search") == Some("EXHAUSTIVE")
-    }
-
     pub fn model_filename(&self) -> &str {
         self.default_model_filename
             .as_deref()
@@ -519,7 +441,9 @@ mod tests {
         let search = |yaml: &str| {
             ModelConfig::from_yaml(&format!("backend: onnxruntime\n{yaml}"))
                 .unwrap()
-                .cudnn_exhaustive_search()
+                .params
+                .onnxruntime
+                .cudnn_exhaustive
         };
         let fixed = "input: [{ name: x, data_type: TYPE_FP32, dims: [3, 48, 192] }]\n";
         let asked = |v: &str| {

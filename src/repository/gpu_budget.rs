@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use bytesize::ByteSize;
 
-use super::{bucket_rows, config::ModelConfig, spec::DEFAULT_MAX_BATCH_SIZE};
+use super::{config::ModelConfig, spec::DEFAULT_MAX_BATCH_SIZE};
 
 /// Device memory each ONNX Runtime CUDA session holds outside its arena (its cuDNN and
 /// cuBLAS handles and their workspaces): measured on an H200, 8 sessions of cls held 828
@@ -51,7 +51,11 @@ impl GpuClaim {
 fn sessions_per_instance(config: &ModelConfig) -> u64 {
     let max = config.max_batch_size.unwrap_or(DEFAULT_MAX_BATCH_SIZE) as usize;
     let batching = config.dynamic_batching.is_some() && max > 0;
-    bucket_rows(config, batching, max).len().max(1) as u64
+    config
+        .params
+        .bucket_rows(batching, max, config.on_gpu())
+        .len()
+        .max(1) as u64
 }
 
 /// For every claim on a device whose claims, with the process's `context` (held before any
@@ -121,7 +125,7 @@ mod tests {
     use super::*;
 
     fn gpu_config(device: u32, count: u32, budget: &str) -> ModelConfig {
-        serde_yaml::from_str(&format!(
+        ModelConfig::from_yaml(&format!(
             "backend: onnxruntime\ninstance_group: [{{kind: KIND_GPU, gpus: [{device}], count: {count}, memory_budget: {budget}}}]\n"
         ))
         .unwrap()
@@ -162,7 +166,7 @@ mod tests {
     fn each_batch_bucket_is_a_session_with_its_own_handles() {
         let gpu = "backend: onnxruntime\nmax_batch_size: 8\ninstance_group: [{kind: KIND_GPU, count: 2, memory_budget: 1GiB}]\n";
         let sessions = |extra: &str| {
-            let config: ModelConfig = serde_yaml::from_str(&format!("{gpu}{extra}")).unwrap();
+            let config = ModelConfig::from_yaml(&format!("{gpu}{extra}")).unwrap();
             GpuClaim::of("m", 1, &config).unwrap().sessions_per_instance
         };
         assert_eq!(sessions(""), 1, "no dynamic batching, no buckets");
@@ -175,9 +179,9 @@ mod tests {
 
     #[test]
     fn only_budgeted_gpu_models_claim_memory() {
-        let cpu: ModelConfig = serde_yaml::from_str("instance_group: [{count: 2}]\n").unwrap();
+        let cpu = ModelConfig::from_yaml("instance_group: [{count: 2}]\n").unwrap();
         assert_eq!(GpuClaim::of("m", 1, &cpu), None);
-        let unbudgeted: ModelConfig = serde_yaml::from_str(
+        let unbudgeted = ModelConfig::from_yaml(
             "backend: onnxruntime\ninstance_group: [{kind: KIND_GPU, count: 2}]\n",
         )
         .unwrap();

@@ -11,8 +11,8 @@ use ort::{
 };
 
 use super::{
+    session::OrtModel,
     values::{element_type, from_ort, to_ort},
-    OrtModel,
 };
 use crate::{
     backend::{BackendError, Instance},

@@ -1,0 +1,440 @@
+//! Loading one version: read its file → build the engine → warm and measure → enforce the
+//! memory budget → start its scheduler and worker pool. Runs on a thread of its own, so
+//! that a load that panics or hangs costs only that version.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+use tracing::info;
+
+use super::{
+    config::{BackendKind, ModelConfig},
+    policy,
+    spec::ModelSpec,
+    warmup::{self, Profile},
+    LoadSettings, ServedModel,
+};
+use crate::{
+    backend::{tract::TractModel, BackendError, Model},
+    batching::{cost::WorkEstimate, BatchPolicy, Scheduler},
+    metrics::{saturation::Backlog, Metrics, ModelMetrics},
+    stats::ModelStats,
+    workers::{WorkerContext, WorkerPool},
+};
+
+/// Why a version did not load; shown as its UNAVAILABLE reason.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The config asks for what this build or the model's placement cannot give.
+    #[error("{0}")]
+    Config(String),
+    #[error("{}: no such model file", .0.display())]
+    NoModelFile(PathBuf),
+    #[error(transparent)]
+    Engine(#[from] BackendError),
+    /// The model file and its config disagree.
+    #[error("{}: {reason}", path.display())]
+    Signature { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Warmup(String),
+    /// The instance's memory budget cannot be held.
+    #[error("{0}")]
+    Budget(String),
+    /// The version's instances, with the others on its GPU, need more than the device has.
+    #[error("{0}")]
+    GpuBudget(String),
+    #[error("{0}")]
+    Workers(String),
+    #[error("loading panicked: {0}")]
+    Panicked(String),
+    #[error("loading did not finish within {0:?} (--model-load-timeout-secs)")]
+    TimedOut(Duration),
+    #[error("cannot start a loading thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the loading thread ended without a result")]
+    ThreadLost,
+}
+
+/// A version waiting to be loaded.
+pub struct LoadTask {
+    pub name: String,
+    pub version: u64,
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+}
+
+/// Loads one version on a thread of its own, so that a load that panics ends as
+/// that version's error and one that hangs is given up after the load timeout (its
+/// thread is left to finish or hang alone; whatever it builds late is dropped).
+pub fn load_isolated(
+    task: LoadTask,
+    settings: &Arc<LoadSettings>,
+    metrics: &Arc<Metrics>,
+    runtime: &tokio::runtime::Handle,
+) -> Result<ServedModel, LoadError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let limit = settings.load_timeout;
+    let (settings, metrics, runtime) = (Arc::clone(settings), Arc::clone(metrics), runtime.clone());
+    std::thread::Builder::new()
+        .name(format!("wharf-load-{}", task.name))
+        .spawn(move || {
+            let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                load_version(&task, &runtime, &settings, &metrics)
+            }))
+            .unwrap_or_else(|payload| {
+                Err(LoadError::Panicked(crate::backend::panic_message(
+                    payload.as_ref(),
+                )))
+            });
+            let _ = tx.send(loaded);
+        })
+        .map_err(LoadError::Thread)?;
+    match rx.recv_timeout(limit) {
+        Ok(loaded) => loaded,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(LoadError::TimedOut(limit)),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(LoadError::ThreadLost),
+    }
+}
+
+/// The row counts formed batches are padded up to; empty: no padding (see
+/// `Parameters::bucket_rows`).
+fn batch_buckets(config: &ModelConfig, policy: &BatchPolicy) -> Vec<usize> {
+    config
+        .params
+        .bucket_rows(policy.enabled, policy.max_rows, config.on_gpu())
+}
+
+/// Row counts worth measuring: 1, powers of two, the preferred sizes and the maximum.
+fn candidate_rows(policy: &BatchPolicy, max_batch_size: u32) -> Vec<usize> {
+    if max_batch_size == 0 {
+        return Vec::new();
+    }
+    let max = max_batch_size as usize;
+    let mut rows: Vec<usize> = std::iter::successors(Some(1usize), |r| Some(r * 2))
+        .take_while(|r| *r <= max)
+        .collect();
+    rows.extend(policy.preferred.iter().copied());
+    rows.push(max);
+    rows.sort_unstable();
+    rows.dedup();
+    rows
+}
+
+/// Opens the model file with the engine its config names.
+fn open_model(
+    path: &Path,
+    config: &ModelConfig,
+    settings: &LoadSettings,
+) -> Result<Arc<dyn Model>, LoadError> {
+    match config.backend {
+        BackendKind::Tract => Ok(TractModel::load(path)?),
+        #[cfg(feature = "onnxruntime")]
+        BackendKind::Onnxruntime => {
+            use crate::backend::onnxruntime::{GpuPlacement, OrtModel};
+            let params = &config.params.onnxruntime;
+            if params.cuda_graph == Some(true) {
+                // A captured graph replays one shape: a free dim would be a new shape.
+                let free = config
+                    .input
+                    .iter()
+                    .flatten()
+                    .find(|i| i.dims.as_ref().is_none_or(|d| d.contains(&-1)));
+                if !config.on_gpu() {
+                    return Err(LoadError::Config(
+                        "parameters.cuda_graph: CUDA graphs need KIND_GPU".into(),
+                    ));
+                }
+                if let Some(input) = free {
+                    return Err(LoadError::Config(format!(
+                        "parameters.cuda_graph: a CUDA graph replays one shape, but input '{}' has \
+                         dims {:?} in the config; give every dim a size, or leave CUDA graphs off",
+                        input.name,
+                        input.dims.as_deref().unwrap_or_default()
+                    )));
+                }
+            }
+            let gpu = config.on_gpu().then(|| GpuPlacement {
+                device_id: config.gpu_device() as i32,
+                memory_limit: config.memory_budget().map(|b| b as usize),
+            });
+            let options = params.options(config.instance_count(), gpu);
+            Ok(OrtModel::load(
+                path,
+                options,
+                settings.onnxruntime_lib.as_deref(),
+            )?)
+        }
+        #[cfg(not(feature = "onnxruntime"))]
+        BackendKind::Onnxruntime => {
+            let _ = settings;
+            Err(LoadError::Config(
+                "backend onnxruntime: this wharf was built without the `onnxruntime` feature"
+                    .into(),
+            ))
+        }
+    }
+}
+
+fn load_version(
+    task: &LoadTask,
+    runtime: &tokio::runtime::Handle,
+    settings: &LoadSettings,
+    metrics: &Metrics,
+) -> Result<ServedModel, LoadError> {
+    let started = Instant::now();
+    let config = &task.config;
+    let path = task
+        .dir
+        .join(task.version.to_string())
+        .join(config.model_filename());
+    if !path.is_file() {
+        return Err(LoadError::NoModelFile(path));
+    }
+    // What loading and warming keep allocated on this thread is what every instance shares.
+    let mut loaded: Option<Result<_, LoadError>> = None;
+    let kept = allocation_counter::measure(|| {
+        loaded = Some((|| {
+            let model = open_model(&path, config, settings)?;
+            let spec = ModelSpec::resolve(config, model.signature()).map_err(|reason| {
+                LoadError::Signature {
+                    path: path.clone(),
+                    reason,
+                }
+            })?;
+            let mut policy = policy::batch_policy(config, spec.max_batch_size);
+            // Padded calls carry only the buckets' row counts: sessions (and CUDA graphs,
+            // where the other dims are fixed too) can be made per count.
+            let fixed_shapes = spec.inputs.iter().all(|i| i.dims.iter().all(|d| *d > 0));
+            model.plan_calls(&batch_buckets(config, &policy), fixed_shapes);
+            let candidates = candidate_rows(&policy, spec.max_batch_size);
+            let budgeted = config.memory_budget().is_some();
+            let profile = warmup::run(&model, &spec, config, &candidates, budgeted)
+                .map_err(LoadError::Warmup)?;
+            enforce_budget(config, &spec, &profile, &mut policy).map_err(LoadError::Budget)?;
+            // Padded, a call costs what its bucket costs: join up to where that stops paying.
+            let padded = profile
+                .curves
+                .fallback
+                .padded_to(&batch_buckets(config, &policy));
+            policy.cap_form_rows(padded.efficient_rows(policy.max_rows));
+            Ok((model, spec, policy, profile))
+        })());
+    });
+    let (model, spec, policy, profile) = loaded.expect("the measured closure ran")?;
+    let shared_bytes = kept.bytes_current.max(0) as u64;
+
+    let instances = config.instance_count();
+    let objective = config
+        .params
+        .latency_objective
+        .unwrap_or(settings.latency_objective);
+    let model_metrics = metrics.model(&task.name, &task.version.to_string());
+    let stats = Arc::new(ModelStats::new(
+        model_metrics,
+        Backlog::new(instances, objective),
+    ));
+    let work = WorkEstimate::new(&profile.curves, policy.form_rows);
+    let (done_tx, done_rx) = tokio::sync::mpsc::channel(instances);
+    let buckets = batch_buckets(config, &policy);
+    let context = Arc::new(WorkerContext {
+        model_name: task.name.clone(),
+        model,
+        costs: profile.curves.clone(),
+        stats: Arc::clone(&stats),
+        batched: spec.max_batch_size > 0,
+        buckets: buckets.clone(),
+    });
+    // On a GPU every batch size the scheduler can send is a new shape to prepare for
+    // (with padding, only the buckets).
+    let padded = !buckets.is_empty();
+    let warm_rows: Vec<usize> = if padded {
+        buckets
+    } else if config.on_gpu() {
+        (1..=policy.max_rows).collect()
+    } else {
+        Vec::new()
+    };
+    let warm =
+        warmup::instance_inputs(&spec, config, &warm_rows, padded).map_err(LoadError::Warmup)?;
+    let (pool, batches_tx) =
+        WorkerPool::start(context, instances, done_tx, warm).map_err(LoadError::Workers)?;
+    let scheduler = Scheduler::start(
+        runtime,
+        task.name.clone(),
+        policy.clone(),
+        instances,
+        batches_tx,
+        done_rx,
+        Arc::clone(&stats),
+    );
+    let load_time = started.elapsed();
+    record_load(
+        metrics,
+        &stats.metrics,
+        task,
+        &policy,
+        &profile,
+        shared_bytes,
+        load_time,
+    );
+    let curve: Vec<String> = profile
+        .curves
+        .fallback
+        .points()
+        .iter()
+        .map(|(rows, t)| format!("{rows}:{:.2}ms", t.as_secs_f64() * 1000.0))
+        .collect();
+    let peaks: Vec<String> = profile
+        .peak_bytes
+        .iter()
+        .map(|(r, b)| format!("{r}:{}", bytesize::ByteSize::b(*b)))
+        .collect();
+    info!(
+        model = %task.name,
+        version = task.version,
+        instances,
+        max_batch_size = spec.max_batch_size,
+        batch_rows = policy.form_rows,
+        call_rows = policy.max_rows,
+        warmed_samples = profile.samples,
+        cost_per_call = %curve.join(" "),
+        peak_per_call = %peaks.join(" "),
+        shared = %bytesize::ByteSize::b(shared_bytes),
+        ready_ms = load_time.as_millis() as u64,
+        "model ready"
+    );
+    Ok(ServedModel {
+        name: task.name.clone(),
+        version: task.version,
+        config: config.clone(),
+        spec,
+        scheduler,
+        pool,
+        stats,
+        work,
+        profile,
+        shared_bytes,
+        load_time,
+    })
+}
+
+/// The gauges a load settles: memory (budget, measured peak at the largest batch the
+/// scheduler forms, shared bytes) and how long it took.
+#[allow(clippy::too_many_arguments)]
+fn record_load(
+    server: &Metrics,
+    metrics: &ModelMetrics,
+    task: &LoadTask,
+    policy: &BatchPolicy,
+    profile: &Profile,
+    shared_bytes: u64,
+    load_time: Duration,
+) {
+    if let Some(budget) = task.config.memory_budget() {
+        server.set_memory_budget(&task.name, &task.version.to_string(), budget);
+    }
+    if let Some((_, peak)) = profile
+        .peak_bytes
+        .iter()
+        .filter(|(rows, _)| *rows <= policy.form_rows.max(1))
+        .max_by_key(|(rows, _)| *rows)
+    {
+        metrics.memory_peak.set(*peak as f64);
+    }
+    metrics.memory_shared.set(shared_bytes as f64);
+    metrics.load_duration.set(load_time.as_secs_f64());
+}
+
+/// Lowers the rows a batch may hold to what fits each instance's memory budget, measured
+/// at warmup; a model whose single row does not fit does not load.
+fn enforce_budget(
+    config: &ModelConfig,
+    spec: &ModelSpec,
+    profile: &Profile,
+    policy: &mut BatchPolicy,
+) -> Result<(), String> {
+    let Some(budget) = config.memory_budget() else {
+        return Ok(());
+    };
+    let shown = bytesize::ByteSize::b(budget);
+    let Some(&(first_rows, first_peak)) = profile.peak_bytes.first() else {
+        // On a GPU ONNX Runtime holds each instance to its budget itself (gpu_mem_limit).
+        if config.backend == BackendKind::Onnxruntime && config.on_gpu() {
+            return Ok(());
+        }
+        return Err(format!(
+            "memory_budget {shown} cannot be enforced: no warm shape to measure; add model_warmup samples with concrete dims"
+        ));
+    };
+    if first_peak > budget {
+        return Err(format!(
+            "memory_budget {shown} per instance is below what one call needs: {} measured at batch {first_rows}",
+            bytesize::ByteSize::b(first_peak)
+        ));
+    }
+    if spec.max_batch_size > 0 {
+        let fits = profile
+            .peak_bytes
+            .iter()
+            .filter(|(_, peak)| *peak <= budget)
+            .map(|(rows, _)| *rows)
+            .max()
+            .unwrap_or(1);
+        policy.cap_rows(fits);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_padded_to_buckets_on_a_gpu_with_dynamic_batching_only() {
+        let buckets = |yaml: &str| {
+            let config = ModelConfig::from_yaml(yaml).unwrap();
+            batch_buckets(&config, &policy::batch_policy(&config, 8))
+        };
+        let gpu = "backend: onnxruntime\ninstance_group: [{kind: KIND_GPU}]\n";
+        let param = |v: &str| format!("parameters: {{batch_buckets: {{string_value: \"{v}\"}}}}\n");
+        assert_eq!(
+            buckets(&format!("{gpu}dynamic_batching: {{}}\n")),
+            vec![1, 2, 4, 8],
+            "a GPU's default: powers of two"
+        );
+        assert_eq!(
+            buckets(&format!("{gpu}dynamic_batching: {{}}\n{}", param("max"))),
+            vec![8]
+        );
+        assert!(
+            buckets(gpu).is_empty(),
+            "no dynamic batching: each request runs as it came"
+        );
+        assert!(
+            buckets("backend: onnxruntime\ndynamic_batching: {}\n").is_empty(),
+            "CPU"
+        );
+        assert!(buckets(&format!(
+            "{gpu}dynamic_batching: {{}}\nparameters: {{pad_batches: {{string_value: \"false\"}}}}\n"
+        ))
+        .is_empty());
+        assert!(buckets(&format!("{gpu}dynamic_batching: {{}}\n{}", param("none"))).is_empty());
+        assert_eq!(
+            buckets(&format!("{gpu}dynamic_batching: {{}}\n{}", param("2,1,4"))),
+            vec![1, 2, 4, 8],
+            "sorted, the maximum always one"
+        );
+        assert_eq!(
+            buckets(&format!(
+                "backend: onnxruntime\ndynamic_batching: {{}}\n{}",
+                param("1,2,16")
+            )),
+            vec![1, 2, 8],
+            "asked for on a CPU too; none past the maximum"
+        );
+    }
+}
