@@ -1,7 +1,7 @@
 //! The serving core shared by unary and streaming RPCs: find the model, validate, queue,
 //! await the worker's answer. Knows nothing of protobuf.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use tokio::{
     sync::{oneshot, watch},
@@ -9,41 +9,15 @@ use tokio::{
 };
 use tracing::debug;
 
+pub use crate::request::{InferRequest, InferResponse};
 use crate::{
-    batching::{Entry, Scheduler},
+    batching::Scheduler,
     error::InferError,
-    job::{Job, ShapeKey},
     metrics::Refusal,
     repository::{Repository, ServedModel},
     shutdown::InFlight,
-    tensor::Tensor,
     validate,
 };
-
-/// A decoded request: inputs already checked against the protocol, not yet the model.
-#[derive(Debug)]
-pub struct InferRequest {
-    pub model_name: String,
-    pub model_version: String,
-    pub id: String,
-    pub inputs: Vec<Tensor>,
-    /// Output names asked for; empty means all.
-    pub outputs: Vec<String>,
-    /// The `priority` parameter: 1 is the highest; None or 0 for the model's default.
-    pub priority: Option<u64>,
-    /// The `timeout` parameter: how long the request may wait in the queue.
-    pub timeout: Option<Duration>,
-    /// What is left of the caller's gRPC deadline on arrival.
-    pub deadline: Option<Duration>,
-}
-
-#[derive(Debug)]
-pub struct InferResponse {
-    pub model_name: String,
-    pub model_version: String,
-    pub id: String,
-    pub outputs: Vec<Tensor>,
-}
 
 pub struct Inference {
     repository: Arc<Repository>,
@@ -129,52 +103,19 @@ impl Inference {
 
     async fn run(
         model: &ServedModel,
-        request: InferRequest,
+        mut request: InferRequest,
         arrived: Instant,
     ) -> Result<Answered, InferError> {
-        validate::requested_outputs(&model.name, &model.spec, &request.outputs)?;
-        let policy = model.scheduler.policy();
-        let (inputs, rows) = validate::inputs(&model.name, &model.spec, request.inputs)?;
-        if rows > policy.max_rows && model.spec.max_batch_size > 0 {
-            return Err(InferError::invalid(format!(
-                "batch size {rows} does not fit model '{}': its memory budget allows {} rows per call",
-                model.name, policy.max_rows
-            )));
-        }
-        let priority = policy
-            .priority(request.priority)
-            .map_err(InferError::invalid)?;
-        let timeout = match request.timeout {
-            Some(t) if policy.allow_timeout_override || policy.default_timeout.is_none() => Some(t),
-            _ => policy.default_timeout,
-        };
-        // A wait too long to represent is no deadline at all (a caller may send any
-        // grpc-timeout).
-        let deadline = [timeout, request.deadline]
-            .into_iter()
-            .flatten()
-            .min()
-            .and_then(|d| arrived.checked_add(d));
+        let valid = validate::admit(model, &mut request, arrived)?;
+        let rows = valid.rows;
         let (reply, answer) = oneshot::channel();
-        let key = ShapeKey::of(&inputs);
         let stats = &model.stats;
         let work = stats.backlog.arrive(model.work.nanos(
-            &key,
+            &valid.key,
             rows,
             stats.backlog.observed_row_ns(),
         ));
-        model.scheduler.submit(Entry {
-            key,
-            rows,
-            priority,
-            enqueued: arrived,
-            deadline,
-            payload: Job {
-                inputs,
-                reply,
-                work,
-            },
-        })?;
+        model.scheduler.submit(valid, reply, work)?;
         // Dropping this future (the caller went away) closes `answer`, which the scheduler
         // and the worker check before computing, and tells the scheduler to free the slot.
         let waiter = Waiter(Some(&model.scheduler));

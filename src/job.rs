@@ -7,7 +7,7 @@ use std::sync::{
     Arc,
 };
 
-use tokio::sync::oneshot;
+use tokio::{sync::oneshot, time::Instant};
 
 use crate::{
     error::InferError,
@@ -45,6 +45,22 @@ impl From<Vec<(DataType, Vec<usize>)>> for ShapeKey {
 }
 
 pub type JobResult = Result<Vec<Tensor>, InferError>;
+
+/// A request checked against its model, as `validate::admit` makes it: the only thing a
+/// scheduler admits.
+#[derive(Debug)]
+pub struct ValidRequest {
+    /// In the model's input order, every shape checked.
+    pub inputs: Vec<Tensor>,
+    /// The batch rows the inputs carry (1 for a model without a batch dimension).
+    pub rows: usize,
+    pub key: ShapeKey,
+    /// The model's priority level, 1 the highest.
+    pub priority: u32,
+    pub arrived: Instant,
+    /// The earlier of the queue timeout and the caller's deadline.
+    pub deadline: Option<Instant>,
+}
 
 /// One request's inputs (in the model's input order) and the way back to its caller.
 pub struct Job {

@@ -34,6 +34,7 @@ pub mod repository;
 
 // Serving: validation, admission, the core, the transport, the server.
 pub mod admission;
+pub mod request;
 pub mod shutdown;
 pub mod validate;
 

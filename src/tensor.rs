@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// Every KServe v2 datatype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -230,9 +230,101 @@ pub fn shape_string<T: fmt::Display>(dims: &[T]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+/// Stacks tensors that agree on every dim but the first.
+pub fn concat_rows(parts: &[&Tensor]) -> Tensor {
+    let first = parts[0];
+    let mut shape = first.shape.clone();
+    shape[0] = parts.iter().map(|t| t.shape[0]).sum();
+    let data = match &first.data {
+        TensorData::Fixed(_) => {
+            let mut out = BytesMut::with_capacity(parts.iter().map(|t| t.byte_size()).sum());
+            for t in parts {
+                if let TensorData::Fixed(b) = &t.data {
+                    out.extend_from_slice(b);
+                }
+            }
+            TensorData::Fixed(out.freeze())
+        }
+        TensorData::Bytes(_) => TensorData::Bytes(
+            parts
+                .iter()
+                .flat_map(|t| match &t.data {
+                    TensorData::Bytes(items) => items.clone(),
+                    TensorData::Fixed(_) => Vec::new(),
+                })
+                .collect(),
+        ),
+    };
+    Tensor {
+        name: first.name.clone(),
+        datatype: first.datatype,
+        shape,
+        data,
+    }
+}
+
+/// Cuts a batch output back into one tensor per request, `rows[i]` rows each. Fixed-size
+/// data is sliced without copying. An output whose leading dimension is not the rows sent,
+/// or whose data does not fill its shape, is refused with the reason.
+pub fn split_rows(t: Tensor, rows: &[usize]) -> Result<Vec<Tensor>, String> {
+    let total: usize = rows.iter().sum();
+    if t.shape.first() != Some(&total) {
+        return Err(format!(
+            "output '{}' has shape {:?}, whose first dimension should be the {total} rows the call carried",
+            t.name, t.shape
+        ));
+    }
+    let elements = t.element_count();
+    let filled = match &t.data {
+        TensorData::Fixed(b) => Some(b.len()) == t.datatype.element_size().map(|s| s * elements),
+        TensorData::Bytes(items) => items.len() == elements,
+    };
+    if !filled {
+        return Err(format!(
+            "output '{}': its data does not fill its shape {:?}",
+            t.name, t.shape
+        ));
+    }
+    let per_row = elements.checked_div(total).unwrap_or(0);
+    let mut at = 0;
+    Ok(rows
+        .iter()
+        .map(|&n| {
+            let mut shape = t.shape.clone();
+            shape[0] = n;
+            let data = match &t.data {
+                TensorData::Fixed(b) => {
+                    let stride = per_row * t.datatype.element_size().unwrap_or(1);
+                    TensorData::Fixed(Bytes::slice(b, at * stride..(at + n) * stride))
+                }
+                TensorData::Bytes(items) => {
+                    TensorData::Bytes(items[at * per_row..(at + n) * per_row].to_vec())
+                }
+            };
+            at += n;
+            Tensor {
+                name: t.name.clone(),
+                datatype: t.datatype,
+                shape,
+                data,
+            }
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fp32(shape: Vec<usize>, values: &[f32]) -> Tensor {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Tensor {
+            name: "x".into(),
+            datatype: DataType::Fp32,
+            shape,
+            data: TensorData::Fixed(bytes.into()),
+        }
+    }
 
     #[test]
     fn datatype_names_round_trip() {
@@ -278,5 +370,28 @@ mod tests {
             .contains("declares 4294967295"));
         // A huge declared count must not allocate for it.
         assert!(parse_bytes_framing(&Bytes::new(), usize::MAX).is_err());
+    }
+
+    #[test]
+    fn concat_then_split_gives_back_each_request() {
+        let a = fp32(vec![1, 2], &[1.0, 2.0]);
+        let b = fp32(vec![2, 2], &[3.0, 4.0, 5.0, 6.0]);
+        let joined = concat_rows(&[&a, &b]);
+        assert_eq!(joined.shape, vec![3, 2]);
+        let parts = split_rows(joined, &[1, 2]).unwrap();
+        assert_eq!(parts, vec![a, b]);
+    }
+
+    #[test]
+    fn bytes_tensors_concat_and_split() {
+        let s = |items: &[&'static [u8]]| Tensor {
+            name: "s".into(),
+            datatype: DataType::Bytes,
+            shape: vec![items.len(), 1],
+            data: TensorData::Bytes(items.iter().map(|i| Bytes::from_static(i)).collect()),
+        };
+        let (a, b) = (s(&[b"a"]), s(&[b"bb", b"ccc"]));
+        let parts = split_rows(concat_rows(&[&a, &b]), &[1, 2]).unwrap();
+        assert_eq!(parts, vec![a, b]);
     }
 }

@@ -1,11 +1,60 @@
 //! Checks a decoded request against its model's spec before anything is queued, and puts
 //! the inputs into the model's order. Every message names the input and what was expected.
 
+use tokio::time::Instant;
+
 use crate::{
     error::InferError,
-    repository::spec::ModelSpec,
+    job::{ShapeKey, ValidRequest},
+    repository::{spec::ModelSpec, ServedModel},
+    request::InferRequest,
     tensor::{shape_string, Tensor},
 };
+
+/// The one way into a model's queue: checks the outputs asked for, the inputs (taken out of
+/// `request`), the rows against what a call may carry, the priority, and resolves the
+/// deadline from the queue timeout and the caller's own.
+pub fn admit(
+    model: &ServedModel,
+    request: &mut InferRequest,
+    arrived: Instant,
+) -> Result<ValidRequest, InferError> {
+    requested_outputs(&model.name, &model.spec, &request.outputs)?;
+    let policy = model.scheduler.policy();
+    let (inputs, rows) = inputs(
+        &model.name,
+        &model.spec,
+        std::mem::take(&mut request.inputs),
+    )?;
+    if rows > policy.max_rows && model.spec.max_batch_size > 0 {
+        return Err(InferError::invalid(format!(
+            "batch size {rows} does not fit model '{}': its memory budget allows {} rows per call",
+            model.name, policy.max_rows
+        )));
+    }
+    let priority = policy
+        .priority(request.priority)
+        .map_err(InferError::invalid)?;
+    let timeout = match request.timeout {
+        Some(t) if policy.allow_timeout_override || policy.default_timeout.is_none() => Some(t),
+        _ => policy.default_timeout,
+    };
+    // A wait too long to represent is no deadline at all (a caller may send any
+    // grpc-timeout).
+    let deadline = [timeout, request.deadline]
+        .into_iter()
+        .flatten()
+        .min()
+        .and_then(|d| arrived.checked_add(d));
+    Ok(ValidRequest {
+        key: ShapeKey::of(&inputs),
+        inputs,
+        rows,
+        priority,
+        arrived,
+        deadline,
+    })
+}
 
 /// Returns the inputs in the model's input order and the batch size they carry.
 pub fn inputs(

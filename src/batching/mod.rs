@@ -23,7 +23,7 @@ pub use queue::{Closed, Entry, Left, Queue, Waiting};
 
 use crate::{
     error::InferError,
-    job::{Batch, Job},
+    job::{Batch, Job, JobResult, ValidRequest, WorkToken},
     stats::ModelStats,
 };
 
@@ -106,8 +106,14 @@ impl Scheduler {
         self.left.notify_one();
     }
 
-    /// Admits a request or refuses it at once when the queue is full.
-    pub fn submit(&self, entry: Entry<Job>) -> Result<(), InferError> {
+    /// Admits a request or refuses it at once when the queue is full; the answer comes on
+    /// `reply`, and `work` is the request's share of the backlog until it is answered.
+    pub fn submit(
+        &self,
+        request: ValidRequest,
+        reply: tokio::sync::oneshot::Sender<JobResult>,
+        work: WorkToken,
+    ) -> Result<(), InferError> {
         let before = self.waiting.fetch_add(1, Ordering::AcqRel);
         if before >= self.policy.max_queue_size {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -117,6 +123,18 @@ impl Scheduler {
                 capacity: self.policy.max_queue_size,
             });
         }
+        let entry = Entry {
+            key: request.key,
+            rows: request.rows,
+            priority: request.priority,
+            enqueued: request.arrived,
+            deadline: request.deadline,
+            payload: Job {
+                inputs: request.inputs,
+                reply,
+                work,
+            },
+        };
         self.arrivals.send(entry).map_err(|_| {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             InferError::ModelUnavailable {
@@ -224,7 +242,7 @@ mod tests {
     use super::*;
     use crate::{
         batching::policy::TimeoutAction,
-        job::{JobResult, WorkToken},
+        job::ShapeKey,
         tensor::{DataType, Tensor, TensorData},
     };
 
@@ -291,19 +309,16 @@ mod tests {
                 data: TensorData::Fixed(Bytes::from(vec![0; rows * k])),
             };
             let now = Instant::now();
+            let request = ValidRequest {
+                key: ShapeKey::of(std::slice::from_ref(&tensor)),
+                inputs: vec![tensor],
+                rows,
+                priority,
+                arrived: now,
+                deadline: deadline_ms.map(|ms| now + Duration::from_millis(ms)),
+            };
             self.scheduler
-                .submit(Entry {
-                    key: vec![(DataType::Uint8, vec![k])].into(),
-                    rows,
-                    priority,
-                    enqueued: now,
-                    deadline: deadline_ms.map(|ms| now + Duration::from_millis(ms)),
-                    payload: Job {
-                        inputs: vec![tensor],
-                        reply,
-                        work: WorkToken::none(),
-                    },
-                })
+                .submit(request, reply, WorkToken::none())
                 .unwrap();
             answer
         }
@@ -427,18 +442,15 @@ mod tests {
         let gone = h.send("gone", 1, 1, 0, None);
         let _kept = h.send("kept", 1, 1, 0, None);
         let (reply, _answer) = oneshot::channel();
-        let refused = h.scheduler.submit(Entry {
+        let request = ValidRequest {
             key: vec![(DataType::Uint8, vec![1])].into(),
+            inputs: Vec::new(),
             rows: 1,
             priority: 0,
-            enqueued: Instant::now(),
+            arrived: Instant::now(),
             deadline: None,
-            payload: Job {
-                inputs: Vec::new(),
-                reply,
-                work: WorkToken::none(),
-            },
-        });
+        };
+        let refused = h.scheduler.submit(request, reply, WorkToken::none());
         assert!(matches!(
             refused,
             Err(InferError::QueueFull { capacity: 2, .. })

@@ -12,7 +12,7 @@ use super::pb::{
 };
 use crate::{
     error::InferError,
-    inference::{InferRequest, InferResponse},
+    request::{InferRequest, InferResponse},
     tensor::{parse_bytes_framing, shape_string, DataType, Tensor, TensorData},
 };
 

@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod gate;
+mod messages;
 mod service;
 pub mod status;
 

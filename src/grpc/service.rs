@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{
     convert::{decode_request, encode_response},
     gate::Charge,
+    messages,
     pb::{self, grpc_inference_service_server::GrpcInferenceService},
 };
 use crate::{
@@ -19,7 +20,7 @@ use crate::{
     error::InferError,
     inference::Inference,
     metrics::Refusal,
-    repository::{config::BackendKind, ServedModel, Status as VersionStatus},
+    repository::{ServedModel, Status as VersionStatus},
 };
 
 /// Requests of one stream computed at once; past it the stream stops reading until an
@@ -122,13 +123,6 @@ fn unimplemented<T>(rpc: &str) -> Result<Response<T>, Status> {
     )))
 }
 
-fn platform(backend: BackendKind) -> String {
-    match backend {
-        BackendKind::Tract => "tract_onnx".into(),
-        BackendKind::Onnxruntime => "onnxruntime_onnx".into(),
-    }
-}
-
 type AnswerStream =
     Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
 
@@ -187,19 +181,7 @@ impl GrpcInferenceService for InferenceService {
             .entry(&r.name)
             .map(|e| e.versions.keys().map(u64::to_string).collect())
             .unwrap_or_default();
-        let describe =
-            |t: &crate::repository::spec::TensorSpec| pb::model_metadata_response::TensorMetadata {
-                name: t.name.clone(),
-                datatype: t.datatype.as_str().into(),
-                shape: model.spec.full_dims(t, -1),
-            };
-        Ok(Response::new(pb::ModelMetadataResponse {
-            name: model.name.clone(),
-            versions,
-            platform: platform(model.config.backend),
-            inputs: model.spec.inputs.iter().map(describe).collect(),
-            outputs: model.spec.outputs.iter().map(describe).collect(),
-        }))
+        Ok(Response::new(messages::metadata(&model, versions)))
     }
 
     async fn model_infer(
@@ -285,7 +267,7 @@ impl GrpcInferenceService for InferenceService {
         let r = r.into_inner();
         let model = self.ready_model(&r.name, &r.version)?;
         Ok(Response::new(pb::ModelConfigResponse {
-            config: Some(model_config_message(&model)),
+            config: Some(messages::model_config(&model)),
         }))
     }
 
@@ -306,7 +288,7 @@ impl GrpcInferenceService for InferenceService {
         } else {
             vec![self.ready_model(&r.name, &r.version)?]
         };
-        let model_stats = models.iter().map(|m| statistics_message(m)).collect();
+        let model_stats = models.iter().map(|m| messages::statistics(m)).collect();
         Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
     }
 
@@ -400,187 +382,5 @@ impl GrpcInferenceService for InferenceService {
         _: Request<pb::LogSettingsRequest>,
     ) -> Result<Response<pb::LogSettingsResponse>, Status> {
         unimplemented("LogSettings")
-    }
-}
-
-fn duration(t: crate::stats::Tally) -> Option<pb::StatisticDuration> {
-    Some(pb::StatisticDuration {
-        count: t.count,
-        ns: t.nanos,
-    })
-}
-
-/// Triton's ModelStatistics message for a served version.
-fn statistics_message(model: &ServedModel) -> pb::ModelStatistics {
-    let s = model.stats.snapshot();
-    pb::ModelStatistics {
-        name: model.name.clone(),
-        version: model.version.to_string(),
-        last_inference: s.last_inference_ms,
-        inference_count: s.inference_count,
-        execution_count: s.execution_count,
-        inference_stats: Some(pb::InferStatistics {
-            success: duration(s.success),
-            fail: duration(s.fail),
-            queue: duration(s.queue),
-            compute_input: duration(s.compute_input),
-            compute_infer: duration(s.compute_infer),
-            compute_output: duration(s.compute_output),
-            cache_hit: duration(Default::default()),
-            cache_miss: duration(Default::default()),
-        }),
-        batch_stats: s
-            .batches
-            .iter()
-            .map(|(rows, b)| pb::InferBatchStatistics {
-                batch_size: *rows,
-                compute_input: duration(b.compute_input),
-                compute_infer: duration(b.compute_infer),
-                compute_output: duration(b.compute_output),
-            })
-            .collect(),
-        memory_usage: vec![pb::MemoryUsage {
-            r#type: "CPU".into(),
-            id: 0,
-            byte_size: model.shared_bytes,
-        }],
-        response_stats: Default::default(),
-    }
-}
-
-/// Triton's ModelConfig message for a served version: the config as resolved.
-fn model_config_message(model: &ServedModel) -> pb::ModelConfig {
-    use crate::repository::config::{InstanceKind, VersionPolicy};
-    let c = &model.config;
-    let dtype = |t: crate::tensor::DataType| {
-        pb::DataType::from_str_name(&t.config_name()).unwrap_or(pb::DataType::TypeInvalid) as i32
-    };
-    let batching = c.dynamic_batching.as_ref().map(|b| {
-        pb::model_config::SchedulingChoice::DynamicBatching(pb::ModelDynamicBatching {
-            preferred_batch_size: b.preferred_batch_size.iter().map(|s| *s as i32).collect(),
-            max_queue_delay_microseconds: b.max_queue_delay_microseconds,
-            preserve_ordering: b.preserve_ordering,
-            priority_levels: b.priority_levels.into(),
-            default_priority_level: b.default_priority_level.into(),
-            default_queue_policy: b
-                .default_queue_policy
-                .as_ref()
-                .map(|p| pb::ModelQueuePolicy {
-                    timeout_action: p.timeout_action as i32,
-                    default_timeout_microseconds: p.default_timeout_microseconds,
-                    allow_timeout_override: p.allow_timeout_override,
-                    max_queue_size: p.max_queue_size,
-                }),
-            priority_queue_policy: Default::default(),
-        })
-    });
-    let groups = match c.instance_group.as_deref() {
-        Some(groups) if !groups.is_empty() => groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| pb::ModelInstanceGroup {
-                name: g
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("{}_{i}", model.name)),
-                count: g.count.get() as i32,
-                gpus: g.gpus.iter().map(|g| *g as i32).collect(),
-                kind: match g.kind {
-                    InstanceKind::Gpu => pb::model_instance_group::Kind::Gpu,
-                    InstanceKind::Cpu | InstanceKind::Auto => pb::model_instance_group::Kind::Cpu,
-                } as i32,
-                ..Default::default()
-            })
-            .collect(),
-        _ => vec![pb::ModelInstanceGroup {
-            name: format!("{}_0", model.name),
-            count: 1,
-            kind: pb::model_instance_group::Kind::Cpu as i32,
-            ..Default::default()
-        }],
-    };
-    let policy = match c.version_policy.clone().unwrap_or_default() {
-        VersionPolicy::Latest { num_versions } => {
-            pb::model_version_policy::PolicyChoice::Latest(pb::model_version_policy::Latest {
-                num_versions: num_versions.get(),
-            })
-        }
-        VersionPolicy::All {} => {
-            pb::model_version_policy::PolicyChoice::All(pb::model_version_policy::All {})
-        }
-        VersionPolicy::Specific { versions } => {
-            pb::model_version_policy::PolicyChoice::Specific(pb::model_version_policy::Specific {
-                versions: versions.iter().map(|v| *v as i64).collect(),
-            })
-        }
-    };
-    let mut parameters = std::collections::HashMap::new();
-    let param = |v: String| pb::ModelParameter { string_value: v };
-    let curve: Vec<String> = model
-        .profile
-        .curves
-        .fallback
-        .points()
-        .iter()
-        .map(|(rows, t)| format!("{rows}:{}", t.as_micros()))
-        .collect();
-    parameters.insert("batch_cost_us".into(), param(curve.join(",")));
-    let peaks: Vec<String> = model
-        .profile
-        .peak_bytes
-        .iter()
-        .map(|(r, b)| format!("{r}:{b}"))
-        .collect();
-    parameters.insert("batch_peak_bytes".into(), param(peaks.join(",")));
-    parameters.insert(
-        "batch_rows_allowed".into(),
-        param(model.scheduler.policy().max_rows.to_string()),
-    );
-    parameters.insert("shared_bytes".into(), param(model.shared_bytes.to_string()));
-    for (i, g) in c.instance_group.iter().flatten().enumerate() {
-        if let Some(budget) = g.memory_budget {
-            parameters.insert(
-                format!("instance_group[{i}].memory_budget_bytes"),
-                pb::ModelParameter {
-                    string_value: budget.as_u64().to_string(),
-                },
-            );
-        }
-    }
-    pb::ModelConfig {
-        name: model.name.clone(),
-        platform: platform(c.backend),
-        backend: c.backend.as_str().into(),
-        version_policy: Some(pb::ModelVersionPolicy {
-            policy_choice: Some(policy),
-        }),
-        max_batch_size: model.spec.max_batch_size as i32,
-        input: model
-            .spec
-            .inputs
-            .iter()
-            .map(|t| pb::ModelInput {
-                name: t.name.clone(),
-                data_type: dtype(t.datatype),
-                dims: t.dims.clone(),
-                ..Default::default()
-            })
-            .collect(),
-        output: model
-            .spec
-            .outputs
-            .iter()
-            .map(|t| pb::ModelOutput {
-                name: t.name.clone(),
-                data_type: dtype(t.datatype),
-                dims: t.dims.clone(),
-                ..Default::default()
-            })
-            .collect(),
-        instance_group: groups,
-        default_model_filename: c.model_filename().into(),
-        scheduling_choice: batching,
-        parameters,
-        ..Default::default()
     }
 }
