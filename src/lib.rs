@@ -16,16 +16,16 @@ pub mod backend;
 pub mod error;
 
 // The request path's vocabulary, then telemetry that the scheduler and workers feed.
-pub mod job;
+pub(crate) mod job;
 
 pub mod metrics;
 
-pub mod stats;
+pub(crate) mod stats;
 
 // Scheduling and running batches.
 pub mod batching;
 
-pub mod workers;
+pub(crate) mod workers;
 
 // Models: the repository, loading, configs.
 pub mod auth;
@@ -33,15 +33,15 @@ pub mod config;
 pub mod repository;
 
 // Serving: validation, admission, the core, the transport, the server.
-pub mod admission;
-pub mod request;
-pub mod shutdown;
+pub(crate) mod admission;
+pub(crate) mod request;
+pub(crate) mod shutdown;
 pub mod validate;
 
-pub mod inference;
+pub(crate) mod inference;
 
 pub mod grpc;
-pub mod listener;
+pub(crate) mod listener;
 
 pub mod app;
 
