@@ -39,13 +39,13 @@ const CONNECTION_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// HTTP/2 streams one connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 256;
-/// A connection silent this long is pinged, and closed if the ping is not answered in time.
 /// HTTP/2 flow-control windows. hyper's 1 MiB per connection lets a client that
 /// multiplexes its requests over one connection (tritonclient, `wharf bench`) have only
 /// about five 184 KiB rec crops in flight: on an H200 rec's batches held 4 rows, not 8.
 /// 16 MiB holds 64 such crops; requests are still charged against --max-inflight-bytes.
 pub const HTTP2_STREAM_WINDOW: u32 = 4 << 20;
 pub const HTTP2_CONNECTION_WINDOW: u32 = 16 << 20;
+/// A connection silent this long is pinged, and closed if the ping is not answered in time.
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 

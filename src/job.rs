@@ -66,6 +66,10 @@ pub struct ValidRequest {
 pub struct Job {
     pub inputs: Vec<Tensor>,
     pub reply: oneshot::Sender<JobResult>,
+    pub arrived: Instant,
+    /// Past it the job is answered DEADLINE_EXCEEDED rather than run, wherever it waits
+    /// (None: no deadline, or a policy that lets it wait on).
+    pub deadline: Option<Instant>,
     /// The request's share of the model's backlog, released when the job is dropped.
     pub work: WorkToken,
 }

@@ -53,7 +53,9 @@ impl WorkerPool {
         warm: Vec<Vec<Tensor>>,
     ) -> Result<(WorkerPool, Sender<Batch>), String> {
         let warm = Arc::new(warm);
-        let (sender, batches) = crossbeam_channel::bounded::<Batch>(instances.max(1));
+        // Room for two batches an instance: the most a scheduler hands out at once
+        // (BatchPolicy::batches_per_instance).
+        let (sender, batches) = crossbeam_channel::bounded::<Batch>(2 * instances.max(1));
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(instances);
         let mut pool = WorkerPool {
             threads: Vec::with_capacity(instances),
@@ -140,10 +142,22 @@ fn work(
 
 /// Runs one batch: in one call, or in the pieces the cost curve finds cheaper.
 fn serve(context: &WorkerContext, engine: &mut Engine, batch: Batch) {
-    // A caller that has gone costs nothing more.
+    // A caller that has gone costs nothing more; one whose deadline passed while its batch
+    // waited behind another is answered as the queue would have.
     let (live, gone): (Batch, Batch) = batch.into_iter().partition(|job| !job.reply.is_closed());
     for _ in gone {
         context.stats.record_cancelled();
+    }
+    let now = tokio::time::Instant::now();
+    let (expired, live): (Batch, Batch) = live
+        .into_iter()
+        .partition(|job| job.deadline.is_some_and(|d| d <= now));
+    for job in expired {
+        context.stats.record_expired();
+        let _ = job.reply.send(Err(InferError::DeadlineExceeded {
+            model: context.model_name.clone(),
+            waited: now.duration_since(job.arrived),
+        }));
     }
     if live.is_empty() {
         return;
@@ -519,6 +533,8 @@ mod tests {
                 let job = Job {
                     inputs: vec![input],
                     reply,
+                    arrived: tokio::time::Instant::now(),
+                    deadline: None,
                     work: WorkToken::none(),
                 };
                 (job, answer)

@@ -324,6 +324,17 @@ async fn a_full_queue_is_resource_exhausted_at_once() {
 async fn a_request_still_queued_past_its_timeout_is_deadline_exceeded() {
     let yaml = "max_batch_size: 0\ninstance_group: [{count: 1}]\n\
                 dynamic_batching: {default_queue_policy: {allow_timeout_override: true}}\n";
+    waits_past_its_timeout(yaml).await;
+}
+
+/// Without dynamic batching the next request waits in its instance's hand rather than in
+/// the queue (BatchPolicy::batches_per_instance); its deadline holds there too.
+#[tokio::test]
+async fn a_request_waiting_behind_a_running_one_past_its_timeout_is_deadline_exceeded() {
+    waits_past_its_timeout("max_batch_size: 0\ninstance_group: [{count: 1}]\n").await;
+}
+
+async fn waits_past_its_timeout(yaml: &str) {
     let dir = one_model_repository("slow", &test_models().join("slow/1/model.onnx"), yaml);
     let t = TestServer::start(ServerConfig::local(dir.path())).await;
     let request = raw_request("slow", "x", &[1024, 1024], &vec![0.01; 1024 * 1024]);

@@ -1,6 +1,7 @@
 //! Dynamic batching: one scheduler per model version owns its queue, closes batches by
 //! the policy's rules, and hands them to idle instances only, so a batch keeps growing
-//! while every instance is busy.
+//! while every instance is busy (a model that does not batch keeps one more waiting
+//! behind each running one: see `BatchPolicy::batches_per_instance`).
 
 pub mod cost;
 pub mod policy;
@@ -18,7 +19,7 @@ use tokio::{
     time::{sleep_until, Instant},
 };
 
-pub use policy::BatchPolicy;
+pub use policy::{BatchPolicy, TimeoutAction};
 pub use queue::{Closed, Entry, Left, Queue, Waiting};
 
 use crate::{
@@ -132,6 +133,10 @@ impl Scheduler {
             payload: Job {
                 inputs: request.inputs,
                 reply,
+                arrived: request.arrived,
+                deadline: request
+                    .deadline
+                    .filter(|_| self.policy.timeout_action == TimeoutAction::Reject),
                 work,
             },
         };
@@ -165,7 +170,9 @@ async fn run(
     caller_left: Arc<Notify>,
     stats: Arc<ModelStats>,
 ) {
-    let mut idle = instances;
+    // Batches the instances may be handed before they report some done.
+    let slots = instances * queue.policy().batches_per_instance.max(1);
+    let mut free = slots;
     loop {
         let wake = queue.next_wake(Instant::now());
         let mut sweep = false;
@@ -174,7 +181,7 @@ async fn run(
                 Some(entry) => queue.push(entry),
                 None => return,
             },
-            Some(()) = done.recv() => idle += 1,
+            Some(()) = done.recv() => free += 1,
             () = caller_left.notified() => sweep = true,
             () = async { sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {}
         }
@@ -192,7 +199,7 @@ async fn run(
             waiting.fetch_sub(1, Ordering::AcqRel);
             settle(&model, left, now, &stats);
         }
-        while idle > 0 {
+        while free > 0 {
             let Some(Closed { batch, abandoned }) = queue.next_batch(now) else {
                 break;
             };
@@ -207,13 +214,14 @@ async fn run(
                 stats.record_queue(now.duration_since(entry.enqueued));
             }
             let jobs: Batch = batch.into_iter().map(|e| e.payload).collect();
-            // Never blocks: a batch is sent only to an idle instance.
+            // Never blocks: the channel holds a batch for every slot.
             if batches.try_send(jobs).is_err() {
                 return; // the workers are gone: the model is unloading
             }
-            idle -= 1;
+            free -= 1;
         }
-        stats.record_queue_state(waiting.load(Ordering::Relaxed), instances - idle);
+        let busy = (slots - free).min(instances);
+        stats.record_queue_state(waiting.load(Ordering::Relaxed), busy);
     }
 }
 
@@ -267,12 +275,13 @@ mod tests {
             timeout_action: TimeoutAction::Reject,
             priority_levels: 2,
             default_priority: 2,
+            batches_per_instance: 1,
         }
     }
 
     fn harness(policy: BatchPolicy, instances: usize) -> Harness {
-        let (tx, batches) = crossbeam_channel::bounded(instances);
-        let (done, done_rx) = mpsc::channel(instances);
+        let (tx, batches) = crossbeam_channel::bounded(2 * instances);
+        let (done, done_rx) = mpsc::channel(2 * instances);
         let stats = Arc::new(ModelStats::default());
         let scheduler = Scheduler::start(
             &tokio::runtime::Handle::current(),
@@ -365,6 +374,27 @@ mod tests {
         assert!(h.dispatched().await.is_empty());
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(h.dispatched().await, vec![vec!["a1", "a2"]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_model_that_does_not_batch_keeps_one_request_waiting_behind_the_running_one() {
+        let mut p = policy(&[], 0);
+        p.enabled = false;
+        p.batches_per_instance = 2;
+        let h = harness(p, 1);
+        let _r = [
+            h.send("first", 1, 1, 0, None),
+            h.send("second", 1, 1, 0, None),
+            h.send("third", 1, 1, 0, None),
+        ];
+        assert_eq!(
+            h.dispatched().await,
+            vec![vec!["first"], vec!["second"]],
+            "the next is handed over before the first is done"
+        );
+        assert_eq!(h.scheduler.waiting(), 1);
+        h.finish_one().await;
+        assert_eq!(h.dispatched().await, vec![vec!["third"]]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -50,6 +50,12 @@ pub struct BatchPolicy {
     /// 0: one level; otherwise 1 (highest) ..= priority_levels.
     pub priority_levels: u32,
     pub default_priority: u32,
+    /// Batches an instance is handed before it reports one done: 1 hands batches to idle
+    /// instances only, so a batch keeps growing while every instance is busy; 2 keeps the
+    /// next one waiting behind the running one, so the instance never idles between
+    /// requests waiting for the scheduler (for models that do not batch, whose batches
+    /// cannot grow).
+    pub batches_per_instance: usize,
 }
 
 impl BatchPolicy {

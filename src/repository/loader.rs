@@ -238,7 +238,7 @@ fn load_version(
         Backlog::new(instances, objective),
     ));
     let work = WorkEstimate::new(&profile.curves, policy.form_rows);
-    let (done_tx, done_rx) = tokio::sync::mpsc::channel(instances);
+    let (done_tx, done_rx) = tokio::sync::mpsc::channel(2 * instances);
     let buckets = batch_buckets(config, &policy);
     let context = Arc::new(WorkerContext {
         model_name: task.name.clone(),

@@ -1,0 +1,161 @@
+"""What wharf's request path costs over the transport alone, in one run on one machine:
+a bare tonic echo of the KServe service (examples/echo_server.rs, the floor) against wharf
+serving Triton's `simple` (INT32 [-1, 16] add and subtract, tract, one instance) without
+and with dynamic batching. Same client (`wharf bench`, closed loop), each server alone on
+the machine, and the server's CPU time per request read from /proc.
+
+    cargo build --release --bin wharf --example echo_server
+    .venv-test/bin/python benches/overhead.py --seconds 5 [--baseline OTHER_WHARF]
+
+Prints a markdown table, and the raw figures as JSON with --json.
+"""
+import argparse
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+import onnx
+from onnx import TensorProto, helper
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+WHARF = ROOT / "target" / "release" / "wharf"
+ECHO = ROOT / "target" / "release" / "examples" / "echo_server"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(address, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"server at {address} exited"
+            try:
+                if stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=1).ready:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    raise TimeoutError(address)
+
+
+def cpu_seconds(pid):
+    """User + system CPU of every thread of the process so far."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def simple_repo(root):
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+         helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"])],
+        "simple",
+        [helper.make_tensor_value_info(n, TensorProto.INT32, ["batch", 16]) for n in ("INPUT0", "INPUT1")],
+        [helper.make_tensor_value_info(n, TensorProto.INT32, ["batch", 16]) for n in ("OUTPUT0", "OUTPUT1")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    configs = {
+        "simple": "max_batch_size: 8\n",
+        "simple_batched": "max_batch_size: 8\ndynamic_batching: {}\n",
+    }
+    for name, config in configs.items():
+        (root / name / "1").mkdir(parents=True)
+        onnx.save(model, str(root / name / "1" / "model.onnx"))
+        (root / name / "config.yaml").write_text(config)
+
+
+def bench(address, model, concurrency, seconds, pid):
+    def run(secs, warmup):
+        out = subprocess.run(
+            [str(WHARF), "bench", "--url", address, "--model", model, "--shape", "INPUT0:1,16",
+             "--shape", "INPUT1:1,16", "--concurrency", str(concurrency),
+             "--duration-secs", str(secs), "--warmup-secs", str(warmup), "--json"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        return json.loads(out)
+
+    run(1, 0)  # warm connections and caches, unmeasured
+    before = cpu_seconds(pid)
+    report = run(seconds, 0)
+    used = cpu_seconds(pid) - before
+    report["server_cpu_us_per_request"] = used / max(report["requests"], 1) * 1e6
+    return report
+
+
+def serve(cmd, address):
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_ready(address, proc)
+    return proc
+
+
+def stop(proc):
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--baseline", help="another wharf binary (e.g. main's) to measure beside this one")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = pathlib.Path(tmp)
+        simple_repo(repo)
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        servers = [
+            ("bare tonic echo", [str(ECHO), address], "simple"),
+            ("wharf, no batching", [str(WHARF), "serve", "--host", "127.0.0.1", "--grpc-port", str(port),
+                                    "--metrics-port", str(free_port()), "--model-repository", str(repo)], "simple"),
+            ("wharf, dynamic batching", None, "simple_batched"),
+        ]
+        if args.baseline:
+            servers += [
+                ("baseline, no batching", [args.baseline, "serve", "--host", "127.0.0.1", "--grpc-port", str(port),
+                                           "--metrics-port", str(free_port()), "--model-repository", str(repo)], "simple"),
+                ("baseline, dynamic batching", None, "simple_batched"),
+            ]
+        proc = None
+        for name, cmd, model in servers:
+            if cmd is not None:
+                if proc is not None:
+                    stop(proc)
+                proc = serve(cmd, address)
+            for c in levels:
+                r = bench(address, model, c, args.seconds, proc.pid)
+                r.update(server=name, concurrency=c)
+                rows.append(r)
+                print(f"{name:<24} c{c:<3} {r['throughput_rps']:>9.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
+                      f"p99 {r['p99_ms']:.2f} ms  {r['server_cpu_us_per_request']:.0f} us CPU/request  "
+                      f"errors {r['errors']}", file=sys.stderr, flush=True)
+        stop(proc)
+    floor = {r["concurrency"]: r for r in rows if r["server"] == "bare tonic echo"}
+    print("| server | concurrency | req/s | p50 / p99 ms | server CPU µs/request | req/s vs echo | CPU vs echo |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        f = floor[r["concurrency"]]
+        print(f"| {r['server']} | {r['concurrency']} | {r['throughput_rps']:,.0f} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f} | "
+              f"{r['server_cpu_us_per_request']:.0f} | {r['throughput_rps'] / f['throughput_rps']:.2f} | "
+              f"{r['server_cpu_us_per_request'] / f['server_cpu_us_per_request']:.2f} |")
+    if args.json:
+        print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
