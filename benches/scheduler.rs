@@ -34,7 +34,7 @@ fn policy() -> BatchPolicy {
         timeout_action: TimeoutAction::Reject,
         priority_levels: 2,
         default_priority: 1,
-        batches_per_instance: 1,
+        direct: false,
     }
 }
 

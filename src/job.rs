@@ -72,14 +72,17 @@ pub struct Job {
     pub deadline: Option<Instant>,
     /// The request's share of the model's backlog, released when the job is dropped.
     pub work: WorkToken,
+    /// Its place in the queue's count where instances take jobs straight from their
+    /// channel (`BatchPolicy::direct`), given back as an instance takes it; else none.
+    pub slot: WorkToken,
 }
 
 /// Requests that may run together; their inputs share every dim but the first, along
 /// which they are concatenated.
 pub type Batch = Vec<Job>;
 
-/// A request's share of its model's backlog (estimated engine nanoseconds), taken from
-/// the backlog's counter on arrival and given back on drop, whichever way it ends.
+/// A share of a counter, given back on drop whichever way the request ends: a request's
+/// estimated engine nanoseconds in its model's backlog, or its place in a queue's count.
 #[derive(Debug)]
 pub struct WorkToken(Option<(Arc<AtomicU64>, u64)>);
 
@@ -90,7 +93,12 @@ impl WorkToken {
         WorkToken(Some((Arc::clone(backlog), ns)))
     }
 
-    /// For requests that no backlog follows (tests of the parts).
+    /// A share of `n` already added to `counter` (by whoever checked it against a bound).
+    pub fn taken(counter: &Arc<AtomicU64>, n: u64) -> WorkToken {
+        WorkToken(Some((Arc::clone(counter), n)))
+    }
+
+    /// For requests that no counter follows.
     pub fn none() -> WorkToken {
         WorkToken(None)
     }

@@ -94,9 +94,13 @@ impl ModelStats {
         self.snapshot.lock().expect("stats lock").clone()
     }
 
-    /// The queue after a change: requests waiting, and instances running a batch.
-    pub fn record_queue_state(&self, waiting: usize, busy: usize) {
+    /// Requests admitted and not yet taken by an instance, after a change.
+    pub fn record_pending(&self, waiting: usize) {
         self.metrics.pending.set(waiting as f64);
+    }
+
+    /// Instances running a batch, after one starts or ends.
+    pub fn record_busy(&self, busy: usize) {
         self.metrics.instances_busy.set(busy as f64);
     }
 

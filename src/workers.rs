@@ -13,11 +13,13 @@ use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
+use std::sync::atomic::Ordering;
+
 use crate::{
     backend::{panic_message, BackendError, Instance, Model},
     batching::cost::CostCurves,
     error::InferError,
-    job::{Batch, ShapeKey},
+    job::{Batch, ShapeKey, WorkToken},
     stats::ModelStats,
     tensor::{concat_rows, split_rows, Tensor},
 };
@@ -39,13 +41,20 @@ pub struct WorkerContext {
     /// shape anew (cuDNN on a GPU) then sees only these shapes, and on a GPU the extra rows
     /// cost next to nothing. Empty: calls carry the rows they were given.
     pub buckets: Vec<usize>,
+    /// Jobs come straight from the requests (`BatchPolicy::direct`): the channel is the
+    /// queue, and an instance taking a job ends its wait there.
+    pub direct: bool,
+    /// Instances running a batch now.
+    pub busy: std::sync::atomic::AtomicUsize,
 }
 
 impl WorkerPool {
     /// Starts `instances` threads, each building its own engine instance and running the
     /// `warm` inputs on it, and waits until all are ready. They take batches from the
-    /// returned sender (one slot per instance: the scheduler only sends to an idle one)
-    /// and say `done` after each, so the scheduler knows an instance is free.
+    /// returned sender and say `done` after each, so the scheduler knows an instance is
+    /// free. The channel holds one batch per instance (the scheduler only sends to an idle
+    /// one), or any number where `context.direct` (the channel is then the queue, bounded
+    /// by the scheduler's count).
     pub fn start(
         context: Arc<WorkerContext>,
         instances: usize,
@@ -53,9 +62,11 @@ impl WorkerPool {
         warm: Vec<Vec<Tensor>>,
     ) -> Result<(WorkerPool, Sender<Batch>), String> {
         let warm = Arc::new(warm);
-        // Room for two batches an instance: the most a scheduler hands out at once
-        // (BatchPolicy::batches_per_instance).
-        let (sender, batches) = crossbeam_channel::bounded::<Batch>(2 * instances.max(1));
+        let (sender, batches) = if context.direct {
+            crossbeam_channel::unbounded::<Batch>()
+        } else {
+            crossbeam_channel::bounded::<Batch>(instances.max(1))
+        };
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(instances);
         let mut pool = WorkerPool {
             threads: Vec::with_capacity(instances),
@@ -128,15 +139,29 @@ fn work(
     if warmed.is_err() {
         return;
     }
-    for batch in batches {
+    let stats = &context.stats;
+    while let Ok(mut batch) = batches.recv() {
+        if context.direct {
+            let now = tokio::time::Instant::now();
+            for job in &mut batch {
+                job.slot = WorkToken::none();
+                stats.record_queue(now.duration_since(job.arrived));
+            }
+            stats.record_pending(batches.len());
+        }
+        stats.record_busy(context.busy.fetch_add(1, Ordering::Relaxed) + 1);
         // Engine panics are caught closer in; this catches a fault of wharf's own, so the
         // instance is never lost: the batch's callers get INTERNAL (their replies drop).
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| serve(context, &mut engine, batch)))
         {
             error!(model = %context.model_name, panic = %panic_message(payload.as_ref()), "a batch failed outside the engine");
         }
-        // The scheduler may be gone (unloading); then nobody needs to know.
-        let _ = done.blocking_send(());
+        stats.record_busy(context.busy.fetch_sub(1, Ordering::Relaxed) - 1);
+        // The scheduler may be gone (unloading), or there is none (direct); then nobody
+        // needs to know.
+        if !context.direct {
+            let _ = done.blocking_send(());
+        }
     }
 }
 
@@ -435,6 +460,8 @@ mod tests {
             stats: Arc::new(ModelStats::default()),
             batched: true,
             buckets: Vec::new(),
+            direct: false,
+            busy: Default::default(),
         });
         let warm = (1..=4)
             .map(|rows| vec![fp32(vec![rows, 1], &vec![0.0; rows])])
@@ -483,6 +510,8 @@ mod tests {
             stats: Arc::new(ModelStats::default()),
             batched: true,
             buckets: vec![8],
+            direct: false,
+            busy: Default::default(),
         };
         let mut engine = Engine::new(Arc::clone(&context.model));
         let (a, b) = (
@@ -536,6 +565,7 @@ mod tests {
                     arrived: tokio::time::Instant::now(),
                     deadline: None,
                     work: WorkToken::none(),
+                    slot: WorkToken::none(),
                 };
                 (job, answer)
             })
@@ -552,6 +582,8 @@ mod tests {
             stats: Arc::new(ModelStats::default()),
             batched: true,
             buckets: Vec::new(),
+            direct: false,
+            busy: Default::default(),
         });
         let (done, mut done_rx) = mpsc::channel(1);
         let (pool, sender) = WorkerPool::start(Arc::clone(&context), 1, done, Vec::new()).unwrap();

@@ -1,14 +1,15 @@
 //! Dynamic batching: one scheduler per model version owns its queue, closes batches by
 //! the policy's rules, and hands them to idle instances only, so a batch keeps growing
-//! while every instance is busy (a model that does not batch keeps one more waiting
-//! behind each running one: see `BatchPolicy::batches_per_instance`).
+//! while every instance is busy. A model without dynamic batching has nothing to group,
+//! order or hold back: its requests go straight to the instances' channel, which is then
+//! the queue (`BatchPolicy::direct`).
 
 pub mod cost;
 pub mod policy;
 pub mod queue;
 
 use std::sync::{
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicU64, Ordering},
     Arc,
 };
 
@@ -37,21 +38,32 @@ impl Waiting for Job {
 /// The door to a model's queue.
 pub struct Scheduler {
     model: String,
-    /// Unbounded as a channel, bounded in effect: `waiting` admits at most max_queue_size
-    /// requests before any reaches it.
-    arrivals: mpsc::UnboundedSender<Entry<Job>>,
-    waiting: Arc<AtomicUsize>,
+    door: Door,
+    /// Requests admitted and not yet taken by an instance: at most max_queue_size.
+    waiting: Arc<AtomicU64>,
     /// Woken when a caller leaves before its answer, so that the queue gives its slot
     /// back at once rather than when a batch is next formed.
     left: Arc<Notify>,
     policy: BatchPolicy,
     stats: Arc<ModelStats>,
-    task: JoinHandle<()>,
+}
+
+enum Door {
+    /// Arrivals go to the scheduler task, which forms the batches.
+    Queue {
+        arrivals: mpsc::UnboundedSender<Entry<Job>>,
+        task: JoinHandle<()>,
+    },
+    /// Each request is a batch of its own, sent straight to the instances, which take
+    /// them in turn without waiting on a scheduler between requests (measured with
+    /// benches/overhead.py: that wait was most of what a small model's request cost).
+    Direct(Sender<Batch>),
 }
 
 impl Scheduler {
     /// Starts the scheduler task on `runtime`. `batches` leads to `instances` workers,
-    /// each of which sends on `done` when it finishes a batch.
+    /// each of which sends on `done` when it finishes a batch. With `policy.direct`, no
+    /// task: `batches` must then be unbounded (the queue's bound is counted here).
     pub fn start(
         runtime: &tokio::runtime::Handle,
         model: String,
@@ -61,21 +73,25 @@ impl Scheduler {
         done: mpsc::Receiver<()>,
         stats: Arc<ModelStats>,
     ) -> Scheduler {
-        let (arrivals, incoming) = mpsc::unbounded_channel();
-        let waiting = Arc::new(AtomicUsize::new(0));
+        let waiting = Arc::new(AtomicU64::new(0));
         let left = Arc::new(Notify::new());
-        let queue = Queue::new(policy.clone());
-        let task = runtime.spawn(run(
-            model.clone(),
-            queue,
-            incoming,
-            batches,
-            done,
-            instances,
-            Arc::clone(&waiting),
-            Arc::clone(&left),
-            Arc::clone(&stats),
-        ));
+        let door = if policy.direct {
+            Door::Direct(batches)
+        } else {
+            let (arrivals, incoming) = mpsc::unbounded_channel();
+            let task = runtime.spawn(run(
+                model.clone(),
+                Queue::new(policy.clone()),
+                incoming,
+                batches,
+                done,
+                instances,
+                Arc::clone(&waiting),
+                Arc::clone(&left),
+                Arc::clone(&stats),
+            ));
+            Door::Queue { arrivals, task }
+        };
         stats
             .metrics
             .queue_capacity
@@ -83,12 +99,11 @@ impl Scheduler {
         stats.metrics.instances.set(instances as f64);
         Scheduler {
             model,
-            arrivals,
+            door,
             waiting,
             left,
             policy,
             stats,
-            task,
         }
     }
 
@@ -98,13 +113,16 @@ impl Scheduler {
 
     /// Requests admitted and not yet handed to an instance.
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        self.waiting.load(Ordering::Relaxed) as usize
     }
 
     /// Says that a caller has gone before its answer: whatever it left in the queue is
     /// removed, and its slot freed, without waiting for an instance to come free.
     pub fn caller_left(&self) {
-        self.left.notify_one();
+        // Direct: an instance skips the gone caller's job when it comes to it.
+        if let Door::Queue { .. } = self.door {
+            self.left.notify_one();
+        }
     }
 
     /// Admits a request or refuses it at once when the queue is full; the answer comes on
@@ -116,7 +134,7 @@ impl Scheduler {
         work: WorkToken,
     ) -> Result<(), InferError> {
         let before = self.waiting.fetch_add(1, Ordering::AcqRel);
-        if before >= self.policy.max_queue_size {
+        if before >= self.policy.max_queue_size as u64 {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             self.stats.record_rejected();
             return Err(InferError::QueueFull {
@@ -124,29 +142,46 @@ impl Scheduler {
                 capacity: self.policy.max_queue_size,
             });
         }
-        let entry = Entry {
-            key: request.key,
-            rows: request.rows,
-            priority: request.priority,
-            enqueued: request.arrived,
-            deadline: request.deadline,
-            payload: Job {
-                inputs: request.inputs,
-                reply,
-                arrived: request.arrived,
-                deadline: request
-                    .deadline
-                    .filter(|_| self.policy.timeout_action == TimeoutAction::Reject),
-                work,
-            },
-        };
-        self.arrivals.send(entry).map_err(|_| {
+        let unloading = || {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             InferError::ModelUnavailable {
                 model: self.model.clone(),
                 reason: "it is unloading".into(),
             }
-        })
+        };
+        let job = Job {
+            inputs: request.inputs,
+            reply,
+            arrived: request.arrived,
+            deadline: request
+                .deadline
+                .filter(|_| self.policy.timeout_action == TimeoutAction::Reject),
+            work,
+            slot: WorkToken::none(),
+        };
+        match &self.door {
+            Door::Direct(batches) => {
+                let job = Job {
+                    // Given back when an instance takes the job.
+                    slot: WorkToken::taken(&self.waiting, 1),
+                    ..job
+                };
+                batches.send(vec![job]).map_err(|_| unloading())?;
+                self.stats.record_pending(self.waiting());
+                Ok(())
+            }
+            Door::Queue { arrivals, .. } => {
+                let entry = Entry {
+                    key: request.key,
+                    rows: request.rows,
+                    priority: request.priority,
+                    enqueued: request.arrived,
+                    deadline: request.deadline,
+                    payload: job,
+                };
+                arrivals.send(entry).map_err(|_| unloading())
+            }
+        }
     }
 }
 
@@ -154,7 +189,9 @@ impl Drop for Scheduler {
     fn drop(&mut self) {
         // Whatever still waits has no one left to serve it; the workers finish the
         // batches they hold once the task (and with it the batch sender) is gone.
-        self.task.abort();
+        if let Door::Queue { task, .. } = &self.door {
+            task.abort();
+        }
     }
 }
 
@@ -166,13 +203,11 @@ async fn run(
     batches: Sender<Batch>,
     mut done: mpsc::Receiver<()>,
     instances: usize,
-    waiting: Arc<AtomicUsize>,
+    waiting: Arc<AtomicU64>,
     caller_left: Arc<Notify>,
     stats: Arc<ModelStats>,
 ) {
-    // Batches the instances may be handed before they report some done.
-    let slots = instances * queue.policy().batches_per_instance.max(1);
-    let mut free = slots;
+    let mut idle = instances;
     loop {
         let wake = queue.next_wake(Instant::now());
         let mut sweep = false;
@@ -181,7 +216,7 @@ async fn run(
                 Some(entry) => queue.push(entry),
                 None => return,
             },
-            Some(()) = done.recv() => free += 1,
+            Some(()) = done.recv() => idle += 1,
             () = caller_left.notified() => sweep = true,
             () = async { sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {}
         }
@@ -199,11 +234,11 @@ async fn run(
             waiting.fetch_sub(1, Ordering::AcqRel);
             settle(&model, left, now, &stats);
         }
-        while free > 0 {
+        while idle > 0 {
             let Some(Closed { batch, abandoned }) = queue.next_batch(now) else {
                 break;
             };
-            waiting.fetch_sub(batch.len() + abandoned.len(), Ordering::AcqRel);
+            waiting.fetch_sub((batch.len() + abandoned.len()) as u64, Ordering::AcqRel);
             for entry in abandoned {
                 settle(&model, Left::Cancelled(entry), now, &stats);
             }
@@ -214,14 +249,13 @@ async fn run(
                 stats.record_queue(now.duration_since(entry.enqueued));
             }
             let jobs: Batch = batch.into_iter().map(|e| e.payload).collect();
-            // Never blocks: the channel holds a batch for every slot.
+            // Never blocks: a batch is sent only to an idle instance.
             if batches.try_send(jobs).is_err() {
                 return; // the workers are gone: the model is unloading
             }
-            free -= 1;
+            idle -= 1;
         }
-        let busy = (slots - free).min(instances);
-        stats.record_queue_state(waiting.load(Ordering::Relaxed), busy);
+        stats.record_pending(waiting.load(Ordering::Relaxed) as usize);
     }
 }
 
@@ -275,13 +309,17 @@ mod tests {
             timeout_action: TimeoutAction::Reject,
             priority_levels: 2,
             default_priority: 2,
-            batches_per_instance: 1,
+            direct: false,
         }
     }
 
     fn harness(policy: BatchPolicy, instances: usize) -> Harness {
-        let (tx, batches) = crossbeam_channel::bounded(2 * instances);
-        let (done, done_rx) = mpsc::channel(2 * instances);
+        let (tx, batches) = if policy.direct {
+            crossbeam_channel::unbounded()
+        } else {
+            crossbeam_channel::bounded(instances)
+        };
+        let (done, done_rx) = mpsc::channel(instances);
         let stats = Arc::new(ModelStats::default());
         let scheduler = Scheduler::start(
             &tokio::runtime::Handle::current(),
@@ -377,24 +415,40 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_model_that_does_not_batch_keeps_one_request_waiting_behind_the_running_one() {
+    async fn a_model_that_does_not_batch_sends_each_request_straight_to_the_instances() {
         let mut p = policy(&[], 0);
         p.enabled = false;
-        p.batches_per_instance = 2;
+        p.direct = true;
+        p.max_queue_size = 2;
         let h = harness(p, 1);
         let _r = [
             h.send("first", 1, 1, 0, None),
             h.send("second", 1, 1, 0, None),
-            h.send("third", 1, 1, 0, None),
         ];
+        assert_eq!(
+            h.scheduler.waiting(),
+            2,
+            "counted until an instance takes them"
+        );
+        let (reply, _answer) = oneshot::channel();
+        let request = ValidRequest {
+            key: vec![(DataType::Uint8, vec![1])].into(),
+            inputs: Vec::new(),
+            rows: 1,
+            priority: 0,
+            arrived: Instant::now(),
+            deadline: None,
+        };
+        assert!(matches!(
+            h.scheduler.submit(request, reply, WorkToken::none()),
+            Err(InferError::QueueFull { capacity: 2, .. })
+        ));
         assert_eq!(
             h.dispatched().await,
             vec![vec!["first"], vec!["second"]],
-            "the next is handed over before the first is done"
+            "one request a batch, in order, with no scheduler task between"
         );
-        assert_eq!(h.scheduler.waiting(), 1);
-        h.finish_one().await;
-        assert_eq!(h.dispatched().await, vec![vec!["third"]]);
+        assert_eq!(h.scheduler.waiting(), 0, "taken: the slots are free again");
     }
 
     #[tokio::test(start_paused = true)]

@@ -50,12 +50,11 @@ pub struct BatchPolicy {
     /// 0: one level; otherwise 1 (highest) ..= priority_levels.
     pub priority_levels: u32,
     pub default_priority: u32,
-    /// Batches an instance is handed before it reports one done: 1 hands batches to idle
-    /// instances only, so a batch keeps growing while every instance is busy; 2 keeps the
-    /// next one waiting behind the running one, so the instance never idles between
-    /// requests waiting for the scheduler (for models that do not batch, whose batches
-    /// cannot grow).
-    pub batches_per_instance: usize,
+    /// Requests go straight to the instances' channel, one a batch, with no scheduler
+    /// task between: for models without dynamic batching, which have nothing to group,
+    /// order or hold back. Deadlines and gone callers are then checked as an instance
+    /// takes each job.
+    pub direct: bool,
 }
 
 impl BatchPolicy {

@@ -316,7 +316,7 @@ mod tests {
             timeout_action: TimeoutAction::Reject,
             priority_levels: levels,
             default_priority: 1,
-            batches_per_instance: 1,
+            direct: false,
         }
     }
 

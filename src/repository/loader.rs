@@ -238,7 +238,7 @@ fn load_version(
         Backlog::new(instances, objective),
     ));
     let work = WorkEstimate::new(&profile.curves, policy.form_rows);
-    let (done_tx, done_rx) = tokio::sync::mpsc::channel(2 * instances);
+    let (done_tx, done_rx) = tokio::sync::mpsc::channel(instances);
     let buckets = batch_buckets(config, &policy);
     let context = Arc::new(WorkerContext {
         model_name: task.name.clone(),
@@ -247,6 +247,8 @@ fn load_version(
         stats: Arc::clone(&stats),
         batched: spec.max_batch_size > 0,
         buckets: buckets.clone(),
+        direct: policy.direct,
+        busy: Default::default(),
     });
     // On a GPU every batch size the scheduler can send is a new shape to prepare for
     // (with padding, only the buckets).

@@ -47,9 +47,6 @@ pub fn batch_policy(config: &ModelConfig, max_batch_size: u32) -> BatchPolicy {
             0 => levels.div_ceil(2).max(1),
             p => p,
         },
-        // Without dynamic_batching there is nothing to group, order or hold back: measured
-        // with benches/overhead.py, the wait for each done-report before the next request
-        // was most of a small model's time.
-        batches_per_instance: if batching.is_none() { 2 } else { 1 },
+        direct: batching.is_none(),
     }
 }
