@@ -6,6 +6,7 @@ the machine, and the server's CPU time per request read from /proc.
 
     cargo build --release --bin wharf --example echo_server
     .venv-test/bin/python benches/overhead.py --seconds 5 [--baseline OTHER_WHARF]
+    .venv-test/bin/python benches/overhead.py --ppocr --seconds 8 --baseline OTHER_WHARF  # needs scripts/fetch-ppocr-models.sh
 
 Prints a markdown table, and the raw figures as JSON with --json.
 """
@@ -111,7 +112,11 @@ def main():
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--baseline", help="another wharf binary (e.g. main's) to measure beside this one")
+    parser.add_argument("--ppocr", action="store_true",
+                        help="instead: PP-OCR cls (c16) and rec (c8) from models/, this wharf and --baseline in turn, two rounds")
     args = parser.parse_args()
+    if args.ppocr:
+        return ppocr(args)
     levels = [int(c) for c in args.concurrency.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,6 +160,26 @@ def main():
               f"{r['server_cpu_us_per_request'] / f['server_cpu_us_per_request']:.2f} |")
     if args.json:
         print(json.dumps(rows, indent=1))
+
+
+def ppocr(args):
+    """The PP-OCR models of the default repository (no dynamic batching), for regressions."""
+    bins = [("this", str(WHARF))] + ([("baseline", args.baseline)] if args.baseline else [])
+    for rnd in (1, 2):
+        for label, binary in bins:
+            port = free_port()
+            address = f"127.0.0.1:{port}"
+            proc = serve([binary, "serve", "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port",
+                          str(free_port()), "--model-repository", str(ROOT / "models")], address)
+            for model, shape, c in (("ppocr_cls", "x:1,3,48,192", 16), ("ppocr_rec", "x:1,3,48,320", 8)):
+                out = subprocess.run(
+                    [str(WHARF), "bench", "--url", address, "--model", model, "--shape", shape, "--concurrency", str(c),
+                     "--duration-secs", str(args.seconds), "--warmup-secs", "1", "--json"],
+                    check=True, capture_output=True, text=True).stdout
+                r = json.loads(out)
+                print(f"round {rnd} {label:<9} {model} c{c}: {r['throughput_rps']:.1f} req/s p50 {r['p50_ms']:.2f} "
+                      f"p99 {r['p99_ms']:.2f} errors {r['errors']}", flush=True)
+            stop(proc)
 
 
 if __name__ == "__main__":
