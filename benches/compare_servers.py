@@ -18,43 +18,21 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-import grpc
 import onnxruntime
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from serving import free_port, stop, wait_ready
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WHARF = ROOT / "target" / "release" / "wharf"
 LIB = glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so.*"))[0]
 REC = ROOT / "models" / "ppocr_rec"
 SHAPES = {"ppocr_cls": "x:1,3,48,192", "ppocr_det": "x:1,3,640,640", "ppocr_rec": "x:1,3,48,320"}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(address, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"server at {address} exited"
-            try:
-                if stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=1).ready:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    raise TimeoutError(address)
 
 
 def bench(address, model, concurrency, seconds):
@@ -74,11 +52,6 @@ def start_wharf(repo):
     address = f"127.0.0.1:{port}"
     wait_ready(address, proc)
     return proc, address
-
-
-def stop(proc):
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def rss_mib(pid):

@@ -14,42 +14,19 @@ import argparse
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
-import grpc
 import onnx
 from onnx import TensorProto, helper
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from serving import free_port, stop, wait_ready
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WHARF = ROOT / "target" / "release" / "wharf"
 ECHO = ROOT / "target" / "release" / "examples" / "echo_server"
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(address, proc, timeout=60):
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"server at {address} exited"
-            try:
-                if stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=1).ready:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    raise TimeoutError(address)
 
 
 def cpu_seconds(pid):
@@ -99,11 +76,6 @@ def serve(cmd, address):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_ready(address, proc)
     return proc
-
-
-def stop(proc):
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def main():

@@ -312,19 +312,21 @@ pub fn split_rows(t: Tensor, rows: &[usize]) -> Result<Vec<Tensor>, String> {
         .collect())
 }
 
+/// An FP32 tensor named `x`, for tests.
+#[cfg(test)]
+pub(crate) fn fp32(shape: Vec<usize>, values: &[f32]) -> Tensor {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Tensor {
+        name: "x".into(),
+        datatype: DataType::Fp32,
+        shape,
+        data: TensorData::Fixed(bytes.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fp32(shape: Vec<usize>, values: &[f32]) -> Tensor {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor {
-            name: "x".into(),
-            datatype: DataType::Fp32,
-            shape,
-            data: TensorData::Fixed(bytes.into()),
-        }
-    }
 
     #[test]
     fn datatype_names_round_trip() {

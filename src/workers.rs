@@ -365,19 +365,9 @@ mod tests {
     use super::*;
     use crate::{
         job::{Job, JobResult, WorkToken},
-        tensor::{DataType, TensorData},
+        tensor::{fp32, TensorData},
     };
     use tokio::sync::oneshot;
-
-    fn fp32(shape: Vec<usize>, values: &[f32]) -> Tensor {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor {
-            name: "x".into(),
-            datatype: DataType::Fp32,
-            shape,
-            data: TensorData::Fixed(bytes.into()),
-        }
-    }
 
     /// An engine that logs the rows of every call each instance makes, and fails calls of
     /// `fail_at` rows.

@@ -338,6 +338,18 @@ mod tests {
         }
     }
 
+    /// A one-row request with no inputs, for the refusals at the door.
+    fn empty_request() -> ValidRequest {
+        ValidRequest {
+            key: vec![(DataType::Uint8, vec![1])].into(),
+            inputs: Vec::new(),
+            rows: 1,
+            priority: 0,
+            arrived: Instant::now(),
+            deadline: None,
+        }
+    }
+
     impl Harness {
         /// Submits a request named `id` of `rows` rows and shape key `k`.
         fn send(
@@ -431,14 +443,7 @@ mod tests {
             "counted until an instance takes them"
         );
         let (reply, _answer) = oneshot::channel();
-        let request = ValidRequest {
-            key: vec![(DataType::Uint8, vec![1])].into(),
-            inputs: Vec::new(),
-            rows: 1,
-            priority: 0,
-            arrived: Instant::now(),
-            deadline: None,
-        };
+        let request = empty_request();
         assert!(matches!(
             h.scheduler.submit(request, reply, WorkToken::none()),
             Err(InferError::QueueFull { capacity: 2, .. })
@@ -526,14 +531,7 @@ mod tests {
         let gone = h.send("gone", 1, 1, 0, None);
         let _kept = h.send("kept", 1, 1, 0, None);
         let (reply, _answer) = oneshot::channel();
-        let request = ValidRequest {
-            key: vec![(DataType::Uint8, vec![1])].into(),
-            inputs: Vec::new(),
-            rows: 1,
-            priority: 0,
-            arrived: Instant::now(),
-            deadline: None,
-        };
+        let request = empty_request();
         let refused = h.scheduler.submit(request, reply, WorkToken::none());
         assert!(matches!(
             refused,
