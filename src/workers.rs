@@ -10,14 +10,13 @@ use std::{
 };
 
 use crossbeam_channel::{Receiver, Sender};
-use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use std::sync::atomic::Ordering;
+use std::sync::{atomic::Ordering, OnceLock};
 
 use crate::{
     backend::{panic_message, BackendError, Instance, Model},
-    batching::cost::CostCurves,
+    batching::{cost::CostCurves, Feed},
     error::InferError,
     job::{Batch, ShapeKey, WorkToken},
     stats::ModelStats,
@@ -46,19 +45,21 @@ pub struct WorkerContext {
     pub direct: bool,
     /// Instances running a batch now.
     pub busy: std::sync::atomic::AtomicUsize,
+    /// Where an instance takes its next batch as it finishes one (set once the model's
+    /// scheduler has started, before any batch can come).
+    pub feed: OnceLock<Feed>,
 }
 
 impl WorkerPool {
     /// Starts `instances` threads, each building its own engine instance and running the
     /// `warm` inputs on it, and waits until all are ready. They take batches from the
-    /// returned sender and say `done` after each, so the scheduler knows an instance is
-    /// free. The channel holds one batch per instance (the scheduler only sends to an idle
-    /// one), or any number where `context.direct` (the channel is then the queue, bounded
-    /// by the scheduler's count).
+    /// returned sender, and after each the next one from `context.feed` where it has one.
+    /// The channel holds one batch per instance (a batch is sent only to an idle one), or
+    /// any number where `context.direct` (the channel is then the queue, bounded by the
+    /// scheduler's count).
     pub fn start(
         context: Arc<WorkerContext>,
         instances: usize,
-        done: mpsc::Sender<()>,
         warm: Vec<Vec<Tensor>>,
     ) -> Result<(WorkerPool, Sender<Batch>), String> {
         let warm = Arc::new(warm);
@@ -72,16 +73,15 @@ impl WorkerPool {
             threads: Vec::with_capacity(instances),
         };
         for i in 0..instances {
-            let (context, batches, done, ready_tx, warm) = (
+            let (context, batches, ready_tx, warm) = (
                 Arc::clone(&context),
                 batches.clone(),
-                done.clone(),
                 ready_tx.clone(),
                 Arc::clone(&warm),
             );
             let spawned = thread::Builder::new()
                 .name(format!("wharf-{}-{i}", context.model_name))
-                .spawn(move || work(&context, batches, done, ready_tx, warm));
+                .spawn(move || work(&context, batches, ready_tx, warm));
             match spawned {
                 Ok(handle) => pool.threads.push(handle),
                 Err(e) => {
@@ -116,7 +116,6 @@ impl Drop for WorkerPool {
 fn work(
     context: &WorkerContext,
     batches: Receiver<Batch>,
-    done: mpsc::Sender<()>,
     ready: std::sync::mpsc::SyncSender<Result<(), String>>,
     warm: Arc<Vec<Vec<Tensor>>>,
 ) {
@@ -140,7 +139,18 @@ fn work(
         return;
     }
     let stats = &context.stats;
-    while let Ok(mut batch) = batches.recv() {
+    let mut next: Option<Batch> = None;
+    loop {
+        let mut batch = match next.take() {
+            Some(batch) => batch,
+            None => match batches.recv() {
+                Ok(batch) => {
+                    stats.record_busy(context.busy.fetch_add(1, Ordering::Relaxed) + 1);
+                    batch
+                }
+                Err(_) => break, // the scheduler is gone: the model is unloading
+            },
+        };
         if context.direct {
             let now = tokio::time::Instant::now();
             for job in &mut batch {
@@ -149,18 +159,16 @@ fn work(
             }
             stats.record_pending(batches.len());
         }
-        stats.record_busy(context.busy.fetch_add(1, Ordering::Relaxed) + 1);
         // Engine panics are caught closer in; this catches a fault of wharf's own, so the
         // instance is never lost: the batch's callers get INTERNAL (their replies drop).
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| serve(context, &mut engine, batch)))
         {
             error!(model = %context.model_name, panic = %panic_message(payload.as_ref()), "a batch failed outside the engine");
         }
-        stats.record_busy(context.busy.fetch_sub(1, Ordering::Relaxed) - 1);
-        // The scheduler may be gone (unloading), or there is none (direct); then nobody
-        // needs to know.
-        if !context.direct {
-            let _ = done.blocking_send(());
+        // Straight on to the next batch where one can close now: no wait on a scheduler.
+        next = context.feed.get().and_then(Feed::next);
+        if next.is_none() {
+            stats.record_busy(context.busy.fetch_sub(1, Ordering::Relaxed) - 1);
         }
     }
 }
@@ -452,15 +460,12 @@ mod tests {
             buckets: Vec::new(),
             direct: false,
             busy: Default::default(),
+            feed: Default::default(),
         });
         let warm = (1..=4)
             .map(|rows| vec![fp32(vec![rows, 1], &vec![0.0; rows])])
             .collect();
-        let (done, _done_rx) = mpsc::channel(2);
-        (
-            Arc::clone(&model),
-            WorkerPool::start(context, 2, done, warm),
-        )
+        (Arc::clone(&model), WorkerPool::start(context, 2, warm))
     }
 
     #[test]
@@ -502,6 +507,7 @@ mod tests {
             buckets: vec![8],
             direct: false,
             busy: Default::default(),
+            feed: Default::default(),
         };
         let mut engine = Engine::new(Arc::clone(&context.model));
         let (a, b) = (
@@ -574,20 +580,17 @@ mod tests {
             buckets: Vec::new(),
             direct: false,
             busy: Default::default(),
+            feed: Default::default(),
         });
-        let (done, mut done_rx) = mpsc::channel(1);
-        let (pool, sender) = WorkerPool::start(Arc::clone(&context), 1, done, Vec::new()).unwrap();
+        let (pool, sender) = WorkerPool::start(Arc::clone(&context), 1, Vec::new()).unwrap();
         let answers = batches
             .into_iter()
             .map(|inputs| {
                 let (jobs, answers) = jobs_of(inputs);
                 sender.send(jobs).unwrap();
-                done_rx
-                    .blocking_recv()
-                    .expect("the worker reports the batch done");
                 answers
                     .into_iter()
-                    .map(|mut a| a.try_recv().expect("answered"))
+                    .map(|a| a.blocking_recv().expect("answered"))
                     .collect()
             })
             .collect();

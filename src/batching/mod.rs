@@ -1,8 +1,10 @@
-//! Dynamic batching: one scheduler per model version owns its queue, closes batches by
-//! the policy's rules, and hands them to idle instances only, so a batch keeps growing
-//! while every instance is busy. A model without dynamic batching has nothing to group,
-//! order or hold back: its requests go straight to the instances' channel, which is then
-//! the queue (`BatchPolicy::direct`).
+//! Dynamic batching: one queue per model version, whose batches close by the policy's
+//! rules and go to idle instances only, so a batch keeps growing while every instance is
+//! busy. An instance that finishes a batch takes its next one from the queue itself, and
+//! an arrival finding an idle instance hands it one, so no request waits on a scheduler
+//! task; a timer task only acts when a delay runs out or a deadline passes. A model
+//! without dynamic batching has nothing to group, order or hold back: its requests go
+//! straight to the instances' channel, which is then the queue (`BatchPolicy::direct`).
 
 pub mod cost;
 pub mod policy;
@@ -10,12 +12,12 @@ pub mod queue;
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
-    Arc,
+    Arc, Mutex, MutexGuard,
 };
 
 use crossbeam_channel::Sender;
 use tokio::{
-    sync::{mpsc, Notify},
+    sync::Notify,
     task::JoinHandle,
     time::{sleep_until, Instant},
 };
@@ -41,56 +43,164 @@ pub struct Scheduler {
     door: Door,
     /// Requests admitted and not yet taken by an instance: at most max_queue_size.
     waiting: Arc<AtomicU64>,
-    /// Woken when a caller leaves before its answer, so that the queue gives its slot
-    /// back at once rather than when a batch is next formed.
-    left: Arc<Notify>,
     policy: BatchPolicy,
     stats: Arc<ModelStats>,
 }
 
 enum Door {
-    /// Arrivals go to the scheduler task, which forms the batches.
+    /// The queue, shared with the instances (which take their next batch from it) and the
+    /// timer task.
     Queue {
-        arrivals: mpsc::UnboundedSender<Entry<Job>>,
-        task: JoinHandle<()>,
+        shared: Arc<Shared>,
+        timers: JoinHandle<()>,
     },
     /// Each request is a batch of its own, sent straight to the instances, which take
-    /// them in turn without waiting on a scheduler between requests (measured with
-    /// benches/overhead.py: that wait was most of what a small model's request cost).
+    /// them in turn (measured with benches/overhead.py: a scheduler between requests was
+    /// most of what a small model's request cost).
     Direct(Sender<Batch>),
 }
 
+/// What the door, the instances and the timer task share.
+struct Shared {
+    model: String,
+    state: Mutex<State>,
+    waiting: Arc<AtomicU64>,
+    stats: Arc<ModelStats>,
+    /// Wakes the timer task: the next delay or deadline may have moved earlier.
+    rearm: Notify,
+}
+
+struct State {
+    queue: Queue<Job>,
+    /// Instances waiting on the channel for a batch.
+    idle: usize,
+    /// To the idle instances; None once the scheduler is gone (the instances then end).
+    batches: Option<Sender<Batch>>,
+    /// When the timer task will next act, if it sleeps until then.
+    armed: Option<Instant>,
+}
+
+/// An instance's side of its model's queue: after each batch it asks for the next one
+/// here before waiting on its channel.
+#[derive(Clone)]
+pub struct Feed(Option<Arc<Shared>>);
+
+impl Feed {
+    /// The next batch to run now, if one can close; otherwise the instance is counted idle
+    /// and the next batch will come on its channel.
+    pub fn next(&self) -> Option<Batch> {
+        let shared = self.0.as_ref()?;
+        let mut state = shared.lock();
+        let now = Instant::now();
+        shared.expire(&mut state, now);
+        let batch = state
+            .batches
+            .is_some()
+            .then(|| shared.close_batch(&mut state, now))
+            .flatten();
+        if batch.is_none() {
+            state.idle += 1;
+        }
+        shared.record_pending();
+        shared.rearm_if_earlier(&mut state, now);
+        batch
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("queue lock")
+    }
+
+    fn record_pending(&self) {
+        self.stats
+            .record_pending(self.waiting.load(Ordering::Relaxed) as usize);
+    }
+
+    /// Answers what has expired.
+    fn expire(&self, state: &mut State, now: Instant) {
+        for left in state.queue.expire(now) {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            settle(&self.model, left, now, &self.stats);
+        }
+    }
+
+    /// The next batch that may close now, its waiting counted out.
+    fn close_batch(&self, state: &mut State, now: Instant) -> Option<Batch> {
+        loop {
+            let Closed { batch, abandoned } = state.queue.next_batch(now)?;
+            self.waiting
+                .fetch_sub((batch.len() + abandoned.len()) as u64, Ordering::AcqRel);
+            for entry in abandoned {
+                settle(&self.model, Left::Cancelled(entry), now, &self.stats);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            for entry in &batch {
+                self.stats.record_queue(now.duration_since(entry.enqueued));
+            }
+            return Some(batch.into_iter().map(|e| e.payload).collect());
+        }
+    }
+
+    /// Hands every batch that may close now to an idle instance.
+    fn dispatch(&self, state: &mut State, now: Instant) {
+        self.expire(state, now);
+        while state.idle > 0 {
+            let Some(batch) = self.close_batch(state, now) else {
+                break;
+            };
+            let sent = state.batches.as_ref().map(|b| b.try_send(batch));
+            // Never full: a batch goes only to an idle instance, which waits on the channel.
+            if !matches!(sent, Some(Ok(()))) {
+                return; // the instances are gone: the model is unloading
+            }
+            state.idle -= 1;
+        }
+        self.record_pending();
+    }
+
+    /// Wakes the timer task where the queue's next wake is earlier than it sleeps until.
+    fn rearm_if_earlier(&self, state: &mut State, now: Instant) {
+        let wake = state.queue.next_wake(now);
+        if wake.is_some_and(|w| state.armed.is_none_or(|armed| w < armed)) {
+            state.armed = wake;
+            self.rearm.notify_one();
+        }
+    }
+}
+
 impl Scheduler {
-    /// Starts the scheduler task on `runtime`. `batches` leads to `instances` workers,
-    /// each of which sends on `done` when it finishes a batch. With `policy.direct`, no
-    /// task: `batches` must then be unbounded (the queue's bound is counted here).
+    /// Starts the model's queue. `batches` leads to `instances` idle workers, which must
+    /// ask `feed()` for their next batch after each one. With `policy.direct`, no queue:
+    /// `batches` must then be unbounded (the queue's bound is counted here).
     pub fn start(
         runtime: &tokio::runtime::Handle,
         model: String,
         policy: BatchPolicy,
         instances: usize,
         batches: Sender<Batch>,
-        done: mpsc::Receiver<()>,
         stats: Arc<ModelStats>,
     ) -> Scheduler {
         let waiting = Arc::new(AtomicU64::new(0));
-        let left = Arc::new(Notify::new());
         let door = if policy.direct {
             Door::Direct(batches)
         } else {
-            let (arrivals, incoming) = mpsc::unbounded_channel();
-            let task = runtime.spawn(run(
-                model.clone(),
-                Queue::new(policy.clone()),
-                incoming,
-                batches,
-                done,
-                instances,
-                Arc::clone(&waiting),
-                Arc::clone(&left),
-                Arc::clone(&stats),
-            ));
-            Door::Queue { arrivals, task }
+            let shared = Arc::new(Shared {
+                model: model.clone(),
+                state: Mutex::new(State {
+                    queue: Queue::new(policy.clone()),
+                    idle: instances,
+                    batches: Some(batches),
+                    armed: None,
+                }),
+                waiting: Arc::clone(&waiting),
+                stats: Arc::clone(&stats),
+                rearm: Notify::new(),
+            });
+            let timers = runtime.spawn(timers(Arc::clone(&shared)));
+            Door::Queue { shared, timers }
         };
         stats
             .metrics
@@ -101,9 +211,16 @@ impl Scheduler {
             model,
             door,
             waiting,
-            left,
             policy,
             stats,
+        }
+    }
+
+    /// What the model's instances take their batches through.
+    pub fn feed(&self) -> Feed {
+        match &self.door {
+            Door::Queue { shared, .. } => Feed(Some(Arc::clone(shared))),
+            Door::Direct(_) => Feed(None),
         }
     }
 
@@ -120,8 +237,14 @@ impl Scheduler {
     /// removed, and its slot freed, without waiting for an instance to come free.
     pub fn caller_left(&self) {
         // Direct: an instance skips the gone caller's job when it comes to it.
-        if let Door::Queue { .. } = self.door {
-            self.left.notify_one();
+        if let Door::Queue { shared, .. } = &self.door {
+            let mut state = shared.lock();
+            let now = Instant::now();
+            for left in state.queue.sweep(now) {
+                shared.waiting.fetch_sub(1, Ordering::AcqRel);
+                settle(&shared.model, left, now, &shared.stats);
+            }
+            shared.record_pending();
         }
     }
 
@@ -170,16 +293,23 @@ impl Scheduler {
                 self.stats.record_pending(self.waiting());
                 Ok(())
             }
-            Door::Queue { arrivals, .. } => {
-                let entry = Entry {
+            Door::Queue { shared, .. } => {
+                let mut state = shared.lock();
+                if state.batches.is_none() {
+                    return Err(unloading());
+                }
+                let now = Instant::now();
+                state.queue.push(Entry {
                     key: request.key,
                     rows: request.rows,
                     priority: request.priority,
                     enqueued: request.arrived,
                     deadline: request.deadline,
                     payload: job,
-                };
-                arrivals.send(entry).map_err(|_| unloading())
+                });
+                shared.dispatch(&mut state, now);
+                shared.rearm_if_earlier(&mut state, now);
+                Ok(())
             }
         }
     }
@@ -187,75 +317,35 @@ impl Scheduler {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        // Whatever still waits has no one left to serve it; the workers finish the
-        // batches they hold once the task (and with it the batch sender) is gone.
-        if let Door::Queue { task, .. } = &self.door {
-            task.abort();
+        // Whatever still waits has no one left to serve it; the instances finish the
+        // batches they hold, then end as their channel closes.
+        if let Door::Queue { shared, timers } = &self.door {
+            timers.abort();
+            let mut state = shared.lock();
+            state.batches = None;
+            let dropped = std::mem::replace(&mut state.queue, Queue::new(self.policy.clone()));
+            drop(state);
+            drop(dropped);
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    model: String,
-    mut queue: Queue<Job>,
-    mut incoming: mpsc::UnboundedReceiver<Entry<Job>>,
-    batches: Sender<Batch>,
-    mut done: mpsc::Receiver<()>,
-    instances: usize,
-    waiting: Arc<AtomicU64>,
-    caller_left: Arc<Notify>,
-    stats: Arc<ModelStats>,
-) {
-    let mut idle = instances;
+/// Acts when nothing else would: a group's delay running out, or a deadline passing,
+/// while no instance comes free and no request arrives.
+async fn timers(shared: Arc<Shared>) {
     loop {
-        let wake = queue.next_wake(Instant::now());
-        let mut sweep = false;
+        let wake = {
+            let mut state = shared.lock();
+            let now = Instant::now();
+            shared.dispatch(&mut state, now);
+            let wake = state.queue.next_wake(now);
+            state.armed = wake;
+            wake
+        };
         tokio::select! {
-            arrival = incoming.recv() => match arrival {
-                Some(entry) => queue.push(entry),
-                None => return,
-            },
-            Some(()) = done.recv() => idle += 1,
-            () = caller_left.notified() => sweep = true,
+            () = shared.rearm.notified() => {}
             () = async { sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {}
         }
-        // Take every arrival already there before forming a batch from them.
-        while let Ok(entry) = incoming.try_recv() {
-            queue.push(entry);
-        }
-        let now = Instant::now();
-        let gone = if sweep {
-            queue.sweep(now)
-        } else {
-            queue.expire(now)
-        };
-        for left in gone {
-            waiting.fetch_sub(1, Ordering::AcqRel);
-            settle(&model, left, now, &stats);
-        }
-        while idle > 0 {
-            let Some(Closed { batch, abandoned }) = queue.next_batch(now) else {
-                break;
-            };
-            waiting.fetch_sub((batch.len() + abandoned.len()) as u64, Ordering::AcqRel);
-            for entry in abandoned {
-                settle(&model, Left::Cancelled(entry), now, &stats);
-            }
-            if batch.is_empty() {
-                continue;
-            }
-            for entry in &batch {
-                stats.record_queue(now.duration_since(entry.enqueued));
-            }
-            let jobs: Batch = batch.into_iter().map(|e| e.payload).collect();
-            // Never blocks: a batch is sent only to an idle instance.
-            if batches.try_send(jobs).is_err() {
-                return; // the workers are gone: the model is unloading
-            }
-            idle -= 1;
-        }
-        stats.record_pending(waiting.load(Ordering::Relaxed) as usize);
     }
 }
 
@@ -292,7 +382,8 @@ mod tests {
     struct Harness {
         scheduler: Scheduler,
         batches: Receiver<Batch>,
-        done: mpsc::Sender<()>,
+        /// Batches the test's "instances" took from the queue as they finished one.
+        pulled: std::sync::Mutex<Vec<Batch>>,
         stats: Arc<ModelStats>,
     }
 
@@ -319,7 +410,6 @@ mod tests {
         } else {
             crossbeam_channel::bounded(instances)
         };
-        let (done, done_rx) = mpsc::channel(instances);
         let stats = Arc::new(ModelStats::default());
         let scheduler = Scheduler::start(
             &tokio::runtime::Handle::current(),
@@ -327,13 +417,12 @@ mod tests {
             policy,
             instances,
             tx,
-            done_rx,
             Arc::clone(&stats),
         );
         Harness {
             scheduler,
             batches,
-            done,
+            pulled: Default::default(),
             stats,
         }
     }
@@ -387,14 +476,19 @@ mod tests {
             for _ in 0..20 {
                 tokio::task::yield_now().await;
             }
-            self.batches
-                .try_iter()
+            let pulled = std::mem::take(&mut *self.pulled.lock().unwrap());
+            pulled
+                .into_iter()
+                .chain(self.batches.try_iter())
                 .map(|b| b.iter().map(|j| j.inputs[0].name.clone()).collect())
                 .collect()
         }
 
+        /// An instance finishes its batch and takes the next, if one can close.
         async fn finish_one(&self) {
-            self.done.send(()).await.unwrap();
+            if let Some(batch) = self.scheduler.feed().next() {
+                self.pulled.lock().unwrap().push(batch);
+            }
         }
     }
 

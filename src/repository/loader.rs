@@ -238,7 +238,6 @@ fn load_version(
         Backlog::new(instances, objective),
     ));
     let work = WorkEstimate::new(&profile.curves, policy.form_rows);
-    let (done_tx, done_rx) = tokio::sync::mpsc::channel(instances);
     let buckets = batch_buckets(config, &policy);
     let context = Arc::new(WorkerContext {
         model_name: task.name.clone(),
@@ -249,6 +248,7 @@ fn load_version(
         buckets: buckets.clone(),
         direct: policy.direct,
         busy: Default::default(),
+        feed: Default::default(),
     });
     // On a GPU every batch size the scheduler can send is a new shape to prepare for
     // (with padding, only the buckets).
@@ -263,16 +263,17 @@ fn load_version(
     let warm =
         warmup::instance_inputs(&spec, config, &warm_rows, padded).map_err(LoadError::Warmup)?;
     let (pool, batches_tx) =
-        WorkerPool::start(context, instances, done_tx, warm).map_err(LoadError::Workers)?;
+        WorkerPool::start(Arc::clone(&context), instances, warm).map_err(LoadError::Workers)?;
     let scheduler = Scheduler::start(
         runtime,
         task.name.clone(),
         policy.clone(),
         instances,
         batches_tx,
-        done_rx,
         Arc::clone(&stats),
     );
+    // Before any batch is sent: only the scheduler sends them.
+    let _ = context.feed.set(scheduler.feed());
     let load_time = started.elapsed();
     record_load(
         metrics,
