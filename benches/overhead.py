@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every server this many times in turn; the table shows each figure's median")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--baseline", help="another wharf binary (e.g. main's) to measure beside this one")
     parser.add_argument("--ppocr", action="store_true",
@@ -108,20 +111,24 @@ def main():
                                            "--metrics-port", str(free_port()), "--model-repository", str(repo)], "simple"),
                 ("baseline, dynamic batching", None, "simple_batched"),
             ]
-        proc = None
-        for name, cmd, model in servers:
-            if cmd is not None:
-                if proc is not None:
-                    stop(proc)
-                proc = serve(cmd, address)
-            for c in levels:
-                r = bench(address, model, c, args.seconds, proc.pid)
-                r.update(server=name, concurrency=c)
-                rows.append(r)
-                print(f"{name:<24} c{c:<3} {r['throughput_rps']:>9.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
-                      f"p99 {r['p99_ms']:.2f} ms  {r['server_cpu_us_per_request']:.0f} us CPU/request  "
-                      f"errors {r['errors']}", file=sys.stderr, flush=True)
-        stop(proc)
+        for rnd in range(1, args.rounds + 1):
+            proc = None
+            for name, cmd, model in servers:
+                if cmd is not None:
+                    if proc is not None:
+                        stop(proc)
+                    proc = serve(cmd, address)
+                for c in levels:
+                    r = bench(address, model, c, args.seconds, proc.pid)
+                    r.update(server=name, concurrency=c, round=rnd)
+                    rows.append(r)
+                    print(f"round {rnd} {name:<24} c{c:<3} {r['throughput_rps']:>9.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
+                          f"p99 {r['p99_ms']:.2f} ms  {r['server_cpu_us_per_request']:.0f} us CPU/request  "
+                          f"errors {r['errors']}", file=sys.stderr, flush=True)
+            stop(proc)
+    if args.rounds > 1:
+        print_ratios(rows, args.rounds)
+        rows = medians(rows)
     floor = {r["concurrency"]: r for r in rows if r["server"] == "bare tonic echo"}
     print("| server | concurrency | req/s | p50 / p99 ms | server CPU µs/request | req/s vs echo | CPU vs echo |")
     print("|---|---|---|---|---|---|---|")
@@ -132,6 +139,35 @@ def main():
               f"{r['server_cpu_us_per_request'] / f['server_cpu_us_per_request']:.2f} |")
     if args.json:
         print(json.dumps(rows, indent=1))
+
+
+def medians(rows):
+    """One row per server and concurrency, each figure the median over the rounds."""
+    keys = ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")
+    out = []
+    for r in rows:
+        if r["round"] != 1:
+            continue
+        same = [x for x in rows if x["server"] == r["server"] and x["concurrency"] == r["concurrency"]]
+        out.append({**r, **{k: statistics.median(x[k] for x in same) for k in keys}})
+    return out
+
+
+def print_ratios(rows, rounds):
+    """Per round, the ratios the issue's bar is about, so their spread shows."""
+    print("| round | c64 no batching / echo req/s | c64 CPU / echo | c1 p50 / echo | c64 dynamic / no batching req/s |")
+    print("|---|---|---|---|---|")
+    for rnd in range(1, rounds + 1):
+        at = {(r["server"], r["concurrency"]): r for r in rows if r["round"] == rnd}
+        echo1, echo64 = at.get(("bare tonic echo", 1)), at.get(("bare tonic echo", 64))
+        none1, none64 = at.get(("wharf, no batching", 1)), at.get(("wharf, no batching", 64))
+        dyn64 = at.get(("wharf, dynamic batching", 64))
+        if not all((echo1, echo64, none1, none64, dyn64)):
+            return
+        print(f"| {rnd} | {none64['throughput_rps'] / echo64['throughput_rps']:.2f} | "
+              f"{none64['server_cpu_us_per_request'] / echo64['server_cpu_us_per_request']:.2f} | "
+              f"{none1['p50_ms'] / echo1['p50_ms']:.2f} | {dyn64['throughput_rps'] / none64['throughput_rps']:.2f} |")
+    print()
 
 
 def ppocr(args):

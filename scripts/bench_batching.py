@@ -6,6 +6,8 @@
 
     cargo build --release --examples && scripts/fetch-ppocr-models.sh
     .venv-test/bin/pip install onnx && .venv-test/bin/python scripts/bench_batching.py [--seconds 10]
+
+With --baseline OTHER_WHARF, part 1 runs that binary too, in the same run (for regressions).
 """
 import argparse
 import json
@@ -25,9 +27,9 @@ IN_PROCESS = ROOT / "target" / "release" / "examples" / "in_process"
 
 
 class Server:
-    def __init__(self, repo):
+    def __init__(self, repo, binary=WHARF):
         self.proc = subprocess.Popen(
-            [str(WHARF), "--log-format", "json", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
+            [str(binary), "--log-format", "json", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
              "--model-repository", str(repo)],
             stderr=subprocess.PIPE, text=True,
         )
@@ -73,6 +75,7 @@ def model_dir(repo, name, onnx, config):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--baseline", help="another wharf binary whose part 1 runs beside this one's")
     args = parser.parse_args()
     secs = ["--duration-secs", str(args.seconds), "--warmup-secs", "2"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,13 +86,17 @@ def main():
         print("| config | requests/s | p50 ms | p99 ms | executions per request | batch sizes run (rows: calls) |")
         print("|---|---|---|---|---|---|")
         rates = {}
-        for label, extra in [
+        configs = [
             ("no dynamic batching", ""),
             ("dynamic batching, preferred [8, 16], delay 2 ms", "dynamic_batching: { preferred_batch_size: [8, 16], max_queue_delay_microseconds: 2000 }\n"),
-        ]:
-            repo = tmp / label.split(",")[0].replace(" ", "_")
+        ]
+        runs = [(label, extra, WHARF) for label, extra in configs]
+        if args.baseline:
+            runs += [(f"baseline, {label}", extra, args.baseline) for label, extra in configs]
+        for label, extra, binary in runs:
+            repo = tmp / label.replace(",", "").replace(" ", "_")
             model_dir(repo, "mlp", mlp, "max_batch_size: 16\ninstance_group: [{ count: 1 }]\n" + extra)
-            server = Server(repo)
+            server = Server(repo, binary)
             report = server.bench("mlp", "--concurrency", "16", *secs)
             inferences, executions, batches = server.stats("mlp")
             server.stop()
