@@ -37,12 +37,35 @@ pub enum InferError {
     ShuttingDown,
     #[error("model '{model}': {source}")]
     Backend { model: String, source: BackendError },
+    /// A step of an ensemble failed; the error is the step model's.
+    #[error("ensemble '{ensemble}' {step}: {source}")]
+    Step {
+        ensemble: String,
+        /// Its place and model, as `Step::label` writes them.
+        step: String,
+        source: Box<InferError>,
+    },
+    #[error("ensemble '{ensemble}': {step} would hold {held} between steps, over the request's {limit} (max_intermediate_bytes)")]
+    IntermediateBytes {
+        ensemble: String,
+        step: String,
+        held: bytesize::ByteSize,
+        limit: bytesize::ByteSize,
+    },
     /// The worker dropped the request without answering (it panicked or was stopped).
     #[error("model '{0}': the worker stopped before answering")]
     WorkerGone(String),
 }
 
 impl InferError {
+    /// The error a step's own error comes down to (itself for any other).
+    pub fn root(&self) -> &InferError {
+        match self {
+            InferError::Step { source, .. } => source.root(),
+            other => other,
+        }
+    }
+
     pub fn invalid(msg: impl Into<String>) -> Self {
         InferError::InvalidArgument(msg.into())
     }

@@ -176,6 +176,21 @@ impl ModelStats {
         self.metrics.request_duration.record(took.as_secs_f64());
     }
 
+    /// An ensemble's failure: no queue or worker counts its outcome, so it is counted
+    /// here from the error, a step's by the step's own error.
+    pub fn record_pipeline_failure(&self, error: &InferError, took: Duration) {
+        self.with(|s| s.fail.add(took));
+        let outcome = match error.root() {
+            InferError::InvalidArgument(_) => Outcome::Invalid,
+            InferError::QueueFull { .. }
+            | InferError::InflightBytes { .. }
+            | InferError::IntermediateBytes { .. } => Outcome::QueueFull,
+            InferError::DeadlineExceeded { .. } => Outcome::Timeout,
+            _ => Outcome::BackendError,
+        };
+        self.metrics.ended(outcome, 1);
+    }
+
     /// Any failure, for Triton's tally. The outcome is counted here only for the errors
     /// decided by the request itself (validation, a worker that vanished); the queue and
     /// the workers count theirs where they decide them.

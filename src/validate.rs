@@ -6,7 +6,7 @@ use tokio::time::Instant;
 use crate::{
     error::InferError,
     job::{ShapeKey, ValidRequest},
-    repository::{spec::ModelSpec, ServedModel},
+    repository::{spec::ModelSpec, EngineRunner, ServedModel},
     request::InferRequest,
     tensor::{shape_string, Tensor},
 };
@@ -16,16 +16,12 @@ use crate::{
 /// deadline from the queue timeout and the caller's own.
 pub fn admit(
     model: &ServedModel,
+    engine: &EngineRunner,
     request: &mut InferRequest,
     arrived: Instant,
 ) -> Result<ValidRequest, InferError> {
-    requested_outputs(&model.name, &model.spec, &request.outputs)?;
-    let policy = model.scheduler.policy();
-    let (inputs, rows) = inputs(
-        &model.name,
-        &model.spec,
-        std::mem::take(&mut request.inputs),
-    )?;
+    let (inputs, rows) = check(model, request)?;
+    let policy = engine.scheduler.policy();
     if rows > policy.max_rows && model.spec.max_batch_size > 0 {
         return Err(InferError::invalid(format!(
             "batch size {rows} does not fit model '{}': its memory budget allows {} rows per call",
@@ -54,6 +50,20 @@ pub fn admit(
         arrived,
         deadline,
     })
+}
+
+/// The checks every model's requests pass, engine or ensemble: the outputs asked for and
+/// the inputs (taken out of `request`), returned in the model's order with their rows.
+pub fn check(
+    model: &ServedModel,
+    request: &mut InferRequest,
+) -> Result<(Vec<Tensor>, usize), InferError> {
+    requested_outputs(&model.name, &model.spec, &request.outputs)?;
+    inputs(
+        &model.name,
+        &model.spec,
+        std::mem::take(&mut request.inputs),
+    )
 }
 
 /// Returns the inputs in the model's input order and the batch size they carry.

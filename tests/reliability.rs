@@ -45,25 +45,6 @@ async fn infer(
     client.model_infer(request).await
 }
 
-/// Polls `check` until it holds, failing after `limit`.
-async fn until(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn metric(server: &wharf::app::Server, series: &str) -> f64 {
-    samples(&scrape(server).await)
-        .get(series)
-        .copied()
-        .unwrap_or(0.0)
-}
-
 const GATHER: &str = "max_batch_size: 8\ninstance_group: [{ count: 1, kind: KIND_CPU }]\n\
                       dynamic_batching: { preferred_batch_size: [3], max_queue_delay_microseconds: 200000 }\n";
 

@@ -1,7 +1,11 @@
 //! Protobuf answers built from a served model: metadata, config and statistics.
 
 use super::pb;
-use crate::repository::{config::BackendKind, spec::TensorSpec, ServedModel};
+use crate::repository::{
+    config::{BackendKind, ModelConfig},
+    spec::TensorSpec,
+    Runner, ServedModel,
+};
 
 /// ModelMetadata: the served version's tensors, full dims with -1 for any size.
 pub fn metadata(model: &ServedModel, versions: Vec<String>) -> pb::ModelMetadataResponse {
@@ -13,14 +17,17 @@ pub fn metadata(model: &ServedModel, versions: Vec<String>) -> pb::ModelMetadata
     pb::ModelMetadataResponse {
         name: model.name.clone(),
         versions,
-        platform: platform(model.config.backend),
+        platform: platform(&model.config),
         inputs: model.spec.inputs.iter().map(describe).collect(),
         outputs: model.spec.outputs.iter().map(describe).collect(),
     }
 }
 
-fn platform(backend: BackendKind) -> String {
-    match backend {
+fn platform(config: &ModelConfig) -> String {
+    if config.is_ensemble() {
+        return "ensemble".into();
+    }
+    match config.backend {
         BackendKind::Tract => "tract_onnx".into(),
         BackendKind::Onnxruntime => "onnxruntime_onnx".into(),
     }
@@ -66,7 +73,7 @@ pub fn statistics(model: &ServedModel) -> pb::ModelStatistics {
         memory_usage: vec![pb::MemoryUsage {
             r#type: "CPU".into(),
             id: 0,
-            byte_size: model.shared_bytes,
+            byte_size: model.engine().map_or(0, |e| e.shared_bytes),
         }],
         response_stats: Default::default(),
     }
@@ -141,27 +148,59 @@ pub fn model_config(model: &ServedModel) -> pb::ModelConfig {
     };
     let mut parameters = std::collections::HashMap::new();
     let param = |v: String| pb::ModelParameter { string_value: v };
-    let curve: Vec<String> = model
-        .profile
-        .curves
-        .fallback
-        .points()
-        .iter()
-        .map(|(rows, t)| format!("{rows}:{}", t.as_micros()))
-        .collect();
-    parameters.insert("batch_cost_us".into(), param(curve.join(",")));
-    let peaks: Vec<String> = model
-        .profile
-        .peak_bytes
-        .iter()
-        .map(|(r, b)| format!("{r}:{b}"))
-        .collect();
-    parameters.insert("batch_peak_bytes".into(), param(peaks.join(",")));
-    parameters.insert(
-        "batch_rows_allowed".into(),
-        param(model.scheduler.policy().max_rows.to_string()),
-    );
-    parameters.insert("shared_bytes".into(), param(model.shared_bytes.to_string()));
+    if let Some(engine) = model.engine() {
+        let curve: Vec<String> = engine
+            .profile
+            .curves
+            .fallback
+            .points()
+            .iter()
+            .map(|(rows, t)| format!("{rows}:{}", t.as_micros()))
+            .collect();
+        parameters.insert("batch_cost_us".into(), param(curve.join(",")));
+        let peaks: Vec<String> = engine
+            .profile
+            .peak_bytes
+            .iter()
+            .map(|(r, b)| format!("{r}:{b}"))
+            .collect();
+        parameters.insert("batch_peak_bytes".into(), param(peaks.join(",")));
+        parameters.insert(
+            "batch_rows_allowed".into(),
+            param(engine.scheduler.policy().max_rows.to_string()),
+        );
+        parameters.insert(
+            "shared_bytes".into(),
+            param(engine.shared_bytes.to_string()),
+        );
+    }
+    let scheduling = match &model.runner {
+        Runner::Engine(_) => batching,
+        Runner::Ensemble(pipeline) => {
+            parameters.insert(
+                "max_intermediate_bytes".into(),
+                param(pipeline.max_intermediate_bytes.to_string()),
+            );
+            let steps = c.ensemble_scheduling.iter().flat_map(|s| &s.step);
+            Some(pb::model_config::SchedulingChoice::EnsembleScheduling(
+                pb::ModelEnsembling {
+                    step: steps
+                        .map(|s| pb::model_ensembling::Step {
+                            model_name: s.model_name.clone(),
+                            model_version: s.model_version,
+                            input_map: s.input_map.clone().into_iter().collect(),
+                            output_map: s.output_map.clone().into_iter().collect(),
+                        })
+                        .collect(),
+                },
+            ))
+        }
+    };
+    let (groups, backend, filename) = if c.is_ensemble() {
+        (Vec::new(), String::new(), String::new())
+    } else {
+        (groups, c.backend.as_str().into(), c.model_filename().into())
+    };
     for (i, g) in c.instance_group.iter().flatten().enumerate() {
         if let Some(budget) = g.memory_budget {
             parameters.insert(
@@ -174,8 +213,8 @@ pub fn model_config(model: &ServedModel) -> pb::ModelConfig {
     }
     pb::ModelConfig {
         name: model.name.clone(),
-        platform: platform(c.backend),
-        backend: c.backend.as_str().into(),
+        platform: platform(c),
+        backend,
         version_policy: Some(pb::ModelVersionPolicy {
             policy_choice: Some(policy),
         }),
@@ -203,8 +242,8 @@ pub fn model_config(model: &ServedModel) -> pb::ModelConfig {
             })
             .collect(),
         instance_group: groups,
-        default_model_filename: c.model_filename().into(),
-        scheduling_choice: batching,
+        default_model_filename: filename,
+        scheduling_choice: scheduling,
         parameters,
         ..Default::default()
     }

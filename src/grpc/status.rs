@@ -9,7 +9,10 @@ pub fn code(error: &InferError) -> Code {
         InferError::ModelNotFound(_) | InferError::VersionNotFound { .. } => Code::NotFound,
         InferError::ModelUnavailable { .. } | InferError::ShuttingDown => Code::Unavailable,
         InferError::InvalidArgument(_) => Code::InvalidArgument,
-        InferError::QueueFull { .. } | InferError::InflightBytes { .. } => Code::ResourceExhausted,
+        InferError::QueueFull { .. }
+        | InferError::InflightBytes { .. }
+        | InferError::IntermediateBytes { .. } => Code::ResourceExhausted,
+        InferError::Step { source, .. } => code(source),
         InferError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
         InferError::Backend { source, .. } => match source {
             BackendError::ShapeRejected { .. } | BackendError::Unsupported(_) => {

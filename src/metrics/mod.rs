@@ -35,6 +35,7 @@ pub const MODEL_READY: &str = "wharf_model_ready";
 pub const MODEL_LOAD_DURATION: &str = "wharf_model_load_duration_seconds";
 pub const MODEL_SATURATION: &str = "wharf_model_saturation_ratio";
 pub const SATURATION: &str = "wharf_saturation_ratio";
+pub const STEPS_CANCELLED: &str = "wharf_ensemble_steps_cancelled_total";
 
 /// Request, queue and compute times. The PP-OCR models span cls on onnxruntime (under a
 /// millisecond) to det on tract at 640x640 (seconds), so the buckets cover 0.5 ms to 30 s
@@ -119,7 +120,7 @@ impl Refusal {
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
 
 /// (name, help) for every metric, so each scrape carries HELP and TYPE lines.
-const HELP: [(&str, &str); 21] = [
+const HELP: [(&str, &str); 22] = [
     (BUILD_INFO, "Always 1; labels carry the wharf version and its compiled backends."),
     (REQUESTS, "Requests that reached a model version, by how they ended."),
     (REQUESTS_REFUSED, "Requests refused before reaching a model version, by reason."),
@@ -138,6 +139,7 @@ const HELP: [(&str, &str); 21] = [
     (MEMORY_PEAK, "Peak bytes one engine call of the largest batch formed allocated at warmup."),
     (MEMORY_SHARED, "Bytes held once for all instances (weights, compiled plans)."),
     (MODEL_READY, "1 when the model version serves requests, else 0."),
+    (STEPS_CANCELLED, "Ensemble steps never started because their caller left first."),
     (MODEL_LOAD_DURATION, "Time the model version took to load and warm."),
     (MODEL_SATURATION, "Pending work over what the instances finish within the latency objective, smoothed over 5 s; above 1 requests wait longer than the objective."),
     (SATURATION, "The pod's most saturated model version: the autoscaling signal."),
@@ -275,6 +277,12 @@ impl Metrics {
         metrics.pending.set(0.0);
         metrics.instances_busy.set(0.0);
         metrics
+    }
+
+    /// An ensemble's count of steps its callers' leaving spared.
+    pub fn steps_cancelled(&self, model: &str, version: &str) -> Counter {
+        self.recorder
+            .register_counter(&labelled(STEPS_CANCELLED, model, version), &METADATA)
     }
 
     /// Exported only for model versions that configure a budget: 0 would read as one.

@@ -8,7 +8,7 @@ pub use crate::batching::policy::TimeoutAction;
 use bytesize::ByteSize;
 use serde::{Deserialize, Deserializer};
 
-use super::parameters::Parameters;
+use super::parameters::{ParameterOwner, Parameters};
 use crate::tensor::DataType;
 
 /// The file as written; every key is optional so that a bare ONNX model needs no config.
@@ -20,6 +20,10 @@ pub struct ModelConfig {
     pub name: Option<String>,
     #[serde(default)]
     pub backend: BackendKind,
+    /// Triton's `platform`: `ensemble` makes the model a pipeline over other models
+    /// (`ensemble_scheduling`); engines are chosen by `backend`.
+    pub platform: Option<Platform>,
+    pub ensemble_scheduling: Option<EnsembleScheduling>,
     /// Largest batch a request or a formed batch may carry; 0 means the model has no batch
     /// dimension. Read from the ONNX graph where absent.
     pub max_batch_size: Option<u32>,
@@ -61,6 +65,39 @@ impl BackendKind {
             BackendKind::Onnxruntime => "onnxruntime",
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Ensemble,
+}
+
+/// An ensemble's steps, in Triton's form: each runs a model on tensors of the ensemble's
+/// (its inputs, or other steps' outputs), named through the maps.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleScheduling {
+    pub step: Vec<EnsembleStep>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleStep {
+    pub model_name: String,
+    /// -1: the model's latest READY version, looked up at each request.
+    #[serde(default = "latest_version")]
+    pub model_version: i64,
+    /// The step model's input name → the ensemble tensor it reads.
+    #[serde(default)]
+    pub input_map: BTreeMap<String, String>,
+    /// The step model's output name → the ensemble tensor it writes.
+    #[serde(default)]
+    pub output_map: BTreeMap<String, String>,
+}
+
+fn latest_version() -> i64 {
+    -1
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,7 +313,12 @@ impl ModelConfig {
             }
         })?;
         config.validate()?;
-        config.params = Parameters::parse(&config.parameters, config.backend)
+        if config.is_ensemble() {
+            config.validate_ensemble()?;
+        } else if config.ensemble_scheduling.is_some() {
+            return Err("key `ensemble_scheduling`: only for `platform: ensemble`".into());
+        }
+        config.params = Parameters::parse(&config.parameters, config.engine_kind())
             .map_err(|(key, what)| format!("key `{key}`: {what}"))?;
         Ok(config)
     }
@@ -385,6 +427,86 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+
+    /// An ensemble needs its steps, and fully declared inputs and outputs (it has no model
+    /// file to read them from); it has no instances or queue of its own.
+    fn validate_ensemble(&self) -> Result<(), String> {
+        let key_err = |key: &str, what: String| Err(format!("key `{key}`: {what}"));
+        let Some(scheduling) = &self.ensemble_scheduling else {
+            return key_err(
+                "ensemble_scheduling",
+                "platform ensemble needs its steps: ensemble_scheduling: { step: [...] }".into(),
+            );
+        };
+        if scheduling.step.is_empty() {
+            return key_err(
+                "ensemble_scheduling.step",
+                "expected at least one step".into(),
+            );
+        }
+        for (key, list) in [("input", &self.input), ("output", &self.output)] {
+            let Some(list) = list.as_ref().filter(|l| !l.is_empty()) else {
+                return key_err(key, format!("an ensemble must declare its {key}s"));
+            };
+            for (i, t) in list.iter().enumerate() {
+                if t.data_type.is_none() || t.dims.is_none() {
+                    return key_err(
+                        &format!("{key}[{i}]"),
+                        format!("an ensemble's {key} '{}' needs data_type and dims", t.name),
+                    );
+                }
+            }
+        }
+        let own = [
+            ("dynamic_batching", self.dynamic_batching.is_some()),
+            ("instance_group", self.instance_group.is_some()),
+            ("model_warmup", self.model_warmup.is_some()),
+        ];
+        if let Some((key, _)) = own.iter().find(|(_, given)| *given) {
+            return key_err(
+                key,
+                "an ensemble has no instances or queue of its own: set it on the step models"
+                    .into(),
+            );
+        }
+        for (i, step) in scheduling.step.iter().enumerate() {
+            if step.model_name.is_empty() {
+                return key_err(
+                    &format!("ensemble_scheduling.step[{i}].model_name"),
+                    "expected a model name".into(),
+                );
+            }
+            if step.model_version < -1 {
+                return key_err(
+                    &format!("ensemble_scheduling.step[{i}].model_version"),
+                    format!(
+                        "expected a version, or -1 for the latest, found {}",
+                        step.model_version
+                    ),
+                );
+            }
+            if step.output_map.is_empty() {
+                return key_err(
+                    &format!("ensemble_scheduling.step[{i}].output_map"),
+                    "a step must write at least one tensor".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_ensemble(&self) -> bool {
+        self.platform == Some(Platform::Ensemble)
+    }
+
+    /// What the `parameters` block is read for.
+    fn engine_kind(&self) -> ParameterOwner {
+        if self.is_ensemble() {
+            ParameterOwner::Ensemble
+        } else {
+            ParameterOwner::Engine(self.backend)
+        }
     }
 
     /// Whether the model runs on a GPU.

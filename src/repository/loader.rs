@@ -13,10 +13,11 @@ use tracing::info;
 
 use super::{
     config::{BackendKind, ModelConfig},
+    ensemble::{Lookup, Pipeline},
     policy,
     spec::ModelSpec,
     warmup::{self, Profile},
-    LoadSettings, ServedModel,
+    EngineRunner, LoadSettings, Runner, ServedModel,
 };
 use crate::{
     backend::{tract::TractModel, BackendError, Model},
@@ -41,6 +42,9 @@ pub enum LoadError {
     Signature { path: PathBuf, reason: String },
     #[error("{0}")]
     Warmup(String),
+    /// An ensemble's steps do not fit together, or a step model is not READY.
+    #[error("{0}")]
+    Ensemble(String),
     /// The instance's memory budget cannot be held.
     #[error("{0}")]
     Budget(String),
@@ -315,13 +319,57 @@ fn load_version(
         version: task.version,
         config: config.clone(),
         spec,
-        scheduler,
-        pool,
         stats,
-        work,
-        profile,
-        shared_bytes,
         load_time,
+        runner: Runner::Engine(EngineRunner {
+            scheduler,
+            pool,
+            work,
+            profile,
+            shared_bytes,
+        }),
+    })
+}
+
+/// Loads an ensemble: its spec from its config, its steps resolved against the step
+/// models as `lookup` finds them (loaded before it). No engine, no instances.
+pub fn load_ensemble(
+    task: &LoadTask,
+    lookup: &Lookup,
+    settings: &LoadSettings,
+    metrics: &Metrics,
+) -> Result<ServedModel, LoadError> {
+    let started = Instant::now();
+    let config = &task.config;
+    let spec = ModelSpec::declared(config).map_err(LoadError::Ensemble)?;
+    let version = task.version.to_string();
+    let steps_cancelled = metrics.steps_cancelled(&task.name, &version);
+    let pipeline =
+        Pipeline::plan(config, &spec, lookup, steps_cancelled).map_err(LoadError::Ensemble)?;
+    let objective = config
+        .params
+        .latency_objective
+        .unwrap_or(settings.latency_objective);
+    let stats = Arc::new(ModelStats::new(
+        metrics.model(&task.name, &version),
+        Backlog::new(1, objective),
+    ));
+    let load_time = started.elapsed();
+    stats.metrics.load_duration.set(load_time.as_secs_f64());
+    info!(
+        model = %task.name,
+        version = task.version,
+        steps = pipeline.steps.len(),
+        "ensemble ready"
+    );
+    Ok(ServedModel {
+        name: task.name.clone(),
+        version: task.version,
+        config: config.clone(),
+        spec,
+        stats,
+        load_time,
+        runner: Runner::Ensemble(pipeline),
     })
 }
 

@@ -2,6 +2,7 @@
 //! parallel (`loader`), and recorded in the table requests read (`registry`).
 
 pub mod config;
+pub mod ensemble;
 pub mod gpu_budget;
 pub mod loader;
 pub mod parameters;
@@ -26,6 +27,7 @@ use crate::{
     workers::WorkerPool,
 };
 use config::ModelConfig;
+pub use ensemble::Pipeline;
 use gpu_budget::GpuClaim;
 use loader::{LoadError, LoadTask};
 pub use registry::{IndexRow, ModelEntry, Registry, Status, VersionState};
@@ -38,17 +40,52 @@ pub struct ServedModel {
     pub version: u64,
     pub config: ModelConfig,
     pub spec: ModelSpec,
+    pub stats: Arc<ModelStats>,
+    pub load_time: Duration,
+    pub runner: Runner,
+}
+
+/// What answers a version's requests: its own engine instances, or a pipeline of other
+/// models' (an ensemble).
+// One per loaded version, behind an Arc: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Runner {
+    Engine(EngineRunner),
+    Ensemble(Pipeline),
+}
+
+/// A model's queue and the instances it feeds.
+pub struct EngineRunner {
     /// Declared before `pool`: dropping it closes the pool's channel, which lets the
     /// pool's threads end before the pool joins them.
     pub scheduler: Scheduler,
     pub pool: WorkerPool,
-    pub stats: Arc<ModelStats>,
     /// Engine time per request, estimated from the cost curves (for the backlog).
     pub work: WorkEstimate,
     pub profile: Profile,
     /// Bytes the model keeps however many instances run it (weights, compiled plans).
     pub shared_bytes: u64,
-    pub load_time: Duration,
+}
+
+impl ServedModel {
+    /// The engine side of a model that runs one; None for an ensemble.
+    pub fn engine(&self) -> Option<&EngineRunner> {
+        match &self.runner {
+            Runner::Engine(engine) => Some(engine),
+            Runner::Ensemble(_) => None,
+        }
+    }
+
+    /// The most rows one request to this version may carry (0: it has no batch
+    /// dimension): `max_batch_size`, or less where a memory budget allows less.
+    pub fn max_rows(&self) -> usize {
+        match &self.runner {
+            Runner::Engine(engine) if self.spec.max_batch_size > 0 => {
+                engine.scheduler.policy().max_rows
+            }
+            _ => self.spec.max_batch_size as usize,
+        }
+    }
 }
 
 /// What loading needs beyond the model folders.
@@ -125,7 +162,7 @@ impl Repository {
     /// Loads and warms every LOADING version, `parallelism` at a time, on the calling
     /// thread and helpers (blocking). A failure marks its own version only.
     pub fn load_all(&self, parallelism: usize, runtime: &tokio::runtime::Handle) {
-        let tasks: Vec<LoadTask> = self
+        let (ensembles, tasks): (Vec<LoadTask>, Vec<LoadTask>) = self
             .registry
             .loading()
             .into_iter()
@@ -135,7 +172,7 @@ impl Repository {
                 version,
                 config,
             })
-            .collect();
+            .partition(|t| t.config.is_ensemble());
         let tasks = self.refuse_over_gpu_budget(tasks);
         // Filled once with the fixed task list, then only drained.
         let (tx, rx) = crossbeam_channel::bounded::<LoadTask>(tasks.len().max(1));
@@ -156,6 +193,41 @@ impl Repository {
                 });
             }
         });
+        self.load_ensembles(ensembles);
+    }
+
+    /// Loads ensembles once their step models have settled: in rounds, so that an
+    /// ensemble whose step is another ensemble follows it. Ensembles that wait on each
+    /// other never settle, and are marked UNAVAILABLE saying so.
+    fn load_ensembles(&self, mut waiting: Vec<LoadTask>) {
+        let lookup =
+            |name: &str, version: &str| self.registry.get(name, version).map_err(|e| e.to_string());
+        while !waiting.is_empty() {
+            let (ready, rest): (Vec<LoadTask>, Vec<LoadTask>) =
+                waiting.into_iter().partition(|task| {
+                    task.config
+                        .ensemble_scheduling
+                        .iter()
+                        .flat_map(|s| &s.step)
+                        .all(|step| !self.registry.is_loading(&step.model_name))
+                });
+            if ready.is_empty() {
+                let names: Vec<&str> = rest.iter().map(|t| t.name.as_str()).collect();
+                for task in &rest {
+                    let reason = format!(
+                        "ensembles {} are steps of each other: none can load first",
+                        names.join(", ")
+                    );
+                    self.record(&task.name, task.version, Err(LoadError::Ensemble(reason)));
+                }
+                return;
+            }
+            for task in ready {
+                let loaded = loader::load_ensemble(&task, &lookup, &self.settings, self.metrics());
+                self.record(&task.name, task.version, loaded);
+            }
+            waiting = rest;
+        }
     }
 
     fn record(&self, name: &str, version: u64, loaded: Result<ServedModel, LoadError>) {

@@ -19,6 +19,18 @@ pub enum Buckets {
     Sizes(Vec<usize>),
 }
 
+/// Whose parameters a block holds: an engine's (by backend) or an ensemble's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParameterOwner {
+    Engine(BackendKind),
+    Ensemble,
+}
+
+/// Bytes an ensemble request may hold between its steps unless `max_intermediate_bytes`
+/// says otherwise: a 40-megapixel photo decoded and resized for a detector is ~600 MB, a
+/// cheque ~20 MB.
+pub const DEFAULT_MAX_INTERMEDIATE_BYTES: u64 = 256 << 20;
+
 /// What the `parameters` keys say, typed; unset keys keep these defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parameters {
@@ -30,6 +42,8 @@ pub struct Parameters {
     /// `latency_objective_ms`: overrides the server's `--latency-objective-ms`.
     pub latency_objective: Option<Duration>,
     pub onnxruntime: OrtParameters,
+    /// An ensemble's `max_intermediate_bytes`: what one request may hold between steps.
+    pub max_intermediate_bytes: u64,
 }
 
 impl Default for Parameters {
@@ -39,6 +53,7 @@ impl Default for Parameters {
             pad_batches: true,
             latency_objective: None,
             onnxruntime: OrtParameters::default(),
+            max_intermediate_bytes: DEFAULT_MAX_INTERMEDIATE_BYTES,
         }
     }
 }
@@ -51,12 +66,14 @@ const SCHEDULING_KEYS: [(&str, &str); 2] = [
 
 const LATENCY_OBJECTIVE_KEY: &str = "latency_objective_ms";
 
+const INTERMEDIATE_BYTES_KEY: &str = "max_intermediate_bytes";
+
 impl Parameters {
     /// Parses the block; an error is the key path (`parameters.<key>[.string_value]`) and
     /// what was expected.
     pub fn parse(
         given: &BTreeMap<String, ParameterValue>,
-        backend: BackendKind,
+        owner: ParameterOwner,
     ) -> Result<Parameters, (String, String)> {
         let mut parsed = Parameters::default();
         for (key, value) in given {
@@ -67,6 +84,30 @@ impl Parameters {
                     format!("expected {expected}, found `{value}`"),
                 ))
             };
+            let backend = match owner {
+                ParameterOwner::Engine(backend) => backend,
+                ParameterOwner::Ensemble if key == INTERMEDIATE_BYTES_KEY => {
+                    match value.parse::<bytesize::ByteSize>() {
+                        Ok(size) if size.as_u64() > 0 => {
+                            parsed.max_intermediate_bytes = size.as_u64()
+                        }
+                        _ => return wrong("a size above zero, such as 256MiB"),
+                    }
+                    continue;
+                }
+                ParameterOwner::Ensemble => {
+                    return Err((
+                        format!("parameters.{key}"),
+                        format!("an ensemble takes only {INTERMEDIATE_BYTES_KEY}"),
+                    ))
+                }
+            };
+            if key == INTERMEDIATE_BYTES_KEY {
+                return Err((
+                    format!("parameters.{key}"),
+                    "applies to ensembles (platform: ensemble) only".into(),
+                ));
+            }
             if key == LATENCY_OBJECTIVE_KEY {
                 match value.parse::<u64>() {
                     Ok(ms) if ms >= 1 => parsed.latency_objective = Some(Duration::from_millis(ms)),

@@ -182,6 +182,16 @@ impl Registry {
         }
     }
 
+    /// Whether any version of `name` is still LOADING.
+    pub fn is_loading(&self, name: &str) -> bool {
+        self.read().get(name).is_some_and(|entry| {
+            entry
+                .versions
+                .values()
+                .any(|s| matches!(s, VersionState::Loading))
+        })
+    }
+
     /// Whether a request for this name and version would be served now.
     pub fn is_ready(&self, name: &str, version: &str) -> bool {
         self.get(name, version).is_ok()

@@ -53,6 +53,37 @@ impl ModelSpec {
         })
     }
 
+    /// The spec a model without a file declares in full in its config (an ensemble):
+    /// `max_batch_size` 0 unless given, every input and output with its type and dims.
+    pub fn declared(config: &ModelConfig) -> Result<ModelSpec, String> {
+        let max_batch_size = config.max_batch_size.unwrap_or(0);
+        let side = |list: &Option<Vec<TensorConfig>>| -> Vec<TensorSignature> {
+            list.iter()
+                .flatten()
+                .map(|t| TensorSignature {
+                    name: t.name.clone(),
+                    datatype: t.data_type,
+                    dims: t.dims.as_ref().map(|dims| {
+                        (max_batch_size > 0)
+                            .then_some(-1)
+                            .into_iter()
+                            .chain(dims.iter().copied())
+                            .collect()
+                    }),
+                })
+                .collect()
+        };
+        let graph = Signature {
+            inputs: side(&config.input),
+            outputs: side(&config.output),
+        };
+        let config = ModelConfig {
+            max_batch_size: Some(max_batch_size),
+            ..config.clone()
+        };
+        ModelSpec::resolve(&config, &graph)
+    }
+
     /// The full shape a tensor takes at batch size `batch` (ignored when unbatched).
     pub fn full_dims(&self, spec: &TensorSpec, batch: i64) -> Vec<i64> {
         if self.max_batch_size > 0 {

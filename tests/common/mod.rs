@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use tokio::{
@@ -275,4 +276,23 @@ pub fn samples(text: &str) -> HashMap<String, f64> {
             Some((series.to_owned(), value.parse().ok()?))
         })
         .collect()
+}
+
+/// Polls `check` until it holds, failing after `limit`.
+pub async fn until(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub async fn metric(server: &wharf::app::Server, series: &str) -> f64 {
+    samples(&scrape(server).await)
+        .get(series)
+        .copied()
+        .unwrap_or(0.0)
 }

@@ -1,5 +1,8 @@
 //! The serving core shared by unary and streaming RPCs: find the model, validate, queue,
-//! await the worker's answer. Knows nothing of protobuf.
+//! await the worker's answer, or run an ensemble's steps (`ensemble`). Knows nothing of
+//! protobuf.
+
+mod ensemble;
 
 use std::sync::Arc;
 
@@ -14,8 +17,9 @@ use crate::{
     batching::Scheduler,
     error::InferError,
     metrics::Refusal,
-    repository::{Repository, ServedModel},
+    repository::{EngineRunner, Repository, Runner, ServedModel},
     shutdown::InFlight,
+    tensor::Tensor,
     validate,
 };
 
@@ -81,13 +85,31 @@ impl Inference {
                     _ => Refusal::UnknownModel,
                 })
             })?;
+        self.serve(model, request).await
+    }
+
+    /// One model version's answer to a request, recorded in its statistics: what a
+    /// caller's request and an ensemble's step both go through.
+    async fn serve(
+        &self,
+        model: Arc<ServedModel>,
+        request: InferRequest,
+    ) -> Result<InferResponse, InferError> {
         let arrived = Instant::now();
         // Kept only when the per-request line is asked for: no copy on the hot path.
         let id = tracing::enabled!(tracing::Level::DEBUG).then(|| request.id.clone());
-        let result = Self::run(&model, request, arrived).await;
+        let result = match &model.runner {
+            Runner::Engine(engine) => Self::run(&model, engine, request, arrived).await,
+            Runner::Ensemble(pipeline) => {
+                ensemble::run(self, &model, pipeline, request, arrived).await
+            }
+        };
         let took = arrived.elapsed();
         match &result {
             Ok(response) => model.stats.record_success(response.rows, took),
+            Err(e) if matches!(model.runner, Runner::Ensemble(_)) => {
+                model.stats.record_pipeline_failure(e, took)
+            }
             Err(e) => model.stats.record_failure(e, took),
         }
         debug!(
@@ -103,22 +125,23 @@ impl Inference {
 
     async fn run(
         model: &ServedModel,
+        engine: &EngineRunner,
         mut request: InferRequest,
         arrived: Instant,
     ) -> Result<Answered, InferError> {
-        let valid = validate::admit(model, &mut request, arrived)?;
+        let valid = validate::admit(model, engine, &mut request, arrived)?;
         let rows = valid.rows;
         let (reply, answer) = oneshot::channel();
         let stats = &model.stats;
-        let work = stats.backlog.arrive(model.work.nanos(
+        let work = stats.backlog.arrive(engine.work.nanos(
             &valid.key,
             rows,
             stats.backlog.observed_row_ns(),
         ));
-        model.scheduler.submit(valid, reply, work)?;
+        engine.scheduler.submit(valid, reply, work)?;
         // Dropping this future (the caller went away) closes `answer`, which the scheduler
         // and the worker check before computing, and tells the scheduler to free the slot.
-        let waiter = Waiter(Some(&model.scheduler));
+        let waiter = Waiter(Some(&engine.scheduler));
         let answered = answer.await;
         waiter.answered();
         let outputs = answered.map_err(|_| InferError::WorkerGone(model.name.clone()))??;
@@ -131,15 +154,7 @@ impl Inference {
                 .filter_map(|name| outputs.iter().find(|o| &o.name == name).cloned())
                 .collect()
         };
-        Ok(Answered {
-            rows,
-            response: InferResponse {
-                model_name: model.name.clone(),
-                model_version: model.version.to_string(),
-                id: request.id,
-                outputs,
-            },
-        })
+        Ok(Answered::new(model, request.id, rows, outputs))
     }
 }
 
@@ -164,4 +179,18 @@ impl Drop for Waiter<'_> {
 struct Answered {
     rows: usize,
     response: InferResponse,
+}
+
+impl Answered {
+    fn new(model: &ServedModel, id: String, rows: usize, outputs: Vec<Tensor>) -> Answered {
+        Answered {
+            rows,
+            response: InferResponse {
+                model_name: model.name.clone(),
+                model_version: model.version.to_string(),
+                id,
+                outputs,
+            },
+        }
+    }
 }
