@@ -7,6 +7,7 @@ the machine, and the server's CPU time per request read from /proc.
     cargo build --release --bin wharf --example echo_server
     .venv-test/bin/python benches/overhead.py --seconds 5 [--baseline OTHER_WHARF]
     .venv-test/bin/python benches/overhead.py --ppocr --seconds 8 --baseline OTHER_WHARF  # needs scripts/fetch-ppocr-models.sh
+    .venv-test/bin/python benches/overhead.py --ensemble --seconds 5 --rounds 3  # one-step ensemble vs its model
 
 Prints a markdown table, and the raw figures as JSON with --json.
 """
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,13 +55,22 @@ def simple_repo(root):
         (root / name / "1").mkdir(parents=True)
         onnx.save(model, str(root / name / "1" / "model.onnx"))
         (root / name / "config.yaml").write_text(config)
+    # The same model behind a one-step ensemble, for what a pipeline costs.
+    tensors = lambda key, names: "".join(
+        f"  - {{ name: {n}, data_type: TYPE_INT32, dims: [16] }}\n" for n in names)
+    (root / "simple_pipeline" / "1").mkdir(parents=True)
+    (root / "simple_pipeline" / "config.yaml").write_text(
+        "platform: ensemble\nmax_batch_size: 8\ninput:\n" + tensors("input", ["INPUT0", "INPUT1"])
+        + "output:\n" + tensors("output", ["OUTPUT0", "OUTPUT1"])
+        + "ensemble_scheduling:\n  step:\n    - { model_name: simple, input_map: { INPUT0: INPUT0, INPUT1: INPUT1 },"
+        + " output_map: { OUTPUT0: OUTPUT0, OUTPUT1: OUTPUT1 } }\n")
 
 
-def bench(address, model, concurrency, seconds, pid):
+def bench(address, model, concurrency, seconds, pid, shapes=("INPUT0:1,16", "INPUT1:1,16")):
     def run(secs, warmup):
         out = subprocess.run(
-            [str(WHARF), "bench", "--url", address, "--model", model, "--shape", "INPUT0:1,16",
-             "--shape", "INPUT1:1,16", "--concurrency", str(concurrency),
+            [str(WHARF), "bench", "--url", address, "--model", model,
+             *[arg for shape in shapes for arg in ("--shape", shape)], "--concurrency", str(concurrency),
              "--duration-secs", str(secs), "--warmup-secs", str(warmup), "--json"],
             check=True, capture_output=True, text=True,
         ).stdout
@@ -87,11 +98,15 @@ def main():
                         help="run every server this many times in turn; the table shows each figure's median")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--baseline", help="another wharf binary (e.g. main's) to measure beside this one")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="instead: `simple` called directly and through a one-step ensemble, in turn")
     parser.add_argument("--ppocr", action="store_true",
                         help="instead: PP-OCR cls (c16) and rec (c8) from models/, this wharf and --baseline in turn, two rounds")
     args = parser.parse_args()
     if args.ppocr:
         return ppocr(args)
+    if args.ensemble:
+        return ensemble(args)
     levels = [int(c) for c in args.concurrency.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,6 +183,54 @@ def print_ratios(rows, rounds):
               f"{none64['server_cpu_us_per_request'] / echo64['server_cpu_us_per_request']:.2f} | "
               f"{none1['p50_ms'] / echo1['p50_ms']:.2f} | {dyn64['throughput_rps'] / none64['throughput_rps']:.2f} |")
     print()
+
+
+CLS_PIPELINE = """platform: ensemble
+max_batch_size: 8
+input: [{ name: x, data_type: TYPE_FP32, dims: [3, 48, 192] }]
+output: [{ name: y, data_type: TYPE_FP32, dims: [2] }]
+ensemble_scheduling:
+  step:
+    - { model_name: ppocr_cls, input_map: { x: x }, output_map: { "save_infer_model/scale_0.tmp_1": y } }
+"""
+
+
+def ensemble(args):
+    """A model directly and through a one-step ensemble around it, alternating on one
+    server: `simple` (the request path's cost shows most), and PP-OCR cls on tract."""
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = pathlib.Path(tmp)
+        simple_repo(repo)
+        shutil.copytree(ROOT / "models" / "ppocr_cls", repo / "ppocr_cls")
+        (repo / "cls_pipeline" / "1").mkdir(parents=True)
+        (repo / "cls_pipeline" / "config.yaml").write_text(CLS_PIPELINE)
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        proc = serve([str(WHARF), "serve", "--host", "127.0.0.1", "--grpc-port", str(port),
+                      "--metrics-port", str(free_port()), "--model-repository", str(repo)], address)
+        pairs = [("simple", "simple_pipeline", ["INPUT0:1,16", "INPUT1:1,16"]),
+                 ("ppocr_cls", "cls_pipeline", ["x:1,3,48,192"])]
+        for rnd in range(1, args.rounds + 1):
+            for c in levels:
+                for model, shapes in [(m, sh) for d, e, sh in pairs for m in (d, e)]:
+                    r = bench(address, model, c, args.seconds, proc.pid, shapes)
+                    r.update(model=model, concurrency=c, round=rnd)
+                    rows.append(r)
+                    print(f"round {rnd} {model:<16} c{c:<3} {r['throughput_rps']:>9.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
+                          f"p99 {r['p99_ms']:.2f} ms  {r['server_cpu_us_per_request']:.0f} us CPU/request  "
+                          f"errors {r['errors']}", file=sys.stderr, flush=True)
+        stop(proc)
+    print("| model | round | concurrency | direct req/s | ensemble req/s | ratio | direct p99 ms | ensemble p99 ms | ratio | CPU µs/request direct / ensemble |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (direct, wrapped, _), rnd, c in [(p, r, c) for p in pairs for r in range(1, args.rounds + 1) for c in levels]:
+        at = {r["model"]: r for r in rows if r["round"] == rnd and r["concurrency"] == c}
+        d, e = at[direct], at[wrapped]
+        print(f"| {direct} | {rnd} | {c} | {d['throughput_rps']:,.0f} | {e['throughput_rps']:,.0f} | "
+              f"{e['throughput_rps'] / d['throughput_rps']:.2f} | {d['p99_ms']:.2f} | {e['p99_ms']:.2f} | "
+              f"{e['p99_ms'] / d['p99_ms']:.2f} | {d['server_cpu_us_per_request']:.0f} / "
+              f"{e['server_cpu_us_per_request']:.0f} |")
 
 
 def ppocr(args):
