@@ -1,6 +1,7 @@
 //! The engine boundary: a loaded model shared by every instance, and per-instance state
 //! that runs one batch at a time. One module per engine.
 
+pub mod ocr;
 pub mod onnx;
 pub mod onnxruntime;
 #[cfg(feature = "onnxruntime")]
@@ -44,6 +45,10 @@ pub enum BackendError {
     /// The engine panicked; the instance that ran the call was rebuilt.
     #[error("the engine panicked: {0}")]
     Panicked(String),
+    /// The input is not what the step can work on (an image it cannot decode); the text
+    /// names the input and what was wrong.
+    #[error("{0}")]
+    BadInput(String),
     /// The engine answered with an output that does not fit the call it was given.
     #[error("the engine returned a wrong output: {0}")]
     BadOutput(String),
@@ -73,6 +78,12 @@ pub trait Model: Send + Sync + 'static {
     /// every other dimension is fixed. An engine that prepares each input shape anew may
     /// then keep one prepared session, or one captured graph, per count. Others ignore it.
     fn plan_calls(&self, _batch_sizes: &[usize], _fixed_shapes: bool) {}
+
+    /// Whether warming with synthetic inputs means anything: not for a processing step
+    /// (zeros are no image), which has no plan to build either.
+    fn warms(&self) -> bool {
+        true
+    }
 
     /// A fresh instance that shares this model and owns only its mutable run state.
     /// Called on the thread that will use it, so instances need not be `Send`.

@@ -30,6 +30,7 @@ fn platform(config: &ModelConfig) -> String {
     match config.backend {
         BackendKind::Tract => "tract_onnx".into(),
         BackendKind::Onnxruntime => "onnxruntime_onnx".into(),
+        builtin => format!("wharf_{}", builtin.as_str()),
     }
 }
 

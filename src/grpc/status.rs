@@ -15,9 +15,9 @@ pub fn code(error: &InferError) -> Code {
         InferError::Step { source, .. } => code(source),
         InferError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
         InferError::Backend { source, .. } => match source {
-            BackendError::ShapeRejected { .. } | BackendError::Unsupported(_) => {
-                Code::InvalidArgument
-            }
+            BackendError::ShapeRejected { .. }
+            | BackendError::Unsupported(_)
+            | BackendError::BadInput(_) => Code::InvalidArgument,
             BackendError::Load(_)
             | BackendError::Execution(_)
             | BackendError::Panicked(_)

@@ -56,6 +56,17 @@ pub enum BackendKind {
     #[default]
     Tract,
     Onnxruntime,
+    /// The built-in processing steps of OCR pipelines (`backend::ocr`): no model file.
+    #[serde(rename = "image_decode")]
+    ImageDecode,
+    #[serde(rename = "db_postprocess")]
+    DbPostprocess,
+    #[serde(rename = "text_crop")]
+    TextCrop,
+    #[serde(rename = "text_lines")]
+    TextLines,
+    #[serde(rename = "ctc_decode")]
+    CtcDecode,
 }
 
 impl BackendKind {
@@ -63,7 +74,17 @@ impl BackendKind {
         match self {
             BackendKind::Tract => "tract",
             BackendKind::Onnxruntime => "onnxruntime",
+            BackendKind::ImageDecode => "image_decode",
+            BackendKind::DbPostprocess => "db_postprocess",
+            BackendKind::TextCrop => "text_crop",
+            BackendKind::TextLines => "text_lines",
+            BackendKind::CtcDecode => "ctc_decode",
         }
+    }
+
+    /// A processing step written in wharf itself: no model file, no warmup to measure.
+    pub fn is_builtin(self) -> bool {
+        !matches!(self, BackendKind::Tract | BackendKind::Onnxruntime)
     }
 }
 
@@ -504,6 +525,8 @@ impl ModelConfig {
     fn engine_kind(&self) -> ParameterOwner {
         if self.is_ensemble() {
             ParameterOwner::Ensemble
+        } else if self.backend.is_builtin() {
+            ParameterOwner::Builtin
         } else {
             ParameterOwner::Engine(self.backend)
         }

@@ -131,11 +131,20 @@ fn candidate_rows(policy: &BatchPolicy, max_batch_size: u32) -> Vec<usize> {
 /// Opens the model file with the engine its config names.
 fn open_model(
     path: &Path,
+    model_dir: &Path,
     config: &ModelConfig,
     settings: &LoadSettings,
 ) -> Result<Arc<dyn Model>, LoadError> {
     match config.backend {
         BackendKind::Tract => Ok(TractModel::load(path)?),
+        builtin @ (BackendKind::ImageDecode
+        | BackendKind::DbPostprocess
+        | BackendKind::TextCrop
+        | BackendKind::TextLines
+        | BackendKind::CtcDecode) => {
+            crate::backend::ocr::open(builtin, &config.parameters, model_dir)
+                .map_err(LoadError::Config)
+        }
         #[cfg(feature = "onnxruntime")]
         BackendKind::Onnxruntime => {
             use crate::backend::onnxruntime::{GpuPlacement, OrtModel};
@@ -195,14 +204,14 @@ fn load_version(
         .dir
         .join(task.version.to_string())
         .join(config.model_filename());
-    if !path.is_file() {
+    if !path.is_file() && !config.backend.is_builtin() {
         return Err(LoadError::NoModelFile(path));
     }
     // What loading and warming keep allocated on this thread is what every instance shares.
     let mut loaded: Option<Result<_, LoadError>> = None;
     let kept = allocation_counter::measure(|| {
         loaded = Some((|| {
-            let model = open_model(&path, config, settings)?;
+            let model = open_model(&path, &task.dir, config, settings)?;
             let spec = ModelSpec::resolve(config, model.signature()).map_err(|reason| {
                 LoadError::Signature {
                     path: path.clone(),
@@ -216,8 +225,12 @@ fn load_version(
             model.plan_calls(&batch_buckets(config, &policy), fixed_shapes);
             let candidates = candidate_rows(&policy, spec.max_batch_size);
             let budgeted = config.memory_budget().is_some();
-            let profile = warmup::run(&model, &spec, config, &candidates, budgeted)
-                .map_err(LoadError::Warmup)?;
+            let profile = if model.warms() {
+                warmup::run(&model, &spec, config, &candidates, budgeted)
+                    .map_err(LoadError::Warmup)?
+            } else {
+                Profile::default()
+            };
             enforce_budget(config, &spec, &profile, &mut policy).map_err(LoadError::Budget)?;
             // Padded, a call costs what its bucket costs: join up to where that stops paying.
             let padded = profile
@@ -264,8 +277,11 @@ fn load_version(
     } else {
         Vec::new()
     };
-    let warm =
-        warmup::instance_inputs(&spec, config, &warm_rows, padded).map_err(LoadError::Warmup)?;
+    let warm = if context.model.warms() {
+        warmup::instance_inputs(&spec, config, &warm_rows, padded).map_err(LoadError::Warmup)?
+    } else {
+        Vec::new()
+    };
     let (pool, batches_tx) =
         WorkerPool::start(Arc::clone(&context), instances, warm).map_err(LoadError::Workers)?;
     let scheduler = Scheduler::start(

@@ -24,6 +24,8 @@ pub enum Buckets {
 pub enum ParameterOwner {
     Engine(BackendKind),
     Ensemble,
+    /// A built-in processing step reads its own keys when it is built.
+    Builtin,
 }
 
 /// Bytes an ensemble request may hold between its steps unless `max_intermediate_bytes`
@@ -76,6 +78,9 @@ impl Parameters {
         owner: ParameterOwner,
     ) -> Result<Parameters, (String, String)> {
         let mut parsed = Parameters::default();
+        if owner == ParameterOwner::Builtin {
+            return Ok(parsed);
+        }
         for (key, value) in given {
             let value = value.string_value.as_str();
             let wrong = |expected: &str| {
@@ -95,7 +100,7 @@ impl Parameters {
                     }
                     continue;
                 }
-                ParameterOwner::Ensemble => {
+                ParameterOwner::Ensemble | ParameterOwner::Builtin => {
                     return Err((
                         format!("parameters.{key}"),
                         format!("an ensemble takes only {INTERMEDIATE_BYTES_KEY}"),

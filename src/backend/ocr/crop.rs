@@ -1,0 +1,256 @@
+//! Text-line crops: `text_crop` cuts each box out of the page for the direction classifier
+//! (3 x 48 x 192); `text_lines` cuts them again for the recogniser, turns those the
+//! classifier found upside down, and pads each to one of a few widths, so that lines of
+//! similar length from any request share a shape and batch together.
+
+use image::RgbImage;
+
+use super::{
+    f32_tensor, f32s,
+    geometry::{self, Quad},
+    i32_tensor,
+    params::Params,
+    tensor, BackendError, Signature, Step,
+};
+use crate::tensor::{DataType, Tensor};
+
+/// The page and its boxes, as the steps receive them.
+fn page_and_boxes(inputs: &[Tensor]) -> Result<(RgbImage, Vec<Quad>), BackendError> {
+    let pixels = &inputs[0];
+    let (h, w) = (pixels.shape[0] as u32, pixels.shape[1] as u32);
+    let page = RgbImage::from_raw(w, h, super::raw(pixels).to_vec()).ok_or_else(|| {
+        BackendError::BadInput("input 'pixels' does not hold height x width x 3 bytes".into())
+    })?;
+    let corners = f32s(&inputs[1]);
+    let quads = corners
+        .chunks_exact(8)
+        .map(|c| [[c[0], c[1]], [c[2], c[3]], [c[4], c[5]], [c[6], c[7]]])
+        .collect();
+    Ok((page, quads))
+}
+
+/// A crop as the PP-OCR classifier and recogniser take it: resized to `height` keeping
+/// its proportions (at most `max_width` wide), scaled to [-1, 1], channels first, and
+/// padded with zeros on the right to `padded_width`.
+fn normalised(crop: &RgbImage, height: u32, max_width: u32, padded_width: u32, out: &mut Vec<f32>) {
+    let ratio = crop.width() as f64 / crop.height() as f64;
+    let width = ((height as f64 * ratio).ceil() as u32).clamp(1, max_width);
+    let resized = geometry::resize(crop, width, height);
+    let start = out.len();
+    out.resize(start + 3 * (height * padded_width) as usize, 0.0);
+    let plane = (height * padded_width) as usize;
+    for (x, y, pixel) in resized.enumerate_pixels() {
+        let at = (y * padded_width + x) as usize;
+        for c in 0..3 {
+            out[start + c * plane + at] = pixel[c] as f32 / 127.5 - 1.0;
+        }
+    }
+}
+
+/// Each box cut out of the page; a box too thin to cut gives an empty (black) crop.
+fn crops(page: &RgbImage, quads: &[Quad]) -> Vec<RgbImage> {
+    quads
+        .iter()
+        .map(|q| geometry::crop(page, q).unwrap_or_else(|| RgbImage::new(1, 1)))
+        .collect()
+}
+
+pub struct TextCrop {
+    signature: Signature,
+    height: u32,
+    width: u32,
+}
+
+impl TextCrop {
+    pub fn new(params: &mut Params) -> Result<TextCrop, String> {
+        let height = params.get("height", 48, "a number of pixels")?;
+        let width = params.get("width", 192, "a number of pixels")?;
+        Ok(TextCrop {
+            signature: Signature {
+                inputs: vec![
+                    tensor("pixels", DataType::Uint8, &[-1, -1, 3]),
+                    tensor("boxes", DataType::Fp32, &[-1, 4, 2]),
+                ],
+                outputs: vec![tensor(
+                    "crops",
+                    DataType::Fp32,
+                    &[-1, 3, height as i64, width as i64],
+                )],
+            },
+            height,
+            width,
+        })
+    }
+}
+
+impl Step for TextCrop {
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
+        let (page, quads) = page_and_boxes(inputs)?;
+        let mut values = Vec::new();
+        for crop in crops(&page, &quads) {
+            normalised(&crop, self.height, self.width, self.width, &mut values);
+        }
+        let shape = vec![quads.len(), 3, self.height as usize, self.width as usize];
+        Ok(vec![f32_tensor("crops", shape, &values)])
+    }
+}
+
+pub struct TextLines {
+    signature: Signature,
+    height: u32,
+    /// Widths lines are padded to, ascending; a wider line is squeezed into the last.
+    buckets: Vec<u32>,
+    /// The classifier's probability for "upside down" above which a line is turned.
+    cls_thresh: f32,
+}
+
+impl TextLines {
+    pub fn new(params: &mut Params) -> Result<TextLines, String> {
+        let height = params.get("height", 48, "a number of pixels")?;
+        let buckets = bucket_widths(params)?;
+        let mut outputs: Vec<_> = buckets
+            .iter()
+            .map(|w| {
+                tensor(
+                    &format!("lines_{w}"),
+                    DataType::Fp32,
+                    &[-1, 3, height as i64, *w as i64],
+                )
+            })
+            .collect();
+        outputs.push(tensor("line_bucket", DataType::Int32, &[-1]));
+        Ok(TextLines {
+            signature: Signature {
+                inputs: vec![
+                    tensor("pixels", DataType::Uint8, &[-1, -1, 3]),
+                    tensor("boxes", DataType::Fp32, &[-1, 4, 2]),
+                    tensor("directions", DataType::Fp32, &[-1, 2]),
+                ],
+                outputs,
+            },
+            height,
+            buckets,
+            cls_thresh: params.get("cls_thresh", 0.9, "a probability")?,
+        })
+    }
+}
+
+/// The `buckets` parameter: line widths the recogniser is fed at, ascending.
+pub fn bucket_widths(params: &mut Params) -> Result<Vec<u32>, String> {
+    let mut buckets: Vec<u32> = params.list(
+        "buckets",
+        &[320, 480, 640, 960, 1280, 1920],
+        "widths such as 320,480,640",
+    )?;
+    buckets.sort_unstable();
+    buckets.dedup();
+    if buckets.is_empty() || buckets[0] == 0 {
+        return Err("key `parameters.buckets.string_value`: expected widths above 0".into());
+    }
+    Ok(buckets)
+}
+
+impl Step for TextLines {
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
+        let (page, quads) = page_and_boxes(inputs)?;
+        let directions = f32s(&inputs[2]);
+        if directions.len() != quads.len() * 2 {
+            return Err(BackendError::BadInput(format!(
+                "input 'directions' has {} rows for {} boxes",
+                directions.len() / 2,
+                quads.len()
+            )));
+        }
+        let mut per_bucket: Vec<(Vec<f32>, usize)> = vec![(Vec::new(), 0); self.buckets.len()];
+        let mut line_bucket = Vec::with_capacity(quads.len());
+        for (i, mut crop) in crops(&page, &quads).into_iter().enumerate() {
+            let (upright, upside_down) = (directions[2 * i], directions[2 * i + 1]);
+            if upside_down > upright && upside_down > self.cls_thresh {
+                crop = geometry::rotate_half(&crop);
+            }
+            let width = (self.height as f64 * crop.width() as f64 / crop.height() as f64).ceil();
+            let bucket = self
+                .buckets
+                .iter()
+                .position(|b| *b as f64 >= width)
+                .unwrap_or(self.buckets.len() - 1);
+            let padded = self.buckets[bucket];
+            let (values, rows) = &mut per_bucket[bucket];
+            normalised(&crop, self.height, padded, padded, values);
+            *rows += 1;
+            line_bucket.push(bucket as i32);
+        }
+        let mut outputs: Vec<Tensor> = per_bucket
+            .iter()
+            .zip(&self.buckets)
+            .map(|((values, rows), width)| {
+                let shape = vec![*rows, 3, self.height as usize, *width as usize];
+                f32_tensor(&format!("lines_{width}"), shape, values)
+            })
+            .collect();
+        outputs.push(i32_tensor("line_bucket", &line_bucket));
+        Ok(outputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn crops_keep_their_proportions_and_are_padded_with_zeros() {
+        let crop = RgbImage::from_pixel(100, 20, image::Rgb([255, 255, 255]));
+        let mut values = Vec::new();
+        normalised(&crop, 48, 192, 192, &mut values);
+        assert_eq!(values.len(), 3 * 48 * 192);
+        // 100 x 20 at height 48 is 240 wide, over 192: squeezed to 192, no padding.
+        assert_eq!(values[191], 1.0);
+        let mut values = Vec::new();
+        let narrow = RgbImage::from_pixel(20, 20, image::Rgb([255, 255, 255]));
+        normalised(&narrow, 48, 192, 192, &mut values);
+        assert_eq!((values[47], values[48]), (1.0, 0.0), "48 wide, then zeros");
+    }
+
+    #[test]
+    fn lines_go_to_the_narrowest_bucket_that_holds_them_and_upside_down_ones_are_turned() {
+        let given = BTreeMap::from([(
+            "buckets".to_owned(),
+            crate::repository::config::ParameterValue {
+                string_value: "160,320".into(),
+            },
+        )]);
+        let step = TextLines::new(&mut Params::new(&given)).unwrap();
+        let page = Tensor {
+            name: "pixels".into(),
+            datatype: DataType::Uint8,
+            shape: vec![60, 400, 3],
+            data: crate::tensor::TensorData::Fixed(vec![128; 60 * 400 * 3].into()),
+        };
+        // 40 x 20 -> 96 wide (bucket 160); 300 x 20 -> 720 (squeezed into 320).
+        let boxes = [[0.0, 0.0], [40.0, 0.0], [40.0, 20.0], [0.0, 20.0]]
+            .iter()
+            .chain(&[[0.0, 30.0], [300.0, 30.0], [300.0, 50.0], [0.0, 50.0]])
+            .flatten()
+            .copied()
+            .collect::<Vec<f32>>();
+        let out = step
+            .run(&[
+                page,
+                f32_tensor("boxes", vec![2, 4, 2], &boxes),
+                f32_tensor("directions", vec![2, 2], &[0.05, 0.95, 0.99, 0.01]),
+            ])
+            .unwrap();
+        assert_eq!(out[0].shape, vec![1, 3, 48, 160]);
+        assert_eq!(out[1].shape, vec![1, 3, 48, 320]);
+        assert_eq!(super::super::i32s(&out[2]), vec![0, 1]);
+    }
+}
