@@ -212,6 +212,18 @@ fn load_version(
     let kept = allocation_counter::measure(|| {
         loaded = Some((|| {
             let model = open_model(&path, &task.dir, config, settings)?;
+            // A built-in step takes one request's data as it is: its leading open dims are
+            // counts of boxes or pixels, not a batch to split.
+            let unbatched;
+            let config = if config.backend.is_builtin() && config.max_batch_size.is_none() {
+                unbatched = ModelConfig {
+                    max_batch_size: Some(0),
+                    ..config.clone()
+                };
+                &unbatched
+            } else {
+                config
+            };
             let spec = ModelSpec::resolve(config, model.signature()).map_err(|reason| {
                 LoadError::Signature {
                     path: path.clone(),
