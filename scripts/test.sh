@@ -7,10 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Prometheus and promtool (Debian's package) for the metrics tests.
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+# Prometheus and promtool (Debian's package) for the metrics tests; the Noto CJK fonts
+# the PP-OCR tests render their pages with.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
+    || [ ! -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ]; then
     sudo=$([ "$(id -u)" = 0 ] || echo sudo)
-    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus >/dev/null
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus fonts-noto-cjk >/dev/null
 fi
 
 venv=.venv-test

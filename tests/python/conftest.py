@@ -1,4 +1,5 @@
 """Starts the real wharf binary on a loopback port over a repository made for the suite."""
+import contextlib
 import json
 import os
 import pathlib
@@ -6,6 +7,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 
 import pytest
 import tritonclient.grpc as grpcclient
@@ -40,38 +42,46 @@ def make_repository(target: pathlib.Path) -> None:
     shutil.copytree(ROOT / "models" / "ppocr_cls", target / "ppocr_cls")
 
 
+@contextlib.contextmanager
+def running_wharf(repo: pathlib.Path):
+    """The wharf binary serving `repo` on a free loopback port, until ready: its address."""
+    proc = subprocess.Popen(
+        [WHARF, "--log-format", "json", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
+         "--metrics-port", "0", "--model-repository", str(repo)],
+        stderr=subprocess.PIPE, text=True,
+    )
+    address = None
+    for line in proc.stderr:
+        try:
+            fields = json.loads(line).get("fields", {})
+        except json.JSONDecodeError:
+            continue
+        if "grpc_addr" in fields:
+            address = fields["grpc_addr"]
+            break
+    assert address, "wharf did not log its address"
+    # Keep reading the log so the pipe never fills.
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    client = grpcclient.InferenceServerClient(address)
+    deadline = time.monotonic() + 60
+    while not client.is_server_ready():
+        assert time.monotonic() < deadline, "wharf did not become ready"
+        time.sleep(0.05)
+    try:
+        yield address
+    finally:
+        client.close()
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
 @pytest.fixture(scope="session")
 def server():
     with tempfile.TemporaryDirectory() as tmp:
         repo = pathlib.Path(tmp)
         make_repository(repo)
-        proc = subprocess.Popen(
-            [WHARF, "--log-format", "json", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
-             "--model-repository", str(repo)],
-            stderr=subprocess.PIPE, text=True,
-        )
-        address = None
-        for line in proc.stderr:
-            try:
-                fields = json.loads(line).get("fields", {})
-            except json.JSONDecodeError:
-                continue
-            if "grpc_addr" in fields:
-                address = fields["grpc_addr"]
-                break
-        assert address, "wharf did not log its address"
-        # Keep reading the log so the pipe never fills.
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-        client = grpcclient.InferenceServerClient(address)
-        import time
-        deadline = time.monotonic() + 60
-        while not client.is_server_ready():
-            assert time.monotonic() < deadline, "wharf did not become ready"
-            time.sleep(0.05)
-        yield address
-        client.close()
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0
+        with running_wharf(repo) as address:
+            yield address
 
 
 @pytest.fixture

@@ -7,30 +7,66 @@ use geo::{
     Area, Buffer, Coord, Euclidean, Length, LineString, MinimumRotatedRect, MultiPoint, Polygon,
 };
 use image::{Rgb, RgbImage};
-use imageproc::geometric_transformations::{
-    warp_into, warp_into_with, Border, Interpolation, Projection,
-};
+use imageproc::geometric_transformations::Projection;
 
 /// A quadrilateral: top-left, top-right, bottom-right, bottom-left, as (x, y).
 pub type Quad = [[f32; 2]; 4];
 
 /// `image` resized to `width` x `height` as cv2.resize's INTER_LINEAR does it: each output
 /// pixel centre maps back to the input and is interpolated between its four neighbours
-/// (no smoothing when shrinking), edges replicated.
+/// (no smoothing when shrinking), edges replicated, with OpenCV's 11-bit fixed-point
+/// weights and one rounding. (imageproc's bilinear warp differs by a level here and
+/// there, which is enough to move a recognised space.)
 pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let (sx, sy) = (
-        image.width() as f32 / width as f32,
-        image.height() as f32 / height as f32,
-    );
-    let mut out = RgbImage::new(width, height);
-    warp_into_with(
-        image,
-        move |x, y| ((x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5),
-        Interpolation::Bilinear,
-        Border::Replicate,
-        &mut out,
-    );
-    out
+    const ONE: i32 = 1 << 11;
+    /// Per output position: the first input index and its weight (the next gets the rest).
+    fn taps(from: u32, to: u32) -> Vec<(usize, i32)> {
+        let scale = from as f64 / to as f64;
+        (0..to)
+            .map(|d| {
+                let f = (d as f64 + 0.5) * scale - 0.5;
+                let mut s = f.floor();
+                let mut t = f - s;
+                if s < 0.0 {
+                    (s, t) = (0.0, 0.0);
+                }
+                if s >= from as f64 - 1.0 {
+                    (s, t) = (from as f64 - 1.0, 0.0);
+                }
+                (s as usize, ((1.0 - t) * ONE as f64).round() as i32)
+            })
+            .collect()
+    }
+    let (xs, ys) = (taps(image.width(), width), taps(image.height(), height));
+    let src = image.as_raw();
+    let stride = image.width() as usize * 3;
+    let last_x = image.width() as usize - 1;
+    let last_y = image.height() as usize - 1;
+    // Each input row resized across once, for the (at most two) output rows that use it.
+    let across = |row: usize| -> Vec<i32> {
+        let line = &src[row * stride..(row + 1) * stride];
+        xs.iter()
+            .flat_map(|&(x, w)| {
+                let next = (x + 1).min(last_x);
+                (0..3).map(move |c| line[x * 3 + c] as i32 * w + line[next * 3 + c] as i32 * (ONE - w))
+            })
+            .collect()
+    };
+    let mut out = Vec::with_capacity(width as usize * height as usize * 3);
+    let mut cache: Option<(usize, Vec<i32>, Vec<i32>)> = None;
+    for &(y, w) in &ys {
+        let next = (y + 1).min(last_y);
+        let (upper, lower) = match cache.take() {
+            Some((cached, upper, lower)) if cached == y => (upper, lower),
+            Some((cached, _, lower)) if cached + 1 == y => (lower, across(next)),
+            _ => (across(y), across(next)),
+        };
+        out.extend(upper.iter().zip(&lower).map(|(a, b)| {
+            ((*a as i64 * w as i64 + *b as i64 * (ONE - w) as i64 + (1 << 21)) >> 22).clamp(0, 255) as u8
+        }));
+        cache = Some((y, upper, lower));
+    }
+    RgbImage::from_raw(width, height, out).expect("width x height x 3 values")
 }
 
 /// The minimum-area rectangle around `points`, ordered as rapidocr orders it (by x, then
@@ -66,18 +102,33 @@ pub fn mini_box(points: &[Coord<f64>]) -> ([[f64; 2]; 4], f64) {
 /// The box grown outward by area x `ratio` / perimeter, with round joins (DB's
 /// "unclip"): the points of the grown outline.
 pub fn unclip(corners: &[[f64; 2]; 4], ratio: f64) -> Vec<Coord<f64>> {
-    let ring: Vec<Coord<f64>> = corners.iter().map(|c| Coord { x: c[0], y: c[1] }).collect();
-    let polygon = Polygon::new(LineString::from(ring), Vec::new());
-    let perimeter = Euclidean.length(polygon.exterior());
+    let polygon = |round: fn(f64) -> f64| {
+        let ring: Vec<Coord<f64>> = corners
+            .iter()
+            .map(|c| Coord {
+                x: round(c[0]),
+                y: round(c[1]),
+            })
+            .collect();
+        Polygon::new(LineString::from(ring), Vec::new())
+    };
+    // The distance from the box as found; the outline grown from whole pixels and given
+    // back in whole pixels, as pyclipper (integer coordinates) does for rapidocr.
+    let exact = polygon(|v| v);
+    let perimeter = Euclidean.length(exact.exterior());
     if perimeter <= 0.0 {
         return Vec::new();
     }
-    let distance = polygon.unsigned_area() * ratio / perimeter;
-    polygon
+    let distance = exact.unsigned_area() * ratio / perimeter;
+    polygon(f64::trunc)
         .buffer(distance)
         .0
         .iter()
         .flat_map(|p| p.exterior().coords().copied())
+        .map(|c| Coord {
+            x: c.x.round(),
+            y: c.y.round(),
+        })
         .collect()
 }
 
@@ -112,21 +163,47 @@ pub fn crop(image: &RgbImage, quad: &Quad) -> Option<RgbImage> {
         return None;
     }
     let (w, h) = (width as f32, height as f32);
-    let from = quad.map(|p| (p[0], p[1]));
-    let to = [(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)];
-    let projection = Projection::from_control_points(from, to)?;
-    let mut out = RgbImage::new(width, height);
-    warp_into(
-        image,
-        projection,
-        Interpolation::Bicubic,
-        Border::Replicate,
-        &mut out,
-    );
+    let corners = [(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)];
+    // Each crop pixel's place on the page.
+    let to_page = Projection::from_control_points(corners, quad.map(|p| (p[0], p[1])))?;
+    let mut out = RgbImage::from_fn(width, height, |x, y| {
+        let (px, py) = to_page * (x as f32, y as f32);
+        cubic(image, px, py)
+    });
     if height as f32 / width as f32 >= 1.5 {
         out = image::imageops::rotate270(&out);
     }
     Some(out)
+}
+
+/// The page at (x, y) by OpenCV's bicubic interpolation (cv2.warpPerspective's
+/// INTER_CUBIC: the position taken to 1/32 pixel, weights with A = -0.75, edges
+/// replicated, one rounding at the end). imageproc's bicubic is Catmull-Rom (A = -0.5)
+/// and rounds each row: on text edges that moves recognised spaces.
+fn cubic(image: &RgbImage, x: f32, y: f32) -> Rgb<u8> {
+    const A: f32 = -0.75;
+    let weights = |t: f32| {
+        let t = (t * 32.0).round() / 32.0;
+        let w0 = ((A * (t + 1.0) - 5.0 * A) * (t + 1.0) + 8.0 * A) * (t + 1.0) - 4.0 * A;
+        let w1 = ((A + 2.0) * t - (A + 3.0)) * t * t + 1.0;
+        let w2 = ((A + 2.0) * (1.0 - t) - (A + 3.0)) * (1.0 - t) * (1.0 - t) + 1.0;
+        [w0, w1, w2, 1.0 - w0 - w1 - w2]
+    };
+    let (x0, y0) = (x.floor(), y.floor());
+    let (wx, wy) = (weights(x - x0), weights(y - y0));
+    let (max_x, max_y) = (image.width() as i64 - 1, image.height() as i64 - 1);
+    let mut sum = [0f32; 3];
+    for (j, wy) in wy.iter().enumerate() {
+        let row = (y0 as i64 - 1 + j as i64).clamp(0, max_y) as u32;
+        for (i, wx) in wx.iter().enumerate() {
+            let col = (x0 as i64 - 1 + i as i64).clamp(0, max_x) as u32;
+            let pixel = image.get_pixel(col, row);
+            for c in 0..3 {
+                sum[c] += wx * wy * pixel[c] as f32;
+            }
+        }
+    }
+    Rgb(sum.map(|v| v.round().clamp(0.0, 255.0) as u8))
 }
 
 /// A crop turned half a turn (the classifier found it upside down).

@@ -1,0 +1,189 @@
+"""The built-in PP-OCR pipeline (`ppocr`, an ensemble) against rapidocr-onnxruntime 1.4.4
+run in Python on the same rendered cheques, with the same onnxruntime: lines, boxes and
+character accuracy against the text each page was rendered with; then bad images.
+
+The measured figures are printed (pytest -s) and written to $OCR_REPORT when it is set."""
+import json
+import os
+import pathlib
+import shutil
+import statistics
+import tempfile
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from conftest import ROOT, running_wharf
+from ocr_images import render
+
+PIPELINE = ["ppocr", "ppocr_image", "ppocr_det", "ppocr_db", "ppocr_cls_crops", "ppocr_cls",
+            "ppocr_lines", "ppocr_rec", "ppocr_ctc"]
+PAGES = 12
+
+pytestmark = pytest.mark.skipif(
+    not (ROOT / "models/ppocr_det/1/model.onnx").exists(),
+    reason="PP-OCR det/rec not fetched (scripts/fetch-ppocr-models.sh; scripts/test.sh does it)",
+)
+
+
+def pipeline_repository(target: pathlib.Path, backend: str) -> None:
+    for name in PIPELINE:
+        shutil.copytree(ROOT / "models" / name, target / name)
+    for name in ("ppocr_det", "ppocr_rec", "ppocr_cls"):
+        config = target / name / "config.yaml"
+        config.write_text(config.read_text().replace("backend: tract", f"backend: {backend}"))
+
+
+@pytest.fixture(scope="module")
+def ocr():
+    """A client of wharf serving the pipeline with its models on onnxruntime."""
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = pathlib.Path(tmp)
+        pipeline_repository(repo, "onnxruntime")
+        with running_wharf(repo) as address:
+            client = grpcclient.InferenceServerClient(address)
+            yield client
+            client.close()
+
+
+def read(client, image: bytes, outputs=None):
+    inp = grpcclient.InferInput("image", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([image], dtype=object))
+    asked = [grpcclient.InferRequestedOutput(o) for o in outputs] if outputs else None
+    return client.infer("ppocr", [inp], outputs=asked)
+
+
+def lines_of(result):
+    return [(t.decode(), float(s), b.tolist())
+            for t, s, b in zip(result.as_numpy("text"), result.as_numpy("text_score"), result.as_numpy("boxes"))]
+
+
+def edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def char_accuracy(found, truth):
+    """1 - edit distance / length, each rendered line against its closest read line
+    (spaces left out: neither engine is asked to find them, and their width is a guess)."""
+    errors = total = 0
+    for line in truth:
+        want = line.replace(" ", "")
+        errors += min((edit_distance(f.replace(" ", ""), want) for f in found), default=len(want))
+        total += len(want)
+    return 1 - errors / total
+
+
+def test_lines_and_boxes_agree_with_rapidocr_and_the_rendered_text(ocr):
+    from rapidocr_onnxruntime import RapidOCR
+    reference = RapidOCR()
+    pairs = equal = equal_but_spaces = box_ok = 0
+    worst_box = 0.0
+    accuracy = {"wharf": [], "rapidocr": []}
+    differing = []
+    for seed in range(PAGES):
+        image, truth = render(seed)
+        ours = lines_of(read(ocr, image))
+        found, _ = reference(image)
+        theirs = [(t, float(s), b) for b, t, s in (found or [])]
+        assert len(ours) == len(theirs), (seed, [t for t, *_ in ours], [t for t, *_ in theirs])
+        for (text, _, box), (ref_text, _, ref_box) in zip(ours, theirs):
+            pairs += 1
+            equal += text == ref_text
+            equal_but_spaces += text.replace(" ", "") == ref_text.replace(" ", "")
+            off = max(abs(a - b) for p, q in zip(box, ref_box) for a, b in zip(p, q))
+            worst_box = max(worst_box, off)
+            box_ok += off <= 3
+            if text != ref_text:
+                differing.append((seed, text, ref_text))
+        accuracy["wharf"].append(char_accuracy([t for t, *_ in ours], truth))
+        accuracy["rapidocr"].append(char_accuracy([t for t, *_ in theirs], truth))
+    report = {
+        "pages": PAGES,
+        "lines": pairs,
+        "equal": equal / pairs,
+        "equal_ignoring_spaces": equal_but_spaces / pairs,
+        "boxes_within_3px": box_ok / pairs,
+        "worst_box_px": worst_box,
+        "char_accuracy": {k: statistics.mean(v) for k, v in accuracy.items()},
+        "differing": differing,
+    }
+    print(json.dumps(report, ensure_ascii=False, indent=1))
+    if os.environ.get("OCR_REPORT"):
+        pathlib.Path(os.environ["OCR_REPORT"]).write_text(json.dumps(report, ensure_ascii=False, indent=1))
+    assert pairs >= PAGES * 12, "every page has 12 lines or more"
+    assert box_ok == pairs, f"every box within 3 px of rapidocr's (worst {worst_box})"
+    # The recogniser reads a line differently when it is padded differently: rapidocr pads
+    # each line to the widest of the six around it, wharf to its width bucket, and spaces
+    # come and go with that (benches/README.md shows rapidocr itself changing its answer
+    # for one crop padded three ways). Characters other than spaces agree.
+    assert report["equal_ignoring_spaces"] >= 0.98, report
+    assert report["char_accuracy"]["wharf"] >= report["char_accuracy"]["rapidocr"] - 0.005, report
+
+
+def test_a_subset_of_outputs_and_a_page_without_text(ocr):
+    image, truth = render(3, upside_down=True)
+    result = read(ocr, image, outputs=["text"])
+    assert result.as_numpy("boxes") is None and result.as_numpy("text_score") is None
+    texts = [t.decode() for t in result.as_numpy("text")]
+    assert char_accuracy(texts, truth) > 0.95, texts
+    from PIL import Image
+    import io
+    blank = io.BytesIO()
+    Image.new("RGB", (800, 400), "white").save(blank, format="JPEG")
+    empty = read(ocr, blank.getvalue())
+    assert empty.as_numpy("text").shape == (0,)
+    assert empty.as_numpy("boxes").shape == (0, 4, 2)
+
+
+def png(width, height, claimed=None):
+    """A white PNG; with `claimed`, its header (checksum redone) claims that size instead."""
+    import io
+    import struct
+    import zlib
+    from PIL import Image
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), "white").save(out, format="PNG")
+    data = bytearray(out.getvalue())
+    if claimed:
+        data[16:24] = struct.pack(">II", *claimed)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_bad_images_are_invalid_argument_naming_the_problem(ocr):
+    image, _ = render(1)
+    cases = {
+        "not an image": (b"%PDF-1.7 not an image", "not a PNG or JPEG image"),
+        "truncated": (image[: len(image) // 3], "cannot decode it"),
+        "empty": (b"", "not a PNG or JPEG image"),
+        "1x1": (png(1, 1), "1x1 is too small"),
+        "bomb": (png(64, 64, claimed=(60000, 60000)), "60000x60000 is 3600000000 pixels, over the limit"),
+    }
+    for name, (data, why) in cases.items():
+        with pytest.raises(InferenceServerException) as failure:
+            read(ocr, data)
+        assert failure.value.status() == "StatusCode.INVALID_ARGUMENT", (name, failure.value)
+        message = failure.value.message()
+        assert "step 0 (model 'ppocr_image')" in message and why in message, (name, message)
+    # The server serves on.
+    assert len(lines_of(read(ocr, image))) >= 12
+
+
+def test_the_pipeline_runs_on_tract_too():
+    """The same pipeline with det, cls and rec on tract (the default models/ repository)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = pathlib.Path(tmp)
+        pipeline_repository(repo, "tract")
+        with running_wharf(repo) as address:
+            client = grpcclient.InferenceServerClient(address)
+            image, truth = render(5)
+            texts = [t for t, *_ in lines_of(read(client, image))]
+            client.close()
+    assert char_accuracy(texts, truth) > 0.98, texts
