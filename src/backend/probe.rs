@@ -115,6 +115,7 @@ pub fn run(args: &EngineCallsArgs) -> anyhow::Result<Report> {
     let options = OrtOptions {
         intra_op_threads: 1,
         inter_op_threads: 1,
+        intra_op_spinning: false,
         io_binding: args.io_binding,
         gpu: args.gpu.map(|device_id| GpuOptions {
             device_id,

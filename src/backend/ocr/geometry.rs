@@ -48,7 +48,9 @@ pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
         xs.iter()
             .flat_map(|&(x, w)| {
                 let next = (x + 1).min(last_x);
-                (0..3).map(move |c| line[x * 3 + c] as i32 * w + line[next * 3 + c] as i32 * (ONE - w))
+                (0..3).map(move |c| {
+                    line[x * 3 + c] as i32 * w + line[next * 3 + c] as i32 * (ONE - w)
+                })
             })
             .collect()
     };
@@ -62,7 +64,8 @@ pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
             _ => (across(y), across(next)),
         };
         out.extend(upper.iter().zip(&lower).map(|(a, b)| {
-            ((*a as i64 * w as i64 + *b as i64 * (ONE - w) as i64 + (1 << 21)) >> 22).clamp(0, 255) as u8
+            ((*a as i64 * w as i64 + *b as i64 * (ONE - w) as i64 + (1 << 21)) >> 22).clamp(0, 255)
+                as u8
         }));
         cache = Some((y, upper, lower));
     }

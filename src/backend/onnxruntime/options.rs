@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 /// The `parameters` keys ONNX Runtime reads, with what each takes.
-pub const KEYS: [(&str, &str); 10] = [
+pub const KEYS: [(&str, &str); 11] = [
     ("io_binding", "true or false"),
+    ("intra_op_spinning", "true or false"),
     ("cuda_graph", "true or false"),
     ("intra_op_thread_count", "a whole number >= 1"),
     ("inter_op_thread_count", "a whole number >= 1"),
@@ -29,6 +30,11 @@ pub struct OrtParameters {
     /// None: the cores split between the model's instances.
     pub intra_op_threads: Option<usize>,
     pub inter_op_threads: usize,
+    /// Whether a session's threads spin waiting for work (ONNX Runtime's default) rather
+    /// than sleep. Off unless asked: the models of a pipeline run at once on the same
+    /// cores, and threads that spin take them from the ones with work (PP-OCR on 2 cores:
+    /// benches/README.md).
+    pub intra_op_spinning: bool,
     /// Only where `cudnn_conv_algo_search: EXHAUSTIVE` asks: the search is paid again at
     /// every change of a session's input shape (cuDNN 9 keeps one plan per convolution),
     /// and measured on an H200 it cost far more than it won.
@@ -50,6 +56,7 @@ impl Default for OrtParameters {
             cuda_graph: None,
             intra_op_threads: None,
             inter_op_threads: 1,
+            intra_op_spinning: false,
             cudnn_exhaustive: false,
             cudnn_max_workspace: true,
             arena_same_as_requested: false,
@@ -92,6 +99,7 @@ impl OrtParameters {
             "cuda_graph" => self.cuda_graph = Some(flag()?),
             "intra_op_thread_count" => self.intra_op_threads = Some(count()?),
             "inter_op_thread_count" => self.inter_op_threads = count()?,
+            "intra_op_spinning" => self.intra_op_spinning = flag()?,
             "cudnn_conv_algo_search" => {
                 self.cudnn_exhaustive = match value {
                     "EXHAUSTIVE" => true,
@@ -124,6 +132,7 @@ impl OrtParameters {
                 .intra_op_threads
                 .unwrap_or((cores / instances.max(1)).max(1)),
             inter_op_threads: self.inter_op_threads,
+            intra_op_spinning: self.intra_op_spinning,
             io_binding: self.io_binding,
             gpu: gpu.map(|placement| GpuOptions {
                 device_id: placement.device_id,
@@ -153,6 +162,7 @@ pub struct GpuPlacement {
 pub struct OrtOptions {
     pub intra_op_threads: usize,
     pub inter_op_threads: usize,
+    pub intra_op_spinning: bool,
     /// Run through IoBinding: inputs copied into buffers bound once per shape (device
     /// memory on a GPU), outputs left in buffers bound after the first run of that shape.
     pub io_binding: bool,

@@ -147,6 +147,8 @@ impl OrtModel {
             .map_err(|e| e.to_string())?
             .with_intra_threads(self.options.intra_op_threads)
             .map_err(err)?
+            .with_intra_op_spinning(self.options.intra_op_spinning)
+            .map_err(err)?
             .with_inter_threads(self.options.inter_op_threads)
             .map_err(err)?
             .with_prepacked_weights(&self.prepacked)

@@ -1,0 +1,144 @@
+"""PP-OCR end to end: wharf's `ppocr` pipeline (one gRPC call per image) against
+rapidocr-onnxruntime 1.4.4 in-process, on the same rendered cheques and the same cores.
+
+    cargo build --release && scripts/fetch-ppocr-models.sh
+    .venv-test/bin/pip install -r tests/python/requirements.txt   # rapidocr, Pillow
+    .venv-test/bin/python benches/ppocr.py [--seconds 20] [--engine onnxruntime|tract]
+
+Reports, in one run: wharf at concurrency 1 (p50/p99), 4 and 8 (images/s, p99), the
+recogniser's rows per engine call over the run, and rapidocr in 1 and in 2 processes
+(images/s, p50/p99 per image). ORT_DYLIB_PATH must name libonnxruntime for the
+onnxruntime engine (scripts/test.sh shows how it is found in the venv).
+"""
+import argparse
+import multiprocessing
+import pathlib
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+from conftest import running_wharf  # noqa: E402
+from ocr_images import render  # noqa: E402
+from test_ppocr import pipeline_repository  # noqa: E402
+
+PAGES = 8
+
+
+def pages():
+    return [render(seed, width=1600)[0] for seed in range(100, 100 + PAGES)]
+
+
+def percentile(values, q):
+    return float(np.percentile(values, q)) * 1000 if values else float("nan")
+
+
+def closed_loop(address, images, concurrency, seconds):
+    """`concurrency` callers, each sending the next page as soon as it has its answer."""
+    latencies, errors = [], []
+    stop = time.monotonic() + seconds
+
+    def caller(offset):
+        client = grpcclient.InferenceServerClient(address)
+        i = offset
+        while time.monotonic() < stop:
+            inp = grpcclient.InferInput("image", [1], "BYTES")
+            inp.set_data_from_numpy(np.array([images[i % len(images)]], dtype=object))
+            started = time.monotonic()
+            try:
+                client.infer("ppocr", [inp])
+                latencies.append(time.monotonic() - started)
+            except Exception as e:  # counted, not fatal: the report shows them
+                errors.append(str(e))
+            i += 1
+        client.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(latencies) / (time.monotonic() - started), latencies, errors
+
+
+def rec_calls(client):
+    stats = client.get_inference_statistics("ppocr_rec", as_json=True)["model_stats"][0]
+    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
+
+
+def rapidocr_worker(images, seconds, out):
+    from rapidocr_onnxruntime import RapidOCR
+    engine = RapidOCR()
+    engine(images[0])  # the first call builds its sessions' plans
+    latencies = []
+    stop = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < stop:
+        started = time.monotonic()
+        engine(images[i % len(images)])
+        latencies.append(time.monotonic() - started)
+        i += 1
+    out.put(latencies)
+
+
+def rapidocr(images, processes, seconds):
+    queue = multiprocessing.Queue()
+    workers = [multiprocessing.Process(target=rapidocr_worker, args=(images, seconds, queue))
+               for _ in range(processes)]
+    for w in workers:
+        w.start()
+    latencies = [x for _ in workers for x in queue.get()]
+    for w in workers:
+        w.join()
+    return len(latencies) / seconds, latencies
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "tract"])
+    parser.add_argument("--skip-rapidocr", action="store_true")
+    args = parser.parse_args()
+    images = pages()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = pathlib.Path(tmp)
+        pipeline_repository(repo, args.engine)
+        with running_wharf(repo) as address:
+            client = grpcclient.InferenceServerClient(address)
+            closed_loop(address, images, 2, 3)  # every page size's plans built once
+            before = rec_calls(client)
+            for concurrency in (1, 4, 8):
+                rate, latencies, errors = closed_loop(address, images, concurrency, args.seconds)
+                rows.append((f"wharf ({args.engine}), concurrency {concurrency}", rate, latencies, len(errors)))
+                print(f"wharf c{concurrency}: {rate:.2f} images/s, p50 {percentile(latencies, 50):.0f} ms, "
+                      f"p99 {percentile(latencies, 99):.0f} ms, errors {len(errors)}", file=sys.stderr, flush=True)
+            after = rec_calls(client)
+            client.close()
+    calls = {rows_: after.get(rows_, 0) - before.get(rows_, 0) for rows_ in sorted(after)}
+    if not args.skip_rapidocr:
+        for processes in (1, 2):
+            rate, latencies = rapidocr(images, processes, args.seconds)
+            rows.append((f"rapidocr-onnxruntime in-process, {processes} process(es)", rate, latencies, 0))
+            print(f"rapidocr x{processes}: {rate:.2f} images/s", file=sys.stderr, flush=True)
+    print(f"{PAGES} cheques of 1600 px wide, 12-16 lines each; {args.seconds:.0f} s per row\n")
+    print("| server | images/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|")
+    for name, rate, latencies, errors in rows:
+        print(f"| {name} | {rate:.2f} | {percentile(latencies, 50):.0f} | {percentile(latencies, 99):.0f} | {errors} |")
+    print(f"\nppocr_rec engine calls by rows over wharf's runs: {calls}")
+    total = sum(calls.values())
+    if total:
+        print(f"mean rows per call: {sum(r * n for r, n in calls.items()) / total:.2f}")
+
+
+if __name__ == "__main__":
+    main()
