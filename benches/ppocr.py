@@ -12,7 +12,9 @@ onnxruntime engine (scripts/test.sh shows how it is found in the venv).
 """
 import argparse
 import multiprocessing
+import os
 import pathlib
+import resource
 import shutil
 import statistics
 import sys
@@ -69,6 +71,26 @@ def closed_loop(address, images, concurrency, seconds):
     return len(latencies) / (time.monotonic() - started), latencies, errors
 
 
+def cpu_seconds(pid):
+    """User + system CPU of every thread of the process so far."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wharf_pid(address):
+    """The server's process: the one listening on `address`'s port (we started it)."""
+    port = int(address.rsplit(":", 1)[1])
+    for proc in pathlib.Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(b"wharf") and b"serve" in cmd:
+                return int(proc.name)
+    raise RuntimeError(f"no wharf process for port {port}")
+
+
 def rec_calls(client):
     stats = client.get_inference_statistics("ppocr_rec", as_json=True)["model_stats"][0]
     return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
@@ -86,7 +108,8 @@ def rapidocr_worker(images, seconds, out):
         engine(images[i % len(images)])
         latencies.append(time.monotonic() - started)
         i += 1
-    out.put(latencies)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.put((latencies, usage.ru_utime + usage.ru_stime))
 
 
 def rapidocr(images, processes, seconds):
@@ -95,10 +118,13 @@ def rapidocr(images, processes, seconds):
                for _ in range(processes)]
     for w in workers:
         w.start()
-    latencies = [x for _ in workers for x in queue.get()]
+    results = [queue.get() for _ in workers]
     for w in workers:
         w.join()
-    return len(latencies) / seconds, latencies
+    latencies = [x for lat, _ in results for x in lat]
+    # CPU includes each process's first (warm) call; over 20 s runs that is a few percent.
+    cpu = sum(c for _, c in results)
+    return len(latencies) / seconds, latencies, cpu / max(len(latencies), 1)
 
 
 def main():
@@ -116,9 +142,13 @@ def main():
             client = grpcclient.InferenceServerClient(address)
             closed_loop(address, images, 2, 3)  # every page size's plans built once
             before = rec_calls(client)
+            pid = wharf_pid(address)
             for concurrency in (1, 4, 8):
+                cpu = cpu_seconds(pid)
                 rate, latencies, errors = closed_loop(address, images, concurrency, args.seconds)
-                rows.append((f"wharf ({args.engine}), concurrency {concurrency}", rate, latencies, len(errors)))
+                per_image = (cpu_seconds(pid) - cpu) / max(len(latencies), 1)
+                rows.append((f"wharf ({args.engine}), concurrency {concurrency}", rate, latencies, len(errors),
+                             per_image))
                 print(f"wharf c{concurrency}: {rate:.2f} images/s, p50 {percentile(latencies, 50):.0f} ms, "
                       f"p99 {percentile(latencies, 99):.0f} ms, errors {len(errors)}", file=sys.stderr, flush=True)
             after = rec_calls(client)
@@ -126,14 +156,16 @@ def main():
     calls = {rows_: after.get(rows_, 0) - before.get(rows_, 0) for rows_ in sorted(after)}
     if not args.skip_rapidocr:
         for processes in (1, 2):
-            rate, latencies = rapidocr(images, processes, args.seconds)
-            rows.append((f"rapidocr-onnxruntime in-process, {processes} process(es)", rate, latencies, 0))
+            rate, latencies, per_image = rapidocr(images, processes, args.seconds)
+            rows.append((f"rapidocr-onnxruntime in-process, {processes} process(es)", rate, latencies, 0,
+                         per_image))
             print(f"rapidocr x{processes}: {rate:.2f} images/s", file=sys.stderr, flush=True)
     print(f"{PAGES} cheques of 1600 px wide, 12-16 lines each; {args.seconds:.0f} s per row\n")
-    print("| server | images/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|")
-    for name, rate, latencies, errors in rows:
-        print(f"| {name} | {rate:.2f} | {percentile(latencies, 50):.0f} | {percentile(latencies, 99):.0f} | {errors} |")
+    print("| server | images/s | p50 ms | p99 ms | CPU s per image | errors |")
+    print("|---|---|---|---|---|---|")
+    for name, rate, latencies, errors, cpu in rows:
+        print(f"| {name} | {rate:.2f} | {percentile(latencies, 50):.0f} | {percentile(latencies, 99):.0f} | "
+              f"{cpu:.2f} | {errors} |")
     print(f"\nppocr_rec engine calls by rows over wharf's runs: {calls}")
     total = sum(calls.values())
     if total:
