@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Fetches the PP-OCRv4 detection and recognition models (Apache-2.0) from the PyPI wheel
 # rapidocr-onnxruntime==1.4.4 into a model repository, with their configs.
-#   scripts/fetch-ppocr-models.sh [REPOSITORY]   (default: models)
+#   scripts/fetch-ppocr-models.sh [REPOSITORY]   (default: models; nothing to do if both are there)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=${1:-"$here/../models"}
+if [ -f "$repo/ppocr_det/1/model.onnx" ] && [ -f "$repo/ppocr_rec/1/model.onnx" ]; then
+  echo "PP-OCR det and rec already in $repo"
+  exit 0
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 

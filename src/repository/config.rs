@@ -703,7 +703,10 @@ version_policy: { latest: { num_versions: 2 } }
             assert!(err.contains(&format!("`{key}`")), "{yaml:?} gave {err:?}");
         }
         let err = ModelConfig::from_yaml("backend: pytorch").unwrap_err();
-        assert!(err.contains("expected `tract` or `onnxruntime`"), "{err}");
+        assert!(
+            err.contains("expected one of `tract`, `onnxruntime`, `image_decode`"),
+            "{err}"
+        );
     }
 
     #[test]
