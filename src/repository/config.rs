@@ -9,6 +9,7 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Deserializer};
 
 use super::parameters::{ParameterOwner, Parameters};
+use crate::backend::ocr::StepKind;
 use crate::tensor::DataType;
 
 /// The file as written; every key is optional so that a bare ONNX model needs no config.
@@ -82,9 +83,21 @@ impl BackendKind {
         }
     }
 
-    /// A processing step written in wharf itself: no model file, no warmup to measure.
+    /// The processing step written in wharf itself that this names, if it names one: no
+    /// model file, no warmup to measure.
+    pub fn builtin_step(self) -> Option<StepKind> {
+        match self {
+            BackendKind::Tract | BackendKind::Onnxruntime => None,
+            BackendKind::ImageDecode => Some(StepKind::ImageDecode),
+            BackendKind::DbPostprocess => Some(StepKind::DbPostprocess),
+            BackendKind::TextCrop => Some(StepKind::TextCrop),
+            BackendKind::TextLines => Some(StepKind::TextLines),
+            BackendKind::CtcDecode => Some(StepKind::CtcDecode),
+        }
+    }
+
     pub fn is_builtin(self) -> bool {
-        !matches!(self, BackendKind::Tract | BackendKind::Onnxruntime)
+        self.builtin_step().is_some()
     }
 }
 

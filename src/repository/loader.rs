@@ -137,13 +137,18 @@ fn open_model(
 ) -> Result<Arc<dyn Model>, LoadError> {
     match config.backend {
         BackendKind::Tract => Ok(TractModel::load(path)?),
-        builtin @ (BackendKind::ImageDecode
+        BackendKind::ImageDecode
         | BackendKind::DbPostprocess
         | BackendKind::TextCrop
         | BackendKind::TextLines
-        | BackendKind::CtcDecode) => {
-            crate::backend::ocr::open(builtin, &config.parameters, model_dir)
-                .map_err(LoadError::Config)
+        | BackendKind::CtcDecode => {
+            let kind = config.backend.builtin_step().expect("a built-in step");
+            let parameters = config
+                .parameters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.string_value.clone()))
+                .collect();
+            crate::backend::ocr::open(kind, &parameters, model_dir).map_err(LoadError::Config)
         }
         #[cfg(feature = "onnxruntime")]
         BackendKind::Onnxruntime => {

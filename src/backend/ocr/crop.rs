@@ -222,12 +222,7 @@ mod tests {
 
     #[test]
     fn lines_go_to_the_narrowest_bucket_that_holds_them_and_upside_down_ones_are_turned() {
-        let given = BTreeMap::from([(
-            "buckets".to_owned(),
-            crate::repository::config::ParameterValue {
-                string_value: "160,320".into(),
-            },
-        )]);
+        let given = BTreeMap::from([("buckets".to_owned(), "160,320".to_owned())]);
         let step = TextLines::new(&mut Params::new(&given)).unwrap();
         let page = Tensor {
             name: "pixels".into(),

@@ -16,10 +16,7 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 use bytes::Bytes;
 
 use super::{BackendError, Instance, Model, Signature, TensorSignature};
-use crate::{
-    repository::config::{BackendKind, ParameterValue},
-    tensor::{le_chunks, DataType, Tensor, TensorData},
-};
+use crate::tensor::{le_chunks, DataType, Tensor, TensorData};
 use params::Params;
 
 /// A processing step: what it takes and gives, and the work on one call's inputs.
@@ -53,32 +50,37 @@ impl<S: Step> Instance for StepInstance<S> {
     }
 }
 
-/// Builds the step `kind` names from its `parameters` (unknown keys are an error);
-/// `model_dir` is the model's folder, for files a step reads (the CTC dictionary).
+/// The built-in steps, as a config's `backend:` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    ImageDecode,
+    DbPostprocess,
+    TextCrop,
+    TextLines,
+    CtcDecode,
+}
+
+/// Builds the step `kind` names from its `parameters` (key → value; unknown keys are an
+/// error); `model_dir` is the model's folder, for files a step reads (the CTC dictionary).
 pub fn open(
-    kind: BackendKind,
-    parameters: &BTreeMap<String, ParameterValue>,
+    kind: StepKind,
+    parameters: &BTreeMap<String, String>,
     model_dir: &Path,
 ) -> Result<Arc<dyn Model>, String> {
     let mut params = Params::new(parameters);
     let model: Arc<dyn Model> = match kind {
-        BackendKind::ImageDecode => {
+        StepKind::ImageDecode => {
             Arc::new(Processing(Arc::new(decode::ImageDecode::new(&mut params)?)))
         }
-        BackendKind::DbPostprocess => {
+        StepKind::DbPostprocess => {
             Arc::new(Processing(Arc::new(db::DbPostprocess::new(&mut params)?)))
         }
-        BackendKind::TextCrop => Arc::new(Processing(Arc::new(crop::TextCrop::new(&mut params)?))),
-        BackendKind::TextLines => {
-            Arc::new(Processing(Arc::new(crop::TextLines::new(&mut params)?)))
-        }
-        BackendKind::CtcDecode => Arc::new(Processing(Arc::new(ctc::CtcDecode::new(
+        StepKind::TextCrop => Arc::new(Processing(Arc::new(crop::TextCrop::new(&mut params)?))),
+        StepKind::TextLines => Arc::new(Processing(Arc::new(crop::TextLines::new(&mut params)?))),
+        StepKind::CtcDecode => Arc::new(Processing(Arc::new(ctc::CtcDecode::new(
             &mut params,
             model_dir,
         )?))),
-        BackendKind::Tract | BackendKind::Onnxruntime => {
-            return Err(format!("{} is not a built-in step", kind.as_str()))
-        }
     };
     params.finish()?;
     Ok(model)

@@ -6,15 +6,13 @@ use std::{
     str::FromStr,
 };
 
-use crate::repository::config::ParameterValue;
-
 pub struct Params<'a> {
-    given: &'a BTreeMap<String, ParameterValue>,
+    given: &'a BTreeMap<String, String>,
     read: BTreeSet<&'static str>,
 }
 
 impl<'a> Params<'a> {
-    pub fn new(given: &'a BTreeMap<String, ParameterValue>) -> Params<'a> {
+    pub fn new(given: &'a BTreeMap<String, String>) -> Params<'a> {
         Params {
             given,
             read: BTreeSet::new(),
@@ -31,10 +29,10 @@ impl<'a> Params<'a> {
         self.read.insert(key);
         match self.given.get(key) {
             None => Ok(default),
-            Some(v) => v.string_value.trim().parse().map_err(|_| {
+            Some(v) => v.trim().parse().map_err(|_| {
                 format!(
                     "key `parameters.{key}.string_value`: expected {expected}, found `{}`",
-                    v.string_value
+                    v
                 )
             }),
         }
@@ -51,14 +49,13 @@ impl<'a> Params<'a> {
         let Some(v) = self.given.get(key) else {
             return Ok(default.to_vec());
         };
-        v.string_value
-            .split(',')
+        v.split(',')
             .map(|item| item.trim().parse())
             .collect::<Result<Vec<T>, _>>()
             .map_err(|_| {
                 format!(
                     "key `parameters.{key}.string_value`: expected {expected}, found `{}`",
-                    v.string_value
+                    v
                 )
             })
     }
