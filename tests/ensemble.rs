@@ -243,6 +243,29 @@ async fn parallel_steps_feed_a_joining_step_and_a_subset_of_outputs_runs_only_it
     assert!(took("identity") <= took("pair"));
     let ok = r#"wharf_requests_total{model="pair",version="1",outcome="success"}"#;
     assert_eq!(scraped[ok], 22.0);
+    // ModelStatistics answers for the ensemble itself: its own requests and rows.
+    let stats = t
+        .client
+        .model_statistics(pb::ModelStatisticsRequest {
+            name: "pair".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let pair = &stats.model_stats[0];
+    assert_eq!(
+        pair.inference_count, 22,
+        "rows of the 22 requests (1 each: no batch dim)"
+    );
+    let success = pair
+        .inference_stats
+        .as_ref()
+        .unwrap()
+        .success
+        .as_ref()
+        .unwrap();
+    assert_eq!(success.count, 22);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

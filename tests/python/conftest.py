@@ -43,11 +43,11 @@ def make_repository(target: pathlib.Path) -> None:
 
 
 @contextlib.contextmanager
-def running_wharf(repo: pathlib.Path):
+def running_wharf(repo: pathlib.Path, *flags: str):
     """The wharf binary serving `repo` on a free loopback port, until ready: its address."""
     proc = subprocess.Popen(
         [WHARF, "--log-format", "json", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
-         "--metrics-port", "0", "--model-repository", str(repo)],
+         "--metrics-port", "0", "--model-repository", str(repo), *flags],
         stderr=subprocess.PIPE, text=True,
     )
     address = None

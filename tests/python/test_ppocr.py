@@ -42,7 +42,7 @@ def ocr():
     with tempfile.TemporaryDirectory() as tmp:
         repo = pathlib.Path(tmp)
         pipeline_repository(repo, "onnxruntime")
-        with running_wharf(repo) as address:
+        with running_wharf(repo, "--max-request-size", "8MiB") as address:
             client = grpcclient.InferenceServerClient(address)
             yield client
             client.close()
@@ -165,13 +165,16 @@ def test_bad_images_are_invalid_argument_naming_the_problem(ocr):
         "empty": (b"", "not a PNG or JPEG image"),
         "1x1": (png(1, 1), "1x1 is too small"),
         "bomb": (png(64, 64, claimed=(60000, 60000)), "60000x60000 is 3600000000 pixels, over the limit"),
+        "over the request limit": (image + bytes(9 << 20), "over the limit of 8388608 bytes per request"),
     }
     for name, (data, why) in cases.items():
         with pytest.raises(InferenceServerException) as failure:
             read(ocr, data)
         assert failure.value.status() == "StatusCode.INVALID_ARGUMENT", (name, failure.value)
         message = failure.value.message()
-        assert "step 0 (model 'ppocr_image')" in message and why in message, (name, message)
+        assert why in message, (name, message)
+        # Refused at the door (the request's size) or by the step that read the image.
+        assert name == "over the request limit" or "step 0 (model 'ppocr_image')" in message, message
     # The server serves on.
     assert len(lines_of(read(ocr, image))) >= 12
 
