@@ -1,6 +1,7 @@
 """GPU check: PP-OCR cls and rec on KIND_GPU through ONNX Runtime's CUDA provider.
 
-Two parts, each case's result printed as a JSON line as soon as it is known and the whole
+First the whole pipeline (`ppocr`, one call per image of benches/data/cheque.png) with
+det, cls and rec on the device, at concurrency 1, 4 and 8. Then two parts, each case's result printed as a JSON line as soon as it is known and the whole
 written to OUT/gpu_check.json after every case (a run cut short keeps what it measured):
 
 1. In-process engine calls (`wharf engine-calls`, no server): one session fed batch sizes
@@ -235,6 +236,47 @@ ENGINE_CASES = [
 ENGINE_INPUTS = {"ppocr_cls": "x:3,48,192", "ppocr_rec": "x:3,48,320"}
 
 
+PIPELINE_STEPS = ["ppocr", "ppocr_image", "ppocr_db", "ppocr_cls_crops", "ppocr_lines", "ppocr_ctc"]
+
+
+def run_pipeline_case(args, tmp, label, image, concurrencies):
+    """The whole PP-OCR pipeline (`ppocr`, one call per image) with det, cls and rec on
+    ONNX Runtime at `args.kind`: images/s, p50/p99, rec's rows per call, device memory."""
+    repo = tmp / "pipeline"
+    for name in PIPELINE_STEPS:
+        shutil.copytree(args.models / name, repo / name)
+    gpus = "gpus: [0], " if args.kind == "KIND_GPU" else ""
+    for name in ("ppocr_det", "ppocr_cls", "ppocr_rec"):
+        shutil.copytree(args.models / name, repo / name)
+        config = repo / name / "config.yaml"
+        text = config.read_text().replace("backend: tract", "backend: onnxruntime")
+        text = re.sub(r"instance_group:\n(  - .*\n)+", f"instance_group: [{{ kind: {args.kind}, {gpus}count: 1 }}]\n", text)
+        config.write_text(text)
+    before = device_used_mib()
+    server = Server(args.wharf, repo)
+    try:
+        outcome = server.wait_for(lambda f: f.get("message") == "ensemble ready"
+                                  or f.get("message") == "model failed to load", 180)
+        if outcome["message"] != "ensemble ready":
+            return [{"label": label, "model": "ppocr", "failed": outcome}]
+        results = []
+        for concurrency in concurrencies:
+            report = bench(args.wharf, server, "ppocr", ["--data-file", f"image:{image}"], concurrency, args.seconds)
+            samples = server.scrape()
+            results.append({
+                "label": label, "model": "ppocr", "concurrency": concurrency,
+                "images_per_s": report["throughput_rps"], "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"],
+                "errors": {k: v for k, v in report.items() if k.startswith("err") or k == "failures"},
+                "rec_rows_per_call": metric(samples, "wharf_inferences_total", model="ppocr_rec")
+                / max(metric(samples, "wharf_executions_total", model="ppocr_rec"), 1),
+                "device_before_mib": before, "device_peak_mib": device_used_mib(),
+                "process_peak_mib": process_mib(server.proc.pid),
+            })
+        return results
+    finally:
+        server.stop()
+
+
 def run_engine_case(args, label, name, flags):
     gpu = ["--gpu", "0"] if args.kind == "KIND_GPU" else []
     if "--cuda-graph" in flags and not gpu:
@@ -296,6 +338,11 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
+        label = f"ppocr pipeline {args.kind}, det/cls/rec on onnxruntime"
+        image = pathlib.Path(__file__).resolve().parents[1] / "benches" / "data" / "cheque.png"
+        if due(label) and (args.models / "ppocr_det" / "1" / "model.onnx").exists():
+            for result in run_pipeline_case(args, tmp, label, image, [1, 4, 8]):
+                record(result)
         for name in ("ppocr_cls", "ppocr_rec"):
             for label, flags in ENGINE_CASES:
                 label = f"{name} engine calls: {label}"

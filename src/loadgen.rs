@@ -39,6 +39,7 @@ pub struct BenchArgs {
     #[arg(long = "shape", value_parser = parse_shape)]
     pub shapes: Vec<(String, Vec<i64>)>,
     /// An input's data as raw little-endian bytes: NAME:PATH (repeatable); random otherwise.
+    /// For a BYTES input of one element the file is that element (an image, say).
     #[arg(long = "data-file", value_parser = parse_file)]
     pub data_files: Vec<(String, PathBuf)>,
     /// Closed loop: clients sending back to back.
@@ -307,7 +308,17 @@ async fn build_request(client: &mut Client, args: &BenchArgs) -> anyhow::Result<
         let count: usize = shape.iter().map(|d| *d as usize).product();
         let data = match args.data_files.iter().find(|(n, _)| *n == input.name) {
             Some((_, path)) => {
-                Bytes::from(std::fs::read(path).with_context(|| path.display().to_string())?)
+                let content = std::fs::read(path).with_context(|| path.display().to_string())?;
+                if datatype == DataType::Bytes && count == 1 {
+                    // One element: the protocol's raw form prefixes it with its length.
+                    let length = u32::try_from(content.len())
+                        .with_context(|| format!("{}: over 4 GiB", path.display()))?;
+                    let mut framed = length.to_le_bytes().to_vec();
+                    framed.extend_from_slice(&content);
+                    Bytes::from(framed)
+                } else {
+                    Bytes::from(content)
+                }
             }
             None => random_bytes(datatype, count, i as u32),
         };

@@ -61,6 +61,34 @@ async fn closed_and_open_loops_report_what_they_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_for_a_one_element_bytes_input_is_that_element() {
+    let t = TestServer::default().await;
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page.bin");
+    // Any content, framing bytes included: it travels as one element, unread.
+    std::fs::write(&page, [7u8, 0, 0, 0, 1, 2, 3]).unwrap();
+    let file = format!("INPUT0:{}", page.display());
+    let report = run(args(
+        &t,
+        &[
+            "--model",
+            "identity_bytes",
+            "--shape",
+            "INPUT0:1,1",
+            "--data-file",
+            &file,
+            "--count",
+            "5",
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(report.requests, 5, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_counted_by_code() {
     let t = TestServer::default().await;
     let dir = tempfile::tempdir().unwrap();
