@@ -10,9 +10,9 @@ use prost::Message;
 
 use super::{
     bytes_tensor, crop::bucket_widths, decode::GEOMETRY, f32_tensor, f32s, i32s, params::Params,
-    tensor, BackendError, Signature, Step,
+    raw, tensor, BackendError, Signature, Step,
 };
-use crate::tensor::{DataType, Tensor};
+use crate::tensor::{le_chunks, DataType, Tensor};
 
 pub struct CtcDecode {
     signature: Signature,
@@ -64,17 +64,26 @@ impl CtcDecode {
         })
     }
 
-    /// One line's text and score from its steps x classes scores.
-    fn decode(&self, scores: &[f32]) -> (String, f32) {
+    /// One line's text and score from its steps x classes scores (raw little-endian
+    /// FP32, read where they lie).
+    fn decode(&self, scores: &[u8]) -> (String, f32) {
         let classes = self.characters.len();
         let mut text = String::new();
         let (mut sum, mut kept) = (0f64, 0usize);
         let mut previous = usize::MAX;
-        for step in scores.chunks_exact(classes) {
-            let (best, p) =
-                step.iter().enumerate().fold(
+        for step in scores.chunks_exact(classes * 4) {
+            let (best, p) = le_chunks::<4>(step)
+                .map(f32::from_le_bytes)
+                .enumerate()
+                .fold(
                     (0, f32::MIN),
-                    |(bi, bp), (i, &p)| if p > bp { (i, p) } else { (bi, bp) },
+                    |(bi, bp), (i, p)| {
+                        if p > bp {
+                            (i, p)
+                        } else {
+                            (bi, bp)
+                        }
+                    },
                 );
             if best != 0 && best != previous {
                 text.push_str(&self.characters[best]);
@@ -135,7 +144,6 @@ impl Step for CtcDecode {
                 line_bucket.len()
             )));
         }
-        let scores: Vec<Vec<f32>> = inputs[..self.buckets].iter().map(f32s).collect();
         let mut next_row = vec![0usize; self.buckets];
         let (mut text, mut text_score, mut kept_boxes) = (Vec::new(), Vec::new(), Vec::new());
         for (line, bucket) in line_bucket.iter().enumerate() {
@@ -148,8 +156,9 @@ impl Step for CtcDecode {
             let row = next_row[bucket];
             next_row[bucket] += 1;
             let shape = &inputs[bucket].shape;
-            let per_row = shape[1] * shape[2];
-            let Some(row_scores) = scores[bucket].get(row * per_row..(row + 1) * per_row) else {
+            let per_row = shape[1] * shape[2] * 4;
+            let Some(row_scores) = raw(&inputs[bucket]).get(row * per_row..(row + 1) * per_row)
+            else {
                 return Err(BackendError::BadInput(format!(
                     "input '{}' has {} rows, line {line} needs row {row}",
                     inputs[bucket].name, shape[0]
@@ -196,6 +205,8 @@ mod tests {
             r[best] = p;
             r
         };
+        let raw =
+            |values: Vec<f32>| -> Vec<u8> { values.iter().flat_map(|v| v.to_le_bytes()).collect() };
         // a a _ a b b _ -> "aab"
         let scores: Vec<f32> = [
             (1, 0.9),
@@ -209,9 +220,9 @@ mod tests {
         .iter()
         .flat_map(|(b, p)| row(*b, *p))
         .collect();
-        let (text, score) = step.decode(&scores);
+        let (text, score) = step.decode(&raw(scores));
         assert_eq!(text, "aab");
         assert!((score - (0.9 + 0.7 + 0.6) / 3.0).abs() < 1e-6);
-        assert_eq!(step.decode(&row(0, 0.9)), (String::new(), 0.0));
+        assert_eq!(step.decode(&raw(row(0, 0.9))), (String::new(), 0.0));
     }
 }

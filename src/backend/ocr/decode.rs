@@ -199,20 +199,24 @@ fn to_32(side: f64) -> u32 {
 
 /// Any decoded image as 8-bit BGR: grey replicated, alpha laid over white.
 fn flatten(image: DynamicImage) -> RgbImage {
-    let rgb = if image.color().has_alpha() {
-        let rgba = image.to_rgba8();
-        RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-            let p = rgba.get_pixel(x, y);
-            let a = p[3] as u32;
-            let over = |c: u8| ((c as u32 * a + 255 * (255 - a)) / 255) as u8;
-            image::Rgb([over(p[0]), over(p[1]), over(p[2])])
-        })
+    let (width, height) = (image.width(), image.height());
+    let mut bgr = if image.color().has_alpha() {
+        let rgba = image.into_rgba8();
+        let over = |c: u8, a: u32| ((c as u32 * a + 255 * (255 - a)) / 255) as u8;
+        rgba.as_raw()
+            .chunks_exact(4)
+            .flat_map(|p| {
+                let a = p[3] as u32;
+                [over(p[0], a), over(p[1], a), over(p[2], a)]
+            })
+            .collect()
     } else {
-        image.to_rgb8()
+        image.into_rgb8().into_raw()
     };
-    RgbImage::from_fn(rgb.width(), rgb.height(), |x, y| {
-        geometry::bgr(*rgb.get_pixel(x, y))
-    })
+    for pixel in bgr.chunks_exact_mut(3) {
+        pixel.swap(0, 2);
+    }
+    RgbImage::from_raw(width, height, bgr).expect("width x height x 3 bytes")
 }
 
 impl Step for ImageDecode {

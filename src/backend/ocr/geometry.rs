@@ -235,11 +235,6 @@ pub fn reading_order(quads: &[Quad]) -> Vec<usize> {
     order
 }
 
-/// A pixel of a BGR image (the order the PP-OCR models were trained on).
-pub fn bgr(rgb: Rgb<u8>) -> Rgb<u8> {
-    Rgb([rgb[2], rgb[1], rgb[0]])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
