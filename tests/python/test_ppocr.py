@@ -179,6 +179,26 @@ def test_bad_images_are_invalid_argument_naming_the_problem(ocr):
     assert len(lines_of(read(ocr, image))) >= 12
 
 
+def test_a_step_called_with_boxes_beyond_the_page_serves_on(ocr):
+    """A caller may call a built-in step directly: a box a billion pixels wide is cut to the
+    page (a crop that size would not fail, it would abort), and a NaN is refused."""
+    def crops(boxes):
+        pixels = grpcclient.InferInput("pixels", [40, 60, 3], "UINT8")
+        pixels.set_data_from_numpy(np.full((40, 60, 3), 200, dtype=np.uint8))
+        given = grpcclient.InferInput("boxes", [1, 4, 2], "FP32")
+        given.set_data_from_numpy(np.array([boxes], dtype=np.float32))
+        return ocr.infer("ppocr_cls_crops", [pixels, given]).as_numpy("crops")
+
+    assert crops([[0, 0], [1e9, 0], [1e9, 1e9], [0, 1e9]]).shape == (1, 3, 48, 192)
+    with pytest.raises(InferenceServerException) as failure:
+        crops([[0, 0], [float("nan"), 0], [10, 10], [0, 10]])
+    assert failure.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "box 0 has a coordinate that is not a number" in failure.value.message()
+    assert crops([[5, 5], [50, 5], [50, 30], [5, 30]]).shape == (1, 3, 48, 192)
+    image, _ = render(2)
+    assert len(lines_of(read(ocr, image))) >= 12
+
+
 def test_the_pipeline_runs_on_tract_too():
     """The same pipeline with det, cls and rec on tract (the default models/ repository)."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,9 +22,21 @@ fn page_and_boxes(inputs: &[Tensor]) -> Result<(RgbImage, Vec<Quad>), BackendErr
         BackendError::BadInput("input 'pixels' does not hold height x width x 3 bytes".into())
     })?;
     let corners = f32s(&inputs[1]);
+    if let Some(bad) = corners.iter().position(|v| !v.is_finite()) {
+        return Err(BackendError::BadInput(format!(
+            "input 'boxes': box {} has a coordinate that is not a number",
+            bad / 8
+        )));
+    }
+    // Corners outside the page are moved onto its edge: a crop is never larger than the
+    // page, whatever a caller sends (an unbounded one would not even fail, but abort).
+    let (max_x, max_y) = (w.saturating_sub(1) as f32, h.saturating_sub(1) as f32);
     let quads = corners
         .chunks_exact(8)
-        .map(|c| [[c[0], c[1]], [c[2], c[3]], [c[4], c[5]], [c[6], c[7]]])
+        .map(|c| {
+            let at = |i: usize| [c[i].clamp(0.0, max_x), c[i + 1].clamp(0.0, max_y)];
+            [at(0), at(2), at(4), at(6)]
+        })
         .collect();
     Ok((page, quads))
 }
@@ -218,6 +230,32 @@ mod tests {
         let narrow = RgbImage::from_pixel(20, 20, image::Rgb([255, 255, 255]));
         normalised(&narrow, 48, 192, 192, &mut values);
         assert_eq!((values[47], values[48]), (1.0, 0.0), "48 wide, then zeros");
+    }
+
+    #[test]
+    fn boxes_beyond_the_page_are_cut_to_it_and_non_numbers_refused() {
+        let step = TextCrop::new(&mut Params::new(&BTreeMap::new())).unwrap();
+        let page = || Tensor {
+            name: "pixels".into(),
+            datatype: DataType::Uint8,
+            shape: vec![40, 60, 3],
+            data: crate::tensor::TensorData::Fixed(vec![200; 40 * 60 * 3].into()),
+        };
+        // A box a billion pixels across: cut to the 60 x 40 page, one crop as usual.
+        let huge = [[0.0, 0.0], [1e9, 0.0], [1e9, 1e9], [0.0, 1e9]].concat();
+        let out = step
+            .run(&[page(), f32_tensor("boxes", vec![1, 4, 2], &huge)])
+            .unwrap();
+        assert_eq!(out[0].shape, vec![1, 3, 48, 192]);
+        let nan = [[0.0, 0.0], [f32::NAN, 0.0], [10.0, 10.0], [0.0, 10.0]].concat();
+        let err = step
+            .run(&[page(), f32_tensor("boxes", vec![1, 4, 2], &nan)])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("box 0 has a coordinate that is not a number"),
+            "{err}"
+        );
     }
 
     #[test]
