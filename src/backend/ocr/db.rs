@@ -28,6 +28,18 @@ enum ScoreMode {
     Slow,
 }
 
+impl std::str::FromStr for ScoreMode {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<ScoreMode, ()> {
+        match s {
+            "fast" => Ok(ScoreMode::Fast),
+            "slow" => Ok(ScoreMode::Slow),
+            _ => Err(()),
+        }
+    }
+}
+
 pub struct DbPostprocess {
     signature: Signature,
     thresh: f32,
@@ -43,18 +55,6 @@ const MIN_SIZE: f64 = 3.0;
 
 impl DbPostprocess {
     pub fn new(params: &mut Params) -> Result<DbPostprocess, String> {
-        let score_mode = match params
-            .get("score_mode", "fast".to_owned(), "fast or slow")?
-            .as_str()
-        {
-            "fast" => ScoreMode::Fast,
-            "slow" => ScoreMode::Slow,
-            other => {
-                return Err(format!(
-                "key `parameters.score_mode.string_value`: expected fast or slow, found `{other}`"
-            ))
-            }
-        };
         Ok(DbPostprocess {
             signature: Signature {
                 inputs: vec![
@@ -71,7 +71,7 @@ impl DbPostprocess {
             max_candidates: params.get("max_candidates", 1000, "a count")?,
             unclip_ratio: params.get("unclip_ratio", 1.6, "a ratio")?,
             use_dilation: params.get("use_dilation", true, "true or false")?,
-            score_mode,
+            score_mode: params.get("score_mode", ScoreMode::Fast, "fast or slow")?,
         })
     }
 

@@ -24,6 +24,18 @@ enum LimitType {
     Max,
 }
 
+impl std::str::FromStr for LimitType {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<LimitType, ()> {
+        match s {
+            "min" => Ok(LimitType::Min),
+            "max" => Ok(LimitType::Max),
+            _ => Err(()),
+        }
+    }
+}
+
 pub struct ImageDecode {
     signature: Signature,
     limit_side_len: f64,
@@ -40,18 +52,6 @@ pub struct ImageDecode {
 
 impl ImageDecode {
     pub fn new(params: &mut Params) -> Result<ImageDecode, String> {
-        let limit_type = match params
-            .get("limit_type", "min".to_owned(), "min or max")?
-            .as_str()
-        {
-            "min" => LimitType::Min,
-            "max" => LimitType::Max,
-            other => {
-                return Err(format!(
-                    "key `parameters.limit_type.string_value`: expected min or max, found `{other}`"
-                ))
-            }
-        };
         let three = |v: Vec<f32>, key: &str| -> Result<[f32; 3], String> {
             v.try_into()
                 .map_err(|_| format!("key `parameters.{key}.string_value`: expected three numbers"))
@@ -70,7 +70,7 @@ impl ImageDecode {
                 ],
             },
             limit_side_len: params.get("limit_side_len", 736.0, "a number of pixels")?,
-            limit_type,
+            limit_type: params.get("limit_type", LimitType::Min, "min or max")?,
             mean: three(params.list("mean", &[0.5; 3], "three numbers")?, "mean")?,
             std,
             max_side_len: params.get("max_side_len", 2000, "a number of pixels")?,
