@@ -1,7 +1,8 @@
 //! Text-line crops: `text_crop` cuts each box out of the page for the direction classifier
 //! (3 x 48 x 192); `text_lines` cuts them again for the recogniser, turns those the
 //! classifier found upside down, and pads each to one of a few widths, so that lines of
-//! similar length from any request share a shape and batch together.
+//! similar length from any request share a shape and batch together (or, with
+//! `group_size`, as rapidocr pads them, for answers equal to its own).
 
 use image::RgbImage;
 
@@ -116,6 +117,11 @@ pub struct TextLines {
     height: u32,
     /// Widths lines are padded to, ascending; a wider line is squeezed into the last.
     buckets: Vec<u32>,
+    /// 0: each line padded to its bucket. N: lines sorted by width in groups of N, each
+    /// padded to its group's widest (at least the first bucket), group k in output k, as
+    /// rapidocr does; the recogniser reads a line a little differently at each padding,
+    /// so this gives rapidocr's answers, at the cost of batching only within an image.
+    group_size: usize,
     /// The classifier's probability for "upside down" above which a line is turned.
     cls_thresh: f32,
 }
@@ -124,13 +130,15 @@ impl TextLines {
     pub fn new(params: &mut Params) -> Result<TextLines, String> {
         let height = params.get("height", 48, "a number of pixels")?;
         let buckets = bucket_widths(params)?;
+        let group_size = params.get("group_size", 0, "a number of lines (0: pad to buckets)")?;
         let mut outputs: Vec<_> = buckets
             .iter()
             .map(|w| {
+                let width = if group_size == 0 { *w as i64 } else { -1 };
                 tensor(
                     &format!("lines_{w}"),
                     DataType::Fp32,
-                    &[-1, 3, height as i64, *w as i64],
+                    &[-1, 3, height as i64, width],
                 )
             })
             .collect();
@@ -146,6 +154,7 @@ impl TextLines {
             },
             height,
             buckets,
+            group_size,
             cls_thresh: params.get("cls_thresh", 0.9, "a probability")?,
         })
     }
@@ -181,35 +190,82 @@ impl Step for TextLines {
                 quads.len()
             )));
         }
+        let lines: Vec<RgbImage> = crops(&page, &quads)
+            .into_iter()
+            .enumerate()
+            .map(|(i, crop)| {
+                let (upright, upside_down) = (directions[2 * i], directions[2 * i + 1]);
+                if upside_down > upright && upside_down > self.cls_thresh {
+                    geometry::rotate_half(&crop)
+                } else {
+                    crop
+                }
+            })
+            .collect();
+        let (line_bucket, widths) = if self.group_size == 0 {
+            self.by_bucket(&lines)
+        } else {
+            self.by_group(&lines)
+        };
         let mut per_bucket: Vec<(Vec<f32>, usize)> = vec![(Vec::new(), 0); self.buckets.len()];
-        let mut line_bucket = Vec::with_capacity(quads.len());
-        for (i, mut crop) in crops(&page, &quads).into_iter().enumerate() {
-            let (upright, upside_down) = (directions[2 * i], directions[2 * i + 1]);
-            if upside_down > upright && upside_down > self.cls_thresh {
-                crop = geometry::rotate_half(&crop);
-            }
-            let width = (self.height as f64 * crop.width() as f64 / crop.height() as f64).ceil();
-            let bucket = self
-                .buckets
-                .iter()
-                .position(|b| *b as f64 >= width)
-                .unwrap_or(self.buckets.len() - 1);
-            let padded = self.buckets[bucket];
-            let (values, rows) = &mut per_bucket[bucket];
-            normalised(&crop, self.height, padded, padded, values);
+        // Rows of an output keep the lines' order, which is how `ctc_decode` finds them.
+        for (line, bucket) in lines.iter().zip(&line_bucket) {
+            let padded = widths[*bucket as usize];
+            let (values, rows) = &mut per_bucket[*bucket as usize];
+            normalised(line, self.height, padded, padded, values);
             *rows += 1;
-            line_bucket.push(bucket as i32);
         }
         let mut outputs: Vec<Tensor> = per_bucket
             .iter()
-            .zip(&self.buckets)
-            .map(|((values, rows), width)| {
+            .zip(widths.iter().zip(&self.buckets))
+            .map(|((values, rows), (width, name))| {
                 let shape = vec![*rows, 3, self.height as usize, *width as usize];
-                f32_tensor(&format!("lines_{width}"), shape, values)
+                f32_tensor(&format!("lines_{name}"), shape, values)
             })
             .collect();
         outputs.push(i32_tensor("line_bucket", &line_bucket));
         Ok(outputs)
+    }
+}
+
+impl TextLines {
+    /// Proportional width of a line at the recogniser's height.
+    fn ratio(line: &RgbImage) -> f64 {
+        line.width() as f64 / line.height() as f64
+    }
+
+    /// Each line to the narrowest bucket that holds it: (output per line, output widths).
+    fn by_bucket(&self, lines: &[RgbImage]) -> (Vec<i32>, Vec<u32>) {
+        let outputs = lines
+            .iter()
+            .map(|line| {
+                let width = (self.height as f64 * Self::ratio(line)).ceil();
+                let bucket = self.buckets.iter().position(|b| *b as f64 >= width);
+                bucket.unwrap_or(self.buckets.len() - 1) as i32
+            })
+            .collect();
+        (outputs, self.buckets.clone())
+    }
+
+    /// rapidocr's padding: lines sorted by width, in groups of `group_size`, each padded
+    /// to its group's widest (never under the first bucket, never over the last). Lines
+    /// beyond the outputs' count of groups all share the last output.
+    fn by_group(&self, lines: &[RgbImage]) -> (Vec<i32>, Vec<u32>) {
+        let mut order: Vec<usize> = (0..lines.len()).collect();
+        order.sort_by(|a, b| Self::ratio(&lines[*a]).total_cmp(&Self::ratio(&lines[*b])));
+        let last = self.buckets.len() - 1;
+        let mut outputs = vec![0; lines.len()];
+        let mut widest = vec![self.buckets[0] as f64 / self.height as f64; self.buckets.len()];
+        for (rank, line) in order.iter().enumerate() {
+            let group = (rank / self.group_size).min(last);
+            outputs[*line] = group as i32;
+            widest[group] = widest[group].max(Self::ratio(&lines[*line]));
+        }
+        let widths = widest
+            .iter()
+            .map(|ratio| ((self.height as f64 * ratio) as u32).min(self.buckets[last]))
+            .collect();
+        (outputs, widths)
     }
 }
 
