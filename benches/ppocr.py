@@ -3,11 +3,13 @@ rapidocr-onnxruntime 1.4.4 in-process, on the same rendered cheques and the same
 
     cargo build --release && scripts/fetch-ppocr-models.sh
     .venv-test/bin/pip install -r tests/python/requirements.txt   # rapidocr, Pillow
-    .venv-test/bin/python benches/ppocr.py [--seconds 20] [--engine onnxruntime|tract]
+    .venv-test/bin/python benches/ppocr.py [--seconds 20] [--engine onnxruntime|tract] [--group-size 6]
 
-Reports, in one run: wharf at concurrency 1 (p50/p99), 4 and 8 (images/s, p99), the
-recogniser's rows per engine call over the run, and rapidocr in 1 and in 2 processes
-(images/s, p50/p99 per image). ORT_DYLIB_PATH must name libonnxruntime for the
+Reports, in one run: wharf at concurrency 1, 4 and 8 (images/s, p50/p99), the
+recogniser's rows per engine call over the run, and rapidocr in 1 and in 2 worker
+processes with 1, 4 or 8 callers waiting on them, as a Python server would run it.
+`--group-size 6` pads lines as rapidocr does (ppocr_lines' `group_size`) instead of to
+width buckets. ORT_DYLIB_PATH must name libonnxruntime for the
 onnxruntime engine (scripts/test.sh shows how it is found in the venv).
 """
 import argparse
@@ -96,35 +98,50 @@ def rec_calls(client):
     return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
 
 
-def rapidocr_worker(images, seconds, out):
+_engine = None
+
+
+def rapidocr_start():
+    global _engine
     from rapidocr_onnxruntime import RapidOCR
-    engine = RapidOCR()
-    engine(images[0])  # the first call builds its sessions' plans
+    _engine = RapidOCR()
+
+
+def rapidocr_read(image):
+    _engine(image)
+
+
+def rapidocr(images, processes, concurrency, seconds):
+    """rapidocr as a Python server would run it: `processes` workers, each with its own
+    engine, and `concurrency` callers in a closed loop waiting on them (their latency is
+    the queue and the work, as wharf's callers see it, without the network)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pool = multiprocessing.Pool(processes, initializer=rapidocr_start)
+    pool.map(rapidocr_read, images[:processes], chunksize=1)  # sessions' first calls
     latencies = []
     stop = time.monotonic() + seconds
-    i = 0
-    while time.monotonic() < stop:
-        started = time.monotonic()
-        engine(images[i % len(images)])
-        latencies.append(time.monotonic() - started)
-        i += 1
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    out.put((latencies, usage.ru_utime + usage.ru_stime))
 
+    def caller(offset):
+        i = offset
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            pool.apply(rapidocr_read, (images[i % len(images)],))
+            latencies.append(time.monotonic() - started)
+            i += 1
 
-def rapidocr(images, processes, seconds):
-    queue = multiprocessing.Queue()
-    workers = [multiprocessing.Process(target=rapidocr_worker, args=(images, seconds, queue))
-               for _ in range(processes)]
-    for w in workers:
-        w.start()
-    results = [queue.get() for _ in workers]
-    for w in workers:
-        w.join()
-    latencies = [x for lat, _ in results for x in lat]
-    # CPU includes each process's first (warm) call; over 20 s runs that is a few percent.
-    cpu = sum(c for _, c in results)
-    return len(latencies) / seconds, latencies, cpu / max(len(latencies), 1)
+    started = time.monotonic()
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rate = len(latencies) / (time.monotonic() - started)
+    pool.close()
+    pool.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU includes each worker's start and first call; over 20 s runs that is a few percent.
+    cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    return rate, latencies, cpu / max(len(latencies), 1)
 
 
 def main():
@@ -132,12 +149,13 @@ def main():
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "tract"])
     parser.add_argument("--skip-rapidocr", action="store_true")
+    parser.add_argument("--group-size", type=int, default=0)
     args = parser.parse_args()
     images = pages()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = pathlib.Path(tmp)
-        pipeline_repository(repo, args.engine)
+        pipeline_repository(repo, args.engine, args.group_size)
         with running_wharf(repo) as address:
             client = grpcclient.InferenceServerClient(address)
             closed_loop(address, images, 2, 3)  # every page size's plans built once
@@ -147,7 +165,7 @@ def main():
                 cpu = cpu_seconds(pid)
                 rate, latencies, errors = closed_loop(address, images, concurrency, args.seconds)
                 per_image = (cpu_seconds(pid) - cpu) / max(len(latencies), 1)
-                rows.append((f"wharf ({args.engine}), concurrency {concurrency}", rate, latencies, len(errors),
+                rows.append((f"wharf ({args.engine}{', groups' if args.group_size else ''}), concurrency {concurrency}", rate, latencies, len(errors),
                              per_image))
                 print(f"wharf c{concurrency}: {rate:.2f} images/s, p50 {percentile(latencies, 50):.0f} ms, "
                       f"p99 {percentile(latencies, 99):.0f} ms, errors {len(errors)}", file=sys.stderr, flush=True)
@@ -155,11 +173,11 @@ def main():
             client.close()
     calls = {rows_: after.get(rows_, 0) - before.get(rows_, 0) for rows_ in sorted(after)}
     if not args.skip_rapidocr:
-        for processes in (1, 2):
-            rate, latencies, per_image = rapidocr(images, processes, args.seconds)
-            rows.append((f"rapidocr-onnxruntime in-process, {processes} process(es)", rate, latencies, 0,
-                         per_image))
-            print(f"rapidocr x{processes}: {rate:.2f} images/s", file=sys.stderr, flush=True)
+        for processes, concurrency in ((1, 1), (1, 4), (1, 8), (2, 4), (2, 8)):
+            rate, latencies, per_image = rapidocr(images, processes, concurrency, args.seconds)
+            rows.append((f"rapidocr-onnxruntime, {processes} process(es), concurrency {concurrency}", rate,
+                         latencies, 0, per_image))
+            print(f"rapidocr x{processes} c{concurrency}: {rate:.2f} images/s", file=sys.stderr, flush=True)
     print(f"{PAGES} cheques of 1600 px wide, 12-16 lines each; {args.seconds:.0f} s per row\n")
     print("| server | images/s | p50 ms | p99 ms | CPU s per image | errors |")
     print("|---|---|---|---|---|---|")
