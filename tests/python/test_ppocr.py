@@ -37,9 +37,9 @@ def pipeline_repository(target: pathlib.Path, backend: str, group_size: int = 0)
     if group_size:
         config = target / "ppocr_lines" / "config.yaml"
         text = config.read_text()
-        assert "parameters:\n" in text
-        config.write_text(text.replace(
-            "parameters:\n", f'parameters:\n  group_size: {{ string_value: "{group_size}" }}\n'))
+        shipped = 'group_size: { string_value: "0" }'
+        assert shipped in text
+        config.write_text(text.replace(shipped, f'group_size: {{ string_value: "{group_size}" }}'))
 
 
 @pytest.fixture(scope="module")

@@ -315,6 +315,25 @@ mod tests {
     }
 
     #[test]
+    fn with_group_size_lines_are_padded_in_width_order_groups_as_rapidocr_pads_them() {
+        let given = BTreeMap::from([
+            ("buckets".to_owned(), "320,640,960".to_owned()),
+            ("group_size".to_owned(), "2".to_owned()),
+        ]);
+        let step = TextLines::new(&mut Params::new(&given)).unwrap();
+        // Ratios 20, 2, 10, 1, 30, 40, 50 (48 high: 960, 96, 480, 48, 1440, 1920, 2400 wide).
+        let lines: Vec<RgbImage> = [20, 2, 10, 1, 30, 40, 50]
+            .iter()
+            .map(|r| RgbImage::new(10 * r, 10))
+            .collect();
+        let (outputs, widths) = step.by_group(&lines);
+        // Sorted: 1, 2 | 10, 20 | 30, 40, 50 (the rest share the last output).
+        assert_eq!(outputs, vec![1, 0, 1, 0, 2, 2, 2]);
+        // Group 0 is padded to the first bucket at least; the last is capped at the last.
+        assert_eq!(widths, vec![320, 960, 960]);
+    }
+
+    #[test]
     fn lines_go_to_the_narrowest_bucket_that_holds_them_and_upside_down_ones_are_turned() {
         let given = BTreeMap::from([("buckets".to_owned(), "160,320".to_owned())]);
         let step = TextLines::new(&mut Params::new(&given)).unwrap();
