@@ -16,6 +16,7 @@ use crate::{
     admission::ByteBudget,
     auth::RequireKey,
     config::{ServerConfig, TlsFiles},
+    control::{ControlMode, ModelControl},
     grpc::{
         gate::Gate, pb, pb::grpc_inference_service_server::GrpcInferenceServiceServer,
         InferenceService,
@@ -108,7 +109,9 @@ impl Server {
     /// background; each model turns READY once warm.
     pub async fn start(config: ServerConfig) -> Result<Server, AppError> {
         let metrics = Metrics::new();
-        let repository = Repository::scan(
+        // Explicit control loads only what --load-model names (with an ensemble's steps).
+        let wanted = ModelControl::start_set(&config);
+        let repository = Repository::scan_only(
             &config.model_repository,
             LoadSettings {
                 onnxruntime_lib: config.onnxruntime_lib.clone(),
@@ -118,6 +121,7 @@ impl Server {
                 load_timeout: config.model_load_timeout,
             },
             Arc::clone(&metrics),
+            |name| wanted.as_ref().is_none_or(|w| w.contains(name)),
         )
         .map_err(|source| AppError::Repository {
             path: config.model_repository.display().to_string(),
@@ -145,7 +149,21 @@ impl Server {
         let loader = Arc::clone(&repository);
         let parallelism = config.load_parallelism;
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || loader.load_all(parallelism, &runtime));
+        let control = Arc::new(ModelControl::new(
+            config.model_control,
+            Arc::clone(&repository),
+            runtime.clone(),
+        ));
+        let poller = (config.model_control == ControlMode::Poll)
+            .then(|| (Arc::clone(&control), config.repository_poll));
+        let poll_task = tokio::spawn(async move {
+            let initial =
+                tokio::task::spawn_blocking(move || loader.load_all(parallelism, &runtime));
+            let _ = initial.await;
+            if let Some((control, every)) = poller {
+                control.poll(every).await;
+            }
+        });
 
         let (reporter, health) = tonic_health::server::health_reporter();
         // tonic-health starts "" as SERVING; nothing is ready before the first model is.
@@ -174,6 +192,7 @@ impl Server {
             config.max_request_bytes,
             config.strict_readiness,
             Arc::clone(&budget),
+            control,
         );
         // Room for the largest request wharf accepts plus protobuf framing, so that an
         // oversized tensor reaches validation and gets a message that names it.
@@ -253,6 +272,7 @@ impl Server {
             // Joins the worker threads once what they hold is done.
             let _ = tokio::task::spawn_blocking(move || repository.unload_all()).await;
             sampler.abort();
+            poll_task.abort();
             let _ = metrics_stop.send(());
             let _ = metrics_task.await;
             info!("stopped");

@@ -30,8 +30,34 @@ pub const DEFAULT_MODEL_LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 /// hello) before it is closed.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often poll mode rescans the repository, unless configured (Triton's default).
+pub const DEFAULT_REPOSITORY_POLL: Duration = Duration::from_secs(15);
+
 /// The answer time the saturation signal is measured against, unless configured.
 pub const DEFAULT_LATENCY_OBJECTIVE: Duration = Duration::from_millis(100);
+
+/// What may change the loaded models while serving (Triton's --model-control-mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlMode {
+    /// Every model at start; no changes after.
+    #[default]
+    None,
+    /// The repository rescanned every --repository-poll-secs; changes applied.
+    Poll,
+    /// `--load-model` at start, then what RepositoryModelLoad / Unload ask.
+    Explicit,
+}
+
+impl ControlMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlMode::None => "none",
+            ControlMode::Poll => "poll",
+            ControlMode::Explicit => "explicit",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -67,6 +93,12 @@ pub struct ServerConfig {
     /// What the process holds on a GPU before any arena (CUDA context, cuDNN and cuBLAS
     /// handles and kernels), counted once per device in the budget check.
     pub gpu_context_memory: u64,
+    /// What changes the loaded models while serving (Triton's --model-control-mode).
+    pub model_control: ControlMode,
+    /// Explicit mode: the models loaded at start (`*`: all).
+    pub load_models: Vec<String>,
+    /// Poll mode: how often the repository is rescanned.
+    pub repository_poll: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +129,9 @@ impl ServerConfig {
             tls: None,
             gpu_memory: BTreeMap::new(),
             gpu_context_memory: DEFAULT_GPU_CONTEXT_MEMORY.as_u64(),
+            model_control: ControlMode::None,
+            load_models: Vec::new(),
+            repository_poll: DEFAULT_REPOSITORY_POLL,
         }
     }
 }
@@ -125,6 +160,9 @@ pub struct ServerFile {
     pub gpu_memory: Option<BTreeMap<u32, ByteSize>>,
     /// GPU memory held before any arena (CUDA context and libraries), per device.
     pub gpu_context_memory: Option<ByteSize>,
+    pub model_control_mode: Option<ControlMode>,
+    pub load_model: Option<Vec<String>>,
+    pub repository_poll_secs: Option<u64>,
 }
 
 impl ServerFile {
@@ -188,6 +226,22 @@ impl ServerFile {
         if objective_ms == 0 {
             return Err("latency_objective_ms: expected at least 1 millisecond, found 0".into());
         }
+        let repository_poll = positive(
+            "repository_poll_secs",
+            overrides.repository_poll_secs.or(self.repository_poll_secs),
+            DEFAULT_REPOSITORY_POLL,
+        )?;
+        let model_control = overrides
+            .model_control_mode
+            .or(self.model_control_mode)
+            .unwrap_or_default();
+        let load_models = overrides.load_model.or(self.load_model).unwrap_or_default();
+        if !load_models.is_empty() && model_control != ControlMode::Explicit {
+            return Err(format!(
+                "load_model: only with model_control_mode explicit (it is {})",
+                model_control.as_str()
+            ));
+        }
         let api_key = overrides
             .api_key_file
             .or(self.api_key_file)
@@ -202,6 +256,9 @@ impl ServerFile {
             _ => return Err("tls_cert and tls_key: give both or neither".into()),
         };
         Ok(ServerConfig {
+            model_control,
+            load_models,
+            repository_poll,
             api_key,
             tls,
             gpu_memory: overrides

@@ -32,6 +32,9 @@ pub mod auth;
 pub mod config;
 pub mod repository;
 
+// Changing what is loaded while serving.
+pub mod control;
+
 // Serving: validation, admission, the core, the transport, the server.
 pub(crate) mod admission;
 pub(crate) mod request;

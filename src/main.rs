@@ -113,6 +113,17 @@ struct ServeArgs {
     /// counted once per device in the budget check [default: 640MiB]
     #[arg(long, env = "WHARF_GPU_CONTEXT_MEMORY")]
     gpu_context_memory: Option<ByteSize>,
+    /// What may change the loaded models while serving: none (what start-up loaded),
+    /// explicit (RepositoryModelLoad/Unload; --load-model at start), poll (the repository
+    /// rescanned every --repository-poll-secs) [default: none]
+    #[arg(long, env = "WHARF_MODEL_CONTROL_MODE", value_enum)]
+    model_control_mode: Option<wharf::control::ControlMode>,
+    /// Explicit mode: a model to load at start; repeat it, or `*` for all
+    #[arg(long = "load-model")]
+    load_model: Vec<String>,
+    /// Poll mode: seconds between scans of the repository [default: 15]
+    #[arg(long, env = "WHARF_REPOSITORY_POLL_SECS")]
+    repository_poll_secs: Option<u64>,
 }
 
 fn parse_gpu_memory(s: &str) -> Result<(u32, ByteSize), String> {
@@ -155,6 +166,9 @@ impl ServeArgs {
             gpu_memory: (!self.gpu_memory.is_empty())
                 .then(|| self.gpu_memory.into_iter().collect()),
             gpu_context_memory: self.gpu_context_memory,
+            model_control_mode: self.model_control_mode,
+            load_model: (!self.load_model.is_empty()).then_some(self.load_model),
+            repository_poll_secs: self.repository_poll_secs,
         };
         let mut config = file.resolve(overrides).map_err(anyhow::Error::msg)?;
         // The key as a variable (from a Secret through env), never as a flag: flags show
@@ -265,7 +279,7 @@ fn check(model_repository: PathBuf, onnxruntime_lib: Option<PathBuf>) -> anyhow:
     let rows = repository.registry().index();
     let mut failed = false;
     for row in &rows {
-        failed |= row.status != Status::Ready;
+        failed |= row.status != Some(Status::Ready);
         let version = if row.version.is_empty() {
             "-"
         } else {
@@ -273,7 +287,10 @@ fn check(model_repository: PathBuf, onnxruntime_lib: Option<PathBuf>) -> anyhow:
         };
         println!(
             "{:<24} {:<8} {:<12} {}",
-            row.name, version, row.status, row.reason
+            row.name,
+            version,
+            row.status.map_or("", |s| s.as_str()),
+            row.reason
         );
     }
     repository.unload_all();

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::{
     admission::ByteBudget,
+    control::ModelControl,
     error::InferError,
     inference::Inference,
     metrics::Refusal,
@@ -36,6 +37,7 @@ pub struct InferenceService {
     strict_readiness: bool,
     /// Stream messages are held against it one by one (unary bodies by `gate`).
     budget: Arc<ByteBudget>,
+    control: Arc<ModelControl>,
 }
 
 impl InferenceService {
@@ -44,12 +46,14 @@ impl InferenceService {
         max_request_bytes: usize,
         strict_readiness: bool,
         budget: Arc<ByteBudget>,
+        control: Arc<ModelControl>,
     ) -> Self {
         InferenceService {
             inference,
             max_request_bytes,
             strict_readiness,
             budget,
+            control,
         }
     }
 
@@ -303,11 +307,11 @@ impl GrpcInferenceService for InferenceService {
             .registry()
             .index()
             .into_iter()
-            .filter(|row| !ready_only || row.status == VersionStatus::Ready)
+            .filter(|row| !ready_only || row.status == Some(VersionStatus::Ready))
             .map(|row| pb::repository_index_response::ModelIndex {
                 name: row.name,
                 version: row.version,
-                state: row.status.as_str().into(),
+                state: row.status.map_or("", |s| s.as_str()).into(),
                 reason: row.reason,
             })
             .collect();
@@ -316,16 +320,46 @@ impl GrpcInferenceService for InferenceService {
 
     async fn repository_model_load(
         &self,
-        _: Request<pb::RepositoryModelLoadRequest>,
+        r: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
-        unimplemented("RepositoryModelLoad")
+        let r = r.into_inner();
+        let mut config = None;
+        for (key, value) in &r.parameters {
+            match (key.as_str(), &value.parameter_choice) {
+                ("config", Some(pb::model_repository_parameter::ParameterChoice::StringParam(text))) => {
+                    config = Some(text.as_str());
+                }
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "RepositoryModelLoad parameter '{key}': only `config` (a string holding the model's config as JSON or YAML) is supported"
+                    )))
+                }
+            }
+        }
+        self.control.load(&r.model_name, config).await?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
     async fn repository_model_unload(
         &self,
-        _: Request<pb::RepositoryModelUnloadRequest>,
+        r: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
-        unimplemented("RepositoryModelUnload")
+        let r = r.into_inner();
+        let mut dependents = false;
+        for (key, value) in &r.parameters {
+            match (key.as_str(), &value.parameter_choice) {
+                ("unload_dependents", Some(pb::model_repository_parameter::ParameterChoice::BoolParam(on))) => {
+                    dependents = *on;
+                }
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "RepositoryModelUnload parameter '{key}': only `unload_dependents` (a bool) is supported"
+                    )))
+                }
+            }
+        }
+        self.control.unload(&r.model_name, dependents).await?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
     async fn system_shared_memory_status(

@@ -2,7 +2,7 @@
 
 use tonic::{Code, Status};
 
-use crate::{backend::BackendError, error::InferError};
+use crate::{backend::BackendError, control::ControlError, error::InferError};
 
 pub fn code(error: &InferError) -> Code {
     match error {
@@ -30,5 +30,16 @@ pub fn code(error: &InferError) -> Code {
 impl From<InferError> for Status {
     fn from(error: InferError) -> Status {
         Status::new(code(&error), error.message())
+    }
+}
+
+impl From<ControlError> for Status {
+    fn from(error: ControlError) -> Status {
+        let code = match &error {
+            ControlError::NotAllowed(_) => Code::FailedPrecondition,
+            ControlError::NotFound(_) => Code::NotFound,
+            ControlError::BadConfig { .. } | ControlError::Load { .. } => Code::InvalidArgument,
+        };
+        Status::new(code, error.to_string())
     }
 }

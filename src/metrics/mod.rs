@@ -36,6 +36,8 @@ pub const MODEL_LOAD_DURATION: &str = "wharf_model_load_duration_seconds";
 pub const MODEL_SATURATION: &str = "wharf_model_saturation_ratio";
 pub const SATURATION: &str = "wharf_saturation_ratio";
 pub const STEPS_CANCELLED: &str = "wharf_ensemble_steps_cancelled_total";
+pub const REPOSITORY_POLLS: &str = "wharf_repository_polls_total";
+pub const MODEL_LOADS: &str = "wharf_model_loads_total";
 
 /// Request, queue and compute times. The PP-OCR models span cls on onnxruntime (under a
 /// millisecond) to det on tract at 640x640 (seconds), so the buckets cover 0.5 ms to 30 s
@@ -120,7 +122,7 @@ impl Refusal {
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
 
 /// (name, help) for every metric, so each scrape carries HELP and TYPE lines.
-const HELP: [(&str, &str); 22] = [
+const HELP: [(&str, &str); 24] = [
     (BUILD_INFO, "Always 1; labels carry the wharf version and its compiled backends."),
     (REQUESTS, "Requests that reached a model version, by how they ended."),
     (REQUESTS_REFUSED, "Requests refused before reaching a model version, by reason."),
@@ -140,6 +142,8 @@ const HELP: [(&str, &str); 22] = [
     (MEMORY_SHARED, "Bytes held once for all instances (weights, compiled plans)."),
     (MODEL_READY, "1 when the model version serves requests, else 0."),
     (STEPS_CANCELLED, "Ensemble steps never started because their caller left first."),
+    (REPOSITORY_POLLS, "Scans of the model repository for changes (--model-control-mode poll)."),
+    (MODEL_LOADS, "Loads and reloads asked for while serving (RepositoryModelLoad or a poll), by outcome."),
     (MODEL_LOAD_DURATION, "Time the model version took to load and warm."),
     (MODEL_SATURATION, "Pending work over what the instances finish within the latency objective, smoothed over 5 s; above 1 requests wait longer than the objective."),
     (SATURATION, "The pod's most saturated model version: the autoscaling signal."),
@@ -219,6 +223,24 @@ impl Metrics {
 
     pub fn refused(&self, why: Refusal) {
         self.refused[why as usize].increment(1);
+    }
+
+    /// One scan of the repository for changes done.
+    pub fn polled(&self) {
+        self.recorder
+            .register_counter(&Key::from_name(REPOSITORY_POLLS), &METADATA)
+            .increment(1);
+    }
+
+    /// A load or reload asked for while serving, and whether all of it succeeded.
+    pub fn model_loaded(&self, model: &str, ok: bool) {
+        let labels = vec![
+            Label::new("model", model.to_owned()),
+            Label::new("outcome", if ok { "ok" } else { "failed" }),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts(MODEL_LOADS, labels), &METADATA)
+            .increment(1);
     }
 
     pub fn set_saturation(&self, value: f64) {

@@ -34,6 +34,10 @@ pub struct ModelConfig {
     pub instance_group: Option<Vec<InstanceGroup>>,
     pub model_warmup: Option<Warmup>,
     pub version_policy: Option<VersionPolicy>,
+    /// Shares of the requests that name no version, by version (`{1: 90, 2: 10}`), for
+    /// gray releases; only READY versions take a share. Without it such requests go to the
+    /// highest READY version.
+    pub version_traffic: Option<BTreeMap<u64, u32>>,
     /// The file inside each version folder; Triton's key, default `model.onnx`.
     pub default_model_filename: Option<String>,
     /// Engine and scheduling settings in Triton's form, `key: { string_value: "..." }`,
@@ -360,6 +364,15 @@ impl ModelConfig {
     /// Checks what the types alone cannot.
     fn validate(&self) -> Result<(), String> {
         let key_err = |key: &str, what: String| Err(format!("key `{key}`: {what}"));
+        if let Some(split) = &self.version_traffic {
+            if split.values().all(|w| *w == 0) {
+                return key_err(
+                    "version_traffic",
+                    "expected a share above 0 for at least one version, such as {1: 90, 2: 10}"
+                        .into(),
+                );
+            }
+        }
         for (list, key) in [(&self.input, "input"), (&self.output, "output")] {
             for (i, t) in list.iter().flatten().enumerate() {
                 if t.name.is_empty() {

@@ -69,6 +69,9 @@ pub struct LoadTask {
     pub version: u64,
     pub dir: PathBuf,
     pub config: ModelConfig,
+    /// What the version was loaded from (`control::digest`): a reload with the same
+    /// digest is a no-op.
+    pub digest: u64,
 }
 
 /// Loads one version on a thread of its own, so that a load that panics ends as
@@ -354,6 +357,7 @@ fn load_version(
         spec,
         stats,
         load_time,
+        digest: task.digest,
         runner: Runner::Engine(EngineRunner {
             scheduler,
             pool,
@@ -402,6 +406,7 @@ pub fn load_ensemble(
         spec,
         stats,
         load_time,
+        digest: task.digest,
         runner: Runner::Ensemble(pipeline),
     })
 }

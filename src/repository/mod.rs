@@ -2,6 +2,7 @@
 //! parallel (`loader`), and recorded in the table requests read (`registry`).
 
 pub mod config;
+pub mod control;
 pub mod ensemble;
 pub mod gpu_budget;
 pub mod loader;
@@ -42,6 +43,8 @@ pub struct ServedModel {
     pub spec: ModelSpec,
     pub stats: Arc<ModelStats>,
     pub load_time: Duration,
+    /// Its folder's and config's content digest (`control::digest`).
+    pub digest: u64,
     pub runner: Runner,
 }
 
@@ -130,6 +133,17 @@ impl Repository {
         settings: LoadSettings,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Repository> {
+        Self::scan_only(root, settings, metrics, |_| true)
+    }
+
+    /// As `scan`, with only the models `wanted` names set to load; the others are listed
+    /// as not loaded (explicit model control).
+    pub fn scan_only(
+        root: &Path,
+        settings: LoadSettings,
+        metrics: Arc<Metrics>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> std::io::Result<Repository> {
         let mut models = BTreeMap::new();
         for entry in std::fs::read_dir(root)? {
             let entry = entry?;
@@ -140,7 +154,11 @@ impl Repository {
             if name.starts_with('.') {
                 continue;
             }
-            let model = scan_model(&name, &entry.path());
+            let model = if wanted(&name) {
+                scan_model(&name, &entry.path())
+            } else {
+                ModelEntry::not_loaded()
+            };
             models.insert(name, model);
         }
         Ok(Repository {
@@ -148,6 +166,11 @@ impl Repository {
             root: root.to_owned(),
             registry: Registry::new(models, metrics),
         })
+    }
+
+    /// The folder the models are read from.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The models and their versions' states.
@@ -166,11 +189,15 @@ impl Repository {
             .registry
             .loading()
             .into_iter()
-            .map(|(name, version, config)| LoadTask {
-                dir: self.root.join(&name),
-                name,
-                version,
-                config,
+            .map(|(name, version, config)| {
+                let dir = self.root.join(&name);
+                LoadTask {
+                    digest: control::digest(&dir, version, &config),
+                    dir,
+                    name,
+                    version,
+                    config,
+                }
             })
             .partition(|t| t.config.is_ensemble());
         let tasks = self.refuse_over_gpu_budget(tasks);
@@ -281,22 +308,37 @@ impl Repository {
 }
 
 fn scan_model(name: &str, dir: &Path) -> ModelEntry {
-    let failed = |reason: String| ModelEntry {
-        config: None,
-        versions: BTreeMap::new(),
-        failure: Some(reason),
-    };
+    match read_model(name, dir, None) {
+        Ok((config, versions)) => ModelEntry {
+            versions: versions
+                .into_iter()
+                .map(|v| (v, VersionState::Loading))
+                .collect(),
+            config: Some(config),
+            ..ModelEntry::default()
+        },
+        Err(reason) => ModelEntry {
+            failure: Some(reason),
+            ..ModelEntry::default()
+        },
+    }
+}
+
+/// A model folder's config (its config.yaml, or `given` in its place) and the versions
+/// its version policy selects, or why it cannot load at all.
+fn read_model(
+    name: &str,
+    dir: &Path,
+    given: Option<ModelConfig>,
+) -> Result<(ModelConfig, Vec<u64>), String> {
     let config_path = dir.join("config.yaml");
-    let config = if config_path.exists() {
-        match ModelConfig::from_file(&config_path) {
-            Ok(c) => c,
-            Err(e) => return failed(e),
-        }
-    } else {
-        ModelConfig::default()
+    let config = match given {
+        Some(config) => config,
+        None if config_path.exists() => ModelConfig::from_file(&config_path)?,
+        None => ModelConfig::default(),
     };
     if let Some(declared) = config.name.as_deref().filter(|n| *n != name) {
-        return failed(format!(
+        return Err(format!(
             "{}: key `name`: expected the folder's name '{name}', found '{declared}'",
             config_path.display()
         ));
@@ -315,21 +357,23 @@ fn scan_model(name: &str, dir: &Path) -> ModelEntry {
         .unwrap_or_default()
         .select(&found);
     if selected.is_empty() {
-        return failed(format!(
+        return Err(format!(
             "{}: no version folder to serve (expected numbered folders such as 1/{}; found {:?})",
             dir.display(),
             config.model_filename(),
             found
         ));
     }
-    ModelEntry {
-        versions: selected
-            .into_iter()
-            .map(|v| (v, VersionState::Loading))
-            .collect(),
-        config: Some(config),
-        failure: None,
+    if let Some(split) = &config.version_traffic {
+        if let Some(missing) = split.keys().find(|v| !selected.contains(v)) {
+            return Err(format!(
+                "{}: key `version_traffic`: version {missing} is not served (the version \
+                 policy selects {selected:?})",
+                config_path.display()
+            ));
+        }
     }
+    Ok((config, selected))
 }
 
 #[cfg(test)]
@@ -397,7 +441,7 @@ mod tests {
                 .index()
                 .into_iter()
                 .find(|r| r.name == name)
-                .map(|r| (r.status.as_str(), r.reason))
+                .map(|r| (r.status.unwrap().as_str(), r.reason))
                 .unwrap()
         };
         let over = "the memory budgets of the KIND_GPU instances on GPU 0 add up to 4.0 GiB \
@@ -436,7 +480,7 @@ mod tests {
         let dir = repo_with(&[("a", Some("name: b\n"))]);
         let repo = Repository::scan(dir.path(), LoadSettings::default(), Metrics::new()).unwrap();
         let row = &repo.registry().index()[0];
-        assert_eq!(row.status, Status::Unavailable);
+        assert_eq!(row.status, Some(Status::Unavailable));
         assert!(
             row.reason
                 .contains("key `name`: expected the folder's name 'a', found 'b'"),

@@ -1,11 +1,14 @@
-//! The table of models and their versions' states (LOADING, READY, UNAVAILABLE with its
-//! reason): what requests, health and the repository index read. Loading is
-//! elsewhere (`loader`); this only records its outcome.
+//! The table of models and their versions' states (LOADING, READY, UNLOADING, UNAVAILABLE
+//! with its reason): what requests, health and the repository index read. Loading is
+//! elsewhere (`loader`, `control`); this only records its outcome.
 
 use std::{
     collections::BTreeMap,
     fmt,
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
 };
 
 use tokio::sync::watch;
@@ -18,7 +21,13 @@ use crate::{error::InferError, metrics::Metrics};
 pub enum VersionState {
     Loading,
     Ready(Arc<ServedModel>),
-    Unavailable { reason: String },
+    /// Taken out of service; the requests it had admitted are finishing.
+    Unloading,
+    /// Unloaded on request (or by a version policy after a swap): UNAVAILABLE, "unloaded".
+    Unloaded,
+    Unavailable {
+        reason: String,
+    },
 }
 
 /// A version's state without its payload, as the protocol names it.
@@ -26,6 +35,7 @@ pub enum VersionState {
 pub enum Status {
     Loading,
     Ready,
+    Unloading,
     Unavailable,
 }
 
@@ -34,6 +44,7 @@ impl Status {
         match self {
             Status::Loading => "LOADING",
             Status::Ready => "READY",
+            Status::Unloading => "UNLOADING",
             Status::Unavailable => "UNAVAILABLE",
         }
     }
@@ -50,27 +61,107 @@ impl VersionState {
         match self {
             VersionState::Loading => Status::Loading,
             VersionState::Ready(_) => Status::Ready,
-            VersionState::Unavailable { .. } => Status::Unavailable,
+            VersionState::Unloading => Status::Unloading,
+            VersionState::Unloaded | VersionState::Unavailable { .. } => Status::Unavailable,
         }
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            VersionState::Unavailable { reason } => reason,
+            VersionState::Unloaded => "unloaded",
+            _ => "",
+        }
+    }
+
+    /// Whether the version is meant to serve: not unloading or unloaded on purpose.
+    fn wanted(&self) -> bool {
+        !matches!(self, VersionState::Unloading | VersionState::Unloaded)
     }
 }
 
 /// One model folder.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ModelEntry {
     pub config: Option<ModelConfig>,
     pub versions: BTreeMap<u64, VersionState>,
     /// Why the model as a whole cannot load (bad config, no versions), if it cannot.
     pub failure: Option<String>,
+    /// Why the last load failed while the versions before it kept serving.
+    pub reload_failure: Option<String>,
+    /// Requests that named no version so far, for `version_traffic`'s split.
+    pub unversioned: Arc<AtomicU64>,
+}
+
+impl ModelEntry {
+    /// A model in the repository that is not loaded (explicit model control).
+    pub fn not_loaded() -> ModelEntry {
+        ModelEntry::default()
+    }
+
+    /// The version a request naming none gets: by `version_traffic` among the READY
+    /// versions it names where it is set, else the highest READY version.
+    fn unversioned(&self) -> Option<&VersionState> {
+        let ready = |v: &u64| matches!(self.versions.get(v), Some(VersionState::Ready(_)));
+        let split = self
+            .config
+            .as_ref()
+            .and_then(|c| c.version_traffic.as_ref());
+        if let Some(split) = split {
+            // Only READY versions take traffic: a canary still loading gets none.
+            let shares: Vec<(u64, u64)> = split
+                .iter()
+                .filter(|(v, _)| ready(v))
+                .map(|(v, w)| (*v, u64::from(*w)))
+                .collect();
+            let total: u64 = shares.iter().map(|(_, w)| w).sum();
+            if total > 0 {
+                let n = self.unversioned.fetch_add(1, Ordering::Relaxed);
+                let mut slot = spread(n, total);
+                for (version, weight) in shares {
+                    if slot < weight {
+                        return self.versions.get(&version);
+                    }
+                    slot -= weight;
+                }
+            }
+        }
+        self.versions
+            .values()
+            .rev()
+            .find(|s| matches!(s, VersionState::Ready(_)))
+            .or_else(|| self.versions.values().rev().find(|s| s.wanted()))
+    }
+}
+
+/// The `n`th request's slot in 0..total: every run of `total` requests takes each slot
+/// once (exact shares), interleaved rather than in blocks, so that a 90/10 split sends
+/// every tenth request or so to the smaller side, not 10 in a row.
+fn spread(n: u64, total: u64) -> u64 {
+    // A step coprime with `total` walks every slot once per cycle.
+    let mut step = (total * 5 / 8).max(1);
+    while gcd(step, total) != 1 {
+        step += 1;
+    }
+    (n % total) * step % total
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// A row of the repository index.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexRow {
     pub name: String,
-    /// Empty for a model whose folder is broken as a whole.
+    /// Empty for a model whose folder is broken as a whole, or that is not loaded.
     pub version: String,
-    pub status: Status,
+    /// None for a model that is in the repository but not loaded (explicit control).
+    pub status: Option<Status>,
     pub reason: String,
 }
 
@@ -149,13 +240,13 @@ impl Registry {
         if let Some(failure) = &entry.failure {
             return Err(unavailable(failure));
         }
+        if entry.versions.is_empty() {
+            return Err(unavailable(
+                "it is not loaded (RepositoryModelLoad loads it)",
+            ));
+        }
         let state = if version.is_empty() {
-            entry
-                .versions
-                .values()
-                .rev()
-                .find(|s| matches!(s, VersionState::Ready(_)))
-                .or_else(|| entry.versions.values().next_back())
+            entry.unversioned()
         } else {
             version
                 .parse::<u64>()
@@ -165,6 +256,11 @@ impl Registry {
         match state {
             Some(VersionState::Ready(model)) => Ok(Arc::clone(model)),
             Some(VersionState::Loading) => Err(unavailable("it is still loading")),
+            Some(VersionState::Unloading) => Err(unavailable("it is being unloaded")),
+            Some(VersionState::Unloaded) | None if version.is_empty() => {
+                Err(unavailable("it is unloaded"))
+            }
+            Some(VersionState::Unloaded) => Err(unavailable("that version is unloaded")),
             Some(VersionState::Unavailable { reason }) => Err(unavailable(reason)),
             None => Err(InferError::VersionNotFound {
                 model: name.to_owned(),
@@ -207,20 +303,32 @@ impl Registry {
                 rows.push(IndexRow {
                     name: name.clone(),
                     version: String::new(),
-                    status: Status::Unavailable,
+                    status: Some(Status::Unavailable),
                     reason: failure.clone(),
                 });
                 continue;
             }
+            if entry.versions.is_empty() {
+                rows.push(IndexRow {
+                    name: name.clone(),
+                    version: String::new(),
+                    status: None,
+                    reason: String::new(),
+                });
+            }
             for (version, state) in &entry.versions {
-                let reason = match state {
-                    VersionState::Unavailable { reason } => reason.clone(),
-                    _ => String::new(),
+                let reason = match (&entry.reload_failure, state) {
+                    // The serving version says why the newer config or version is not
+                    // serving instead of it.
+                    (Some(failure), VersionState::Ready(_)) => {
+                        format!("the last load failed, this version serves on: {failure}")
+                    }
+                    _ => state.reason().to_owned(),
                 };
                 rows.push(IndexRow {
                     name: name.clone(),
                     version: version.to_string(),
-                    status: state.status(),
+                    status: Some(state.status()),
                     reason,
                 });
             }
@@ -248,12 +356,51 @@ impl Registry {
 
     /// True once nothing is LOADING any more.
     pub fn settled(&self) -> bool {
-        self.index().iter().all(|r| r.status != Status::Loading)
+        self.read().values().all(|entry| {
+            !entry
+                .versions
+                .values()
+                .any(|s| matches!(s, VersionState::Loading))
+        })
     }
 
-    /// True when every model and version is READY.
+    /// True when every version meant to serve is READY (models not loaded, and versions
+    /// unloaded on purpose, do not count). A model whose last reload failed while an
+    /// older version serves on counts as ready: it answers.
     pub fn all_ready(&self) -> bool {
-        self.index().iter().all(|r| r.status == Status::Ready)
+        self.read().values().all(|entry| {
+            let ready = |s: &VersionState| matches!(s, VersionState::Ready(_));
+            entry.failure.is_none()
+                && if entry.reload_failure.is_some() {
+                    entry.versions.values().any(ready)
+                } else {
+                    entry.versions.values().filter(|s| s.wanted()).all(ready)
+                }
+        })
+    }
+
+    /// Changes one model's entry under the lock, announcing the change; what `change`
+    /// returns (versions taken out of service, say) is handed back, to be dropped
+    /// outside the lock.
+    pub fn update<T>(&self, name: &str, change: impl FnOnce(&mut ModelEntry) -> T) -> T {
+        let mut models = self.models.write().expect("registry lock");
+        let entry = models.entry(name.to_owned()).or_default();
+        let result = change(entry);
+        for (version, state) in &entry.versions {
+            self.metrics.set_ready(
+                name,
+                &version.to_string(),
+                matches!(state, VersionState::Ready(_)),
+            );
+        }
+        drop(models);
+        self.changes.send_modify(|n| *n += 1);
+        result
+    }
+
+    /// The names of every model in the table.
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
     }
 
     /// Removes every model and returns them, for the caller to drop outside the lock

@@ -45,6 +45,13 @@ def make_repository(target: pathlib.Path) -> None:
 @contextlib.contextmanager
 def running_wharf(repo: pathlib.Path, *flags: str):
     """The wharf binary serving `repo` on a free loopback port, until ready: its address."""
+    with running_wharf_and_metrics(repo, *flags) as (address, _):
+        yield address
+
+
+@contextlib.contextmanager
+def running_wharf_and_metrics(repo: pathlib.Path, *flags: str):
+    """As `running_wharf`: the gRPC address and the metrics address (host:port)."""
     proc = subprocess.Popen(
         [WHARF, "--log-format", "json", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
          "--metrics-port", "0", "--model-repository", str(repo), *flags],
@@ -58,6 +65,7 @@ def running_wharf(repo: pathlib.Path, *flags: str):
             continue
         if "grpc_addr" in fields:
             address = fields["grpc_addr"]
+            metrics_address = fields.get("metrics_addr")
             break
     assert address, "wharf did not log its address"
     # Keep reading the log so the pipe never fills.
@@ -68,7 +76,7 @@ def running_wharf(repo: pathlib.Path, *flags: str):
         assert time.monotonic() < deadline, "wharf did not become ready"
         time.sleep(0.05)
     try:
-        yield address
+        yield address, metrics_address
     finally:
         client.close()
         proc.terminate()

@@ -1,0 +1,395 @@
+//! Changing models while serving: a new version or config is loaded and warmed beside the
+//! one serving, takes traffic only once READY, and what it replaces drains the requests it
+//! admitted before it is dropped. A load that fails leaves the serving versions as they
+//! were. Callers serialise loads and unloads of one model (the top-level `control`).
+
+use std::{
+    collections::BTreeMap,
+    hash::{DefaultHasher, Hash, Hasher},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use tracing::{info, warn};
+
+use super::{
+    config::ModelConfig,
+    gpu_budget::{self, GpuClaim},
+    loader::{self, LoadError, LoadTask},
+    read_model, Repository, ServedModel, VersionState,
+};
+
+/// How often a retired version checks whether its last request has finished.
+const DRAIN_CHECK: Duration = Duration::from_millis(10);
+
+/// The content a version is loaded from: its config (as parsed) and every file under its
+/// version folder, names and bytes. Equal digests mean a reload would change nothing.
+pub fn digest(dir: &Path, version: u64, config: &ModelConfig) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    format!("{config:?}").hash(&mut hasher);
+    hash_tree(&dir.join(version.to_string()), &mut hasher);
+    hasher.finish()
+}
+
+/// Every file under a model's folder, names and bytes: what a repository poll compares.
+pub fn folder_digest(dir: &Path) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    hash_tree(dir, &mut hasher);
+    hasher.finish()
+}
+
+/// Each model folder under `root` (hidden ones left out) with its `folder_digest`.
+pub fn digest_folders(root: &Path) -> BTreeMap<String, u64> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return BTreeMap::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_owned();
+            (!name.starts_with('.')).then(|| (name, folder_digest(&e.path())))
+        })
+        .collect()
+}
+
+fn hash_tree(dir: &Path, hasher: &mut DefaultHasher) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        entry.file_name().hash(hasher);
+        let path = entry.path();
+        if path.is_dir() {
+            hash_tree(&path, hasher);
+        } else {
+            // An unreadable file hashes as its name alone; its load will say what is wrong.
+            std::fs::read(&path).unwrap_or_default().hash(hasher);
+        }
+    }
+}
+
+impl Repository {
+    /// Loads `name` from its folder (with `given` as its config, if set): versions that
+    /// are new or changed are loaded beside those serving and swapped in once READY;
+    /// versions the policy no longer selects are retired once one it selects is READY.
+    /// Blocking. The error names every part that failed; the rest is applied.
+    pub fn load_model(
+        self: &Arc<Self>,
+        name: &str,
+        given: Option<ModelConfig>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<(), String> {
+        let dir = self.root.join(name);
+        if !dir.is_dir() {
+            return Err(format!(
+                "no folder '{name}' in the model repository {}",
+                self.root.display()
+            ));
+        }
+        let (config, selected) = match read_model(name, &dir, given) {
+            Ok(read) => read,
+            Err(reason) => {
+                self.keep_serving_or_fail(name, &reason);
+                return Err(reason);
+            }
+        };
+        let entry = self.registry.entry(name).unwrap_or_default();
+        let tasks: Vec<LoadTask> = selected
+            .iter()
+            .map(|&version| LoadTask {
+                name: name.to_owned(),
+                version,
+                dir: dir.clone(),
+                config: config.clone(),
+                digest: digest(&dir, version, &config),
+            })
+            .filter(|task| match entry.versions.get(&task.version) {
+                Some(VersionState::Ready(served)) => served.digest != task.digest,
+                _ => true,
+            })
+            .collect();
+        let (tasks, mut failures) = self.fit_gpu_budget(tasks);
+        self.registry.update(name, |entry| {
+            entry.failure = None;
+            entry.config.get_or_insert_with(|| config.clone());
+            for task in &tasks {
+                if !matches!(
+                    entry.versions.get(&task.version),
+                    Some(VersionState::Ready(_))
+                ) {
+                    entry.versions.insert(task.version, VersionState::Loading);
+                }
+            }
+        });
+        let changed = !tasks.is_empty();
+        let loaded: Vec<(u64, Result<ServedModel, LoadError>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = tasks
+                .into_iter()
+                .map(|task| {
+                    scope.spawn(move || {
+                        let version = task.version;
+                        (version, self.load_one(task, runtime))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("load threads catch their panics"))
+                .collect()
+        });
+        for (version, result) in loaded {
+            match result {
+                Ok(model) => {
+                    let replaced = self.registry.update(name, |entry| {
+                        entry
+                            .versions
+                            .insert(version, VersionState::Ready(Arc::new(model)))
+                    });
+                    if let Some(VersionState::Ready(old)) = replaced {
+                        info!(model = %name, version, "new config or files serving; the old copy drains");
+                        self.drain(old, false);
+                    }
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    warn!(model = %name, version, %reason, "load failed");
+                    self.registry.update(name, |entry| {
+                        if !matches!(entry.versions.get(&version), Some(VersionState::Ready(_))) {
+                            entry.versions.insert(
+                                version,
+                                VersionState::Unavailable {
+                                    reason: reason.clone(),
+                                },
+                            );
+                        }
+                    });
+                    failures.push(format!("version {version}: {reason}"));
+                }
+            }
+        }
+        let failure = (!failures.is_empty()).then(|| failures.join("; "));
+        // Versions the policy dropped go once a version it selects serves, so that a
+        // failed new version leaves the old one serving.
+        let retired = self.registry.update(name, |entry| {
+            entry.reload_failure = failure.clone();
+            let serving = selected
+                .iter()
+                .any(|v| matches!(entry.versions.get(v), Some(VersionState::Ready(_))));
+            if !serving {
+                return Vec::new();
+            }
+            entry.config = Some(config.clone());
+            let mut retired = Vec::new();
+            for (version, state) in entry.versions.iter_mut() {
+                if selected.contains(version) {
+                    continue;
+                }
+                match std::mem::replace(state, VersionState::Unloaded) {
+                    VersionState::Ready(model) => {
+                        *state = VersionState::Unloading;
+                        retired.push(model);
+                    }
+                    VersionState::Unloading => *state = VersionState::Unloading,
+                    _ => {}
+                }
+            }
+            retired
+        });
+        for model in retired {
+            info!(model = %name, version = model.version, "version retired; it drains, then unloads");
+            self.drain(model, true);
+        }
+        if changed {
+            self.replan_ensembles_using(name);
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Takes every version of `name` out of service; each drains its admitted requests,
+    /// then unloads. Returns whether the model was known.
+    pub fn unload_model(self: &Arc<Self>, name: &str) -> bool {
+        if self.registry.entry(name).is_none() {
+            return false;
+        }
+        let retired = self.registry.update(name, |entry| {
+            entry.reload_failure = None;
+            entry.failure = None;
+            let mut retired = Vec::new();
+            for state in entry.versions.values_mut() {
+                match std::mem::replace(state, VersionState::Unloaded) {
+                    VersionState::Ready(model) => {
+                        *state = VersionState::Unloading;
+                        retired.push(model);
+                    }
+                    VersionState::Unloading => *state = VersionState::Unloading,
+                    _ => {}
+                }
+            }
+            retired
+        });
+        for model in retired {
+            info!(model = %name, version = model.version, "unloading once its requests finish");
+            self.drain(model, true);
+        }
+        true
+    }
+
+    /// The ensembles that name `model` as a step.
+    pub fn dependents(&self, model: &str) -> Vec<String> {
+        self.registry
+            .served(None)
+            .iter()
+            .filter(|m| {
+                m.config
+                    .ensemble_scheduling
+                    .iter()
+                    .flat_map(|s| &s.step)
+                    .any(|step| step.model_name == model)
+            })
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    fn load_one(
+        &self,
+        task: LoadTask,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<ServedModel, LoadError> {
+        if task.config.is_ensemble() {
+            let lookup = |name: &str, version: &str| {
+                self.registry.get(name, version).map_err(|e| e.to_string())
+            };
+            loader::load_ensemble(&task, &lookup, &self.settings, self.metrics())
+        } else {
+            loader::load_isolated(task, &self.settings, self.metrics(), runtime)
+        }
+    }
+
+    /// After a step model changed, each ensemble using it is planned again against what
+    /// now serves, and swapped in; one that no longer fits keeps its old plan, logged.
+    fn replan_ensembles_using(self: &Arc<Self>, step_model: &str) {
+        for ensemble in self
+            .registry
+            .served(None)
+            .into_iter()
+            .filter(|m| self.dependents(step_model).contains(&m.name))
+        {
+            let task = LoadTask {
+                name: ensemble.name.clone(),
+                version: ensemble.version,
+                dir: self.root.join(&ensemble.name),
+                config: ensemble.config.clone(),
+                digest: ensemble.digest,
+            };
+            let lookup = |name: &str, version: &str| {
+                self.registry.get(name, version).map_err(|e| e.to_string())
+            };
+            match loader::load_ensemble(&task, &lookup, &self.settings, self.metrics()) {
+                Ok(planned) => {
+                    self.registry.update(&task.name, |entry| {
+                        entry
+                            .versions
+                            .insert(task.version, VersionState::Ready(Arc::new(planned)))
+                    });
+                }
+                Err(e) => warn!(
+                    ensemble = %task.name,
+                    step = step_model,
+                    error = %e,
+                    "the ensemble no longer fits its step model; it keeps its old plan"
+                ),
+            }
+        }
+    }
+
+    /// A load whose config cannot be read: the versions serving stay, with the reason
+    /// shown beside them; with none serving, the model is UNAVAILABLE with it.
+    fn keep_serving_or_fail(&self, name: &str, reason: &str) {
+        self.registry.update(name, |entry| {
+            let serving = entry
+                .versions
+                .values()
+                .any(|s| matches!(s, VersionState::Ready(_)));
+            if serving {
+                entry.reload_failure = Some(reason.to_owned());
+            } else {
+                entry.versions.clear();
+                entry.failure = Some(reason.to_owned());
+            }
+        });
+    }
+
+    /// Splits `tasks` into those whose GPU budgets fit beside everything serving (both
+    /// versions count while a swap overlaps them) and the reasons for the rest.
+    fn fit_gpu_budget(&self, tasks: Vec<LoadTask>) -> (Vec<LoadTask>, Vec<String>) {
+        let new: Vec<GpuClaim> = tasks
+            .iter()
+            .filter_map(|t| GpuClaim::of(&t.name, t.version, &t.config))
+            .collect();
+        if new.is_empty() {
+            return (tasks, Vec::new());
+        }
+        let mut claims: Vec<GpuClaim> = self
+            .registry
+            .served(None)
+            .iter()
+            .filter_map(|m| GpuClaim::of(&m.name, m.version, &m.config))
+            .collect();
+        claims.extend(new);
+        let memory = if self.settings.gpu_memory.is_empty() {
+            gpu_budget::device_memory_from_driver()
+        } else {
+            self.settings.gpu_memory.clone()
+        };
+        let refused: BTreeMap<(String, u64), String> =
+            gpu_budget::over_budget(&claims, &memory, self.settings.gpu_context_memory);
+        let mut failures = Vec::new();
+        let fitting = tasks
+            .into_iter()
+            .filter(|t| match refused.get(&(t.name.clone(), t.version)) {
+                Some(reason) => {
+                    failures.push(format!(
+                        "version {}: refused, the serving versions kept: {reason}",
+                        t.version
+                    ));
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        (fitting, failures)
+    }
+
+    /// Drops `model` once the requests holding it have finished (its workers are joined
+    /// on this thread, never on a request's), then marks it UNAVAILABLE "unloaded" if
+    /// `mark_unloaded` and nothing has replaced it since.
+    fn drain(self: &Arc<Self>, model: Arc<ServedModel>, mark_unloaded: bool) {
+        let repository = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("wharf-drain-{}", model.name))
+            .spawn(move || {
+                while Arc::strong_count(&model) > 1 {
+                    std::thread::sleep(DRAIN_CHECK);
+                }
+                let (name, version) = (model.name.clone(), model.version);
+                drop(model);
+                if mark_unloaded {
+                    repository.registry.update(&name, |entry| {
+                        if let Some(state @ VersionState::Unloading) =
+                            entry.versions.get_mut(&version)
+                        {
+                            *state = VersionState::Unloaded;
+                        }
+                    });
+                }
+                info!(model = %name, version, "unloaded");
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start a drain thread; the version is dropped when its last request ends");
+        }
+    }
+}
