@@ -1,13 +1,16 @@
 """Cold start to READY and tritonclient latency for wharf, with onnxruntime in-process as
 the engine floor, in one run.
 
-    .venv-test/bin/python scripts/measure_startup_latency.py [--runs 5] [--requests 2000]
+    .venv-test/bin/python scripts/measure_startup_latency.py [--runs 5] [--requests 2000] [--baseline OTHER_WHARF]
+
+With --baseline, each start-up is measured for both binaries in turn, in one run.
 
 Needs a release build (cargo build --release) and, for the OCR repository, the det and rec
 models (scripts/fetch-ppocr-models.sh).
 """
 import argparse
 import json
+import os
 import pathlib
 import shutil
 import statistics
@@ -23,15 +26,15 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-WHARF = ROOT / "target" / "release" / "wharf"
+WHARF = pathlib.Path(os.environ.get("WHARF_BIN", ROOT / "target" / "release" / "wharf"))
 CLS_OUTPUT = "save_infer_model/scale_0.tmp_1"
 
 
-def start(repo):
+def start(repo, binary=None):
     """Starts wharf; returns (process, address, seconds from spawn to ServerReady)."""
     began = time.perf_counter()
     proc = subprocess.Popen(
-        [str(WHARF), "--log-format", "json", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
+        [str(binary or WHARF), "--log-format", "json", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
          "--model-repository", str(repo)],
         stderr=subprocess.PIPE, text=True,
     )
@@ -75,20 +78,26 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--baseline", help="another wharf binary, measured in turn with this one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         repos = {"default (ppocr_cls)": repository(tmp, "default", ["ppocr_cls"])}
         if (ROOT / "models" / "ppocr_rec").exists():
             repos["PP-OCR cls + det + rec"] = repository(tmp, "ocr", ["ppocr_cls", "ppocr_det", "ppocr_rec"])
-        print("| repository | cold start to READY, median of %d (ms) | all runs (ms) |" % args.runs)
-        print("|---|---|---|")
+        binaries = {"this": WHARF}
+        if args.baseline:
+            binaries["baseline"] = pathlib.Path(args.baseline)
+        print("| repository | wharf | cold start to READY, median of %d (ms) | all runs (ms) |" % args.runs)
+        print("|---|---|---|---|")
         for name, repo in repos.items():
-            runs = []
+            runs = {label: [] for label in binaries}
             for _ in range(args.runs):
-                proc, _, seconds = start(repo)
-                runs.append(seconds * 1000)
-                stop(proc)
-            print(f"| {name} | {statistics.median(runs):.0f} | {', '.join(f'{r:.0f}' for r in runs)} |")
+                for label, binary in binaries.items():
+                    proc, _, seconds = start(repo, binary)
+                    runs[label].append(seconds * 1000)
+                    stop(proc)
+            for label, times in runs.items():
+                print(f"| {name} | {label} | {statistics.median(times):.0f} | {', '.join(f'{r:.0f}' for r in times)} |")
 
         x = np.random.default_rng(1).standard_normal((1, 3, 48, 192)).astype(np.float32)
         proc, address, _ = start(repos["default (ppocr_cls)"])

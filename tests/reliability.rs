@@ -131,11 +131,11 @@ async fn loads_that_panic_or_hang_end_unavailable_and_healthy_models_still_load(
         ("load_range", faulty("load_range"), plain),
         ("load_slice", faulty("load_slice"), plain),
         ("load_tile", faulty("load_tile"), plain),
-        // Its warmup runs ~350 ms calls several times: 2 s or more in all.
+        // Its warmup runs a ~350 ms call eight times: 2.8 s or more in all.
         (
             "slow_to_load",
             test_models().join("slow/1/model.onnx"),
-            "max_batch_size: 0\n",
+            "max_batch_size: 0\nmodel_warmup:\n  - { name: long, batch_size: 1, count: 8, inputs: { x: { data_type: TYPE_FP32, dims: [1024, 1024], zero_data: true } } }\n",
         ),
         (
             "healthy",

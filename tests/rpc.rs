@@ -406,13 +406,24 @@ async fn repository_index_lists_every_model() {
 async fn other_rpcs_say_unimplemented() {
     let mut t = TestServer::default().await;
     let c = &mut t.client;
-    let statuses = vec![
+    // Model control is off by default (--model-control-mode none): loads are refused,
+    // saying how to allow them.
+    for status in [
         c.repository_model_load(pb::RepositoryModelLoadRequest::default())
             .await
             .unwrap_err(),
         c.repository_model_unload(pb::RepositoryModelUnloadRequest::default())
             .await
             .unwrap_err(),
+    ] {
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(
+            status.message().contains("--model-control-mode none"),
+            "{}",
+            status.message()
+        );
+    }
+    let statuses = vec![
         c.system_shared_memory_status(pb::SystemSharedMemoryStatusRequest::default())
             .await
             .unwrap_err(),

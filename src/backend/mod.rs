@@ -85,6 +85,20 @@ pub trait Model: Send + Sync + 'static {
         true
     }
 
+    /// Whether a call computes on the calling thread alone (tract), so that the thread's
+    /// CPU time is its cost whatever else the machine is doing.
+    fn computes_on_calling_thread(&self) -> bool {
+        false
+    }
+
+    /// Whether each instance must run the warm inputs itself before READY: yes where an
+    /// instance prepares per shape (ONNX Runtime's sessions trace memory on a first run;
+    /// on a GPU, cuDNN searches and CUDA graphs), no where the plans warming built are
+    /// shared and an instance only holds run state (tract).
+    fn warms_each_instance(&self) -> bool {
+        true
+    }
+
     /// A fresh instance that shares this model and owns only its mutable run state.
     /// Called on the thread that will use it, so instances need not be `Send`.
     fn new_instance(self: Arc<Self>) -> Result<Box<dyn Instance>, BackendError>;

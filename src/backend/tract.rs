@@ -97,6 +97,15 @@ impl Model for TractModel {
         &self.signature
     }
 
+    fn computes_on_calling_thread(&self) -> bool {
+        true
+    }
+
+    /// Plans are built once per shape and shared; an instance's run state is cheap.
+    fn warms_each_instance(&self) -> bool {
+        false
+    }
+
     fn new_instance(self: Arc<Self>) -> Result<Box<dyn Instance>, BackendError> {
         Ok(Box::new(TractInstance {
             model: self,

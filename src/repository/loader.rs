@@ -217,9 +217,12 @@ fn load_version(
     }
     // What loading and warming keep allocated on this thread is what every instance shares.
     let mut loaded: Option<Result<_, LoadError>> = None;
+    let mut opened = Duration::ZERO;
+    let mut measured = Duration::ZERO;
     let kept = allocation_counter::measure(|| {
         loaded = Some((|| {
             let model = open_model(&path, &task.dir, config, settings)?;
+            opened = started.elapsed();
             // A built-in step takes one request's data as it is: its leading open dims are
             // counts of boxes or pixels, not a batch to split.
             let unbatched;
@@ -251,6 +254,7 @@ fn load_version(
             } else {
                 Profile::default()
             };
+            measured = started.elapsed() - opened;
             enforce_budget(config, &spec, &profile, &mut policy).map_err(LoadError::Budget)?;
             // Padded, a call costs what its bucket costs: join up to where that stops paying.
             let padded = profile
@@ -297,7 +301,7 @@ fn load_version(
     } else {
         Vec::new()
     };
-    let warm = if context.model.warms() {
+    let warm = if context.model.warms() && context.model.warms_each_instance() {
         warmup::instance_inputs(&spec, config, &warm_rows, padded).map_err(LoadError::Warmup)?
     } else {
         Vec::new()
@@ -348,6 +352,8 @@ fn load_version(
         peak_per_call = %peaks.join(" "),
         shared = %bytesize::ByteSize::b(shared_bytes),
         ready_ms = load_time.as_millis() as u64,
+        open_ms = opened.as_millis() as u64,
+        measure_ms = measured.as_millis() as u64,
         "model ready"
     );
     Ok(ServedModel {
