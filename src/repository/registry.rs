@@ -416,3 +416,23 @@ impl Registry {
         taken
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_run_of_total_requests_takes_each_slot_once_interleaved() {
+        for total in [1, 2, 3, 10, 100, 7919] {
+            let mut slots: Vec<u64> = (0..total).map(|n| spread(n, total)).collect();
+            slots.sort_unstable();
+            assert_eq!(slots, (0..total).collect::<Vec<_>>(), "total {total}");
+        }
+        // 90/10: the 10 slots of the small side are spread over the cycle of 100, not
+        // bunched: no run of 20 requests misses it.
+        let small: Vec<u64> = (0..100).filter(|n| spread(*n, 100) >= 90).collect();
+        assert_eq!(small.len(), 10);
+        assert!(small.windows(2).all(|w| w[1] - w[0] <= 20), "{small:?}");
+    }
+}
+
