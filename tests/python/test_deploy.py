@@ -160,6 +160,28 @@ def test_gpu_values_request_the_card_and_budget_every_instance():
         render(too_many)
 
 
+def test_poll_mode_rescans_the_repository_on_its_volume():
+    values = {"modelControl": {"mode": "poll", "pollSecs": 30},
+              "modelRepository": {"source": "pvc", "pvc": {"claimName": "ocr-models"}}}
+    texts = render_text(values)
+    validate(texts)
+    pod = by_kind([d for t in texts for d in yaml.safe_load_all(t) if d])["Deployment"]["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert "--model-control-mode=poll" in args and "--repository-poll-secs=30" in args, args
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "ocr-models", "readOnly": True}} in pod["volumes"]
+    explicit = render({"modelControl": {"mode": "explicit", "loadModels": ["ppocr_cls"]}})
+    args = by_kind(explicit)["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--model-control-mode=explicit" in args and "--load-model=ppocr_cls" in args, args
+    assert not any("model-control" in a for a in by_kind(render())["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"])
+    with pytest.raises(helm.HelmRenderError, match="must be none, poll or explicit"):
+        render({"modelControl": {"mode": "sometimes"}})
+    with pytest.raises(helm.HelmRenderError, match="loadModels is for mode explicit"):
+        render({"modelControl": {"mode": "poll", "loadModels": ["a"]}})
+    # The rendered flags are ones wharf takes.
+    check = subprocess.run([WHARF, "serve", "--help"], capture_output=True, text=True)
+    assert "--model-control-mode" in check.stdout and "--repository-poll-secs" in check.stdout
+
+
 def test_the_rendered_model_config_loads_in_wharf():
     config = next(d for d in render() if d["metadata"]["name"] == "wharf-models")
     with tempfile.TemporaryDirectory() as tmp:
