@@ -20,6 +20,40 @@ use super::{
     read_model, Repository, ServedModel, VersionState,
 };
 
+/// The tasks whose GPU claims fit their device beside `serving` (every version serving,
+/// the one a task replaces included: both are held while they overlap), and why the
+/// others do not.
+fn split_by_gpu_budget(
+    serving: Vec<GpuClaim>,
+    tasks: Vec<LoadTask>,
+    memory: &BTreeMap<u32, u64>,
+    context: u64,
+) -> (Vec<LoadTask>, Vec<String>) {
+    let mut claims = serving;
+    claims.extend(
+        tasks
+            .iter()
+            .filter_map(|t| GpuClaim::of(&t.name, t.version, &t.config)),
+    );
+    let refused: BTreeMap<(String, u64), String> =
+        gpu_budget::over_budget(&claims, memory, context);
+    let mut failures = Vec::new();
+    let fitting = tasks
+        .into_iter()
+        .filter(|t| match refused.get(&(t.name.clone(), t.version)) {
+            Some(reason) => {
+                failures.push(format!(
+                    "version {}: refused, the serving versions kept: {reason}",
+                    t.version
+                ));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (fitting, failures)
+}
+
 /// How often a retired version checks whether its last request has finished.
 const DRAIN_CHECK: Duration = Duration::from_millis(10);
 
@@ -326,42 +360,21 @@ impl Repository {
     /// Splits `tasks` into those whose GPU budgets fit beside everything serving (both
     /// versions count while a swap overlaps them) and the reasons for the rest.
     fn fit_gpu_budget(&self, tasks: Vec<LoadTask>) -> (Vec<LoadTask>, Vec<String>) {
-        let new: Vec<GpuClaim> = tasks
-            .iter()
-            .filter_map(|t| GpuClaim::of(&t.name, t.version, &t.config))
-            .collect();
-        if new.is_empty() {
+        if !tasks.iter().any(|t| t.config.on_gpu()) {
             return (tasks, Vec::new());
         }
-        let mut claims: Vec<GpuClaim> = self
+        let serving: Vec<GpuClaim> = self
             .registry
             .served(None)
             .iter()
             .filter_map(|m| GpuClaim::of(&m.name, m.version, &m.config))
             .collect();
-        claims.extend(new);
         let memory = if self.settings.gpu_memory.is_empty() {
             gpu_budget::device_memory_from_driver()
         } else {
             self.settings.gpu_memory.clone()
         };
-        let refused: BTreeMap<(String, u64), String> =
-            gpu_budget::over_budget(&claims, &memory, self.settings.gpu_context_memory);
-        let mut failures = Vec::new();
-        let fitting = tasks
-            .into_iter()
-            .filter(|t| match refused.get(&(t.name.clone(), t.version)) {
-                Some(reason) => {
-                    failures.push(format!(
-                        "version {}: refused, the serving versions kept: {reason}",
-                        t.version
-                    ));
-                    false
-                }
-                None => true,
-            })
-            .collect();
-        (fitting, failures)
+        split_by_gpu_budget(serving, tasks, &memory, self.settings.gpu_context_memory)
     }
 
     /// Drops `model` once the requests holding it have finished (its workers are joined
@@ -391,5 +404,43 @@ impl Repository {
         if let Err(e) = spawned {
             warn!(error = %e, "cannot start a drain thread; the version is dropped when its last request ends");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_swap_that_would_not_fit_beside_the_serving_version_is_refused_with_both() {
+        let config = ModelConfig::from_yaml(
+            "backend: onnxruntime\ninstance_group: [{kind: KIND_GPU, gpus: [0], count: 1, memory_budget: 1GiB}]\n",
+        )
+        .unwrap();
+        let task = |version| LoadTask {
+            name: "rec".into(),
+            version,
+            dir: "models/rec".into(),
+            config: config.clone(),
+            digest: 0,
+        };
+        let serving = vec![GpuClaim::of("rec", 1, &config).unwrap()];
+        let memory = BTreeMap::from([(0, 3 << 30)]);
+        // 1 GiB + 140 MiB twice, and 640 MiB of context: 2.9 GiB fits 3 GiB.
+        let (fitting, failures) =
+            split_by_gpu_budget(serving.clone(), vec![task(2)], &memory, 640 << 20);
+        assert_eq!((fitting.len(), failures.len()), (1, 0));
+        // On a 2 GiB card the new version alone would fit; beside the serving one it does
+        // not, and the reason names both.
+        let memory = BTreeMap::from([(0, 2 << 30)]);
+        let (fitting, failures) = split_by_gpu_budget(serving, vec![task(2)], &memory, 640 << 20);
+        assert!(fitting.is_empty());
+        assert!(
+            failures[0].starts_with("version 2: refused, the serving versions kept:")
+                && failures[0].contains("rec v1")
+                && failures[0].contains("rec v2"),
+            "{}",
+            failures[0]
+        );
     }
 }

@@ -435,4 +435,3 @@ mod tests {
         assert!(small.windows(2).all(|w| w[1] - w[0] <= 20), "{small:?}");
     }
 }
-
