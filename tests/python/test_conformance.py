@@ -150,7 +150,7 @@ def test_errors(client):
     as_int.set_data_from_numpy(x.astype(np.int64))
     expect_error(lambda: client.infer("ppocr_cls", [as_int]), "INVALID_ARGUMENT", "datatype INT64 but model 'ppocr_cls' expects FP32")
     expect_error(lambda: client.get_model_metadata("nope"), "NOT_FOUND", "unknown model 'nope'")
-    expect_error(lambda: client.unload_model("ppocr_cls"), "UNIMPLEMENTED", "not implemented")
+    expect_error(lambda: client.unload_model("ppocr_cls"), "FAILED_PRECONDITION", "--model-control-mode none")
     # Still serving after all of that.
     assert client.infer("ppocr_cls", [inp]).as_numpy("save_infer_model/scale_0.tmp_1").shape == (1, 2)
 
