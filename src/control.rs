@@ -101,7 +101,7 @@ impl ModelControl {
         }
         let steps = steps_needed(&dir, given.as_ref());
         for step in steps {
-            if step != name && self.repository.registry().get(&step, "").is_err() {
+            if step != name && self.repository.registry().lookup(&step, "").is_err() {
                 self.load_now(&step, None).await?;
             }
         }

@@ -100,7 +100,11 @@ impl InferenceService {
     }
 
     fn ready_model(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, Status> {
-        Ok(self.inference.repository().registry().get(name, version)?)
+        Ok(self
+            .inference
+            .repository()
+            .registry()
+            .lookup(name, version)?)
     }
 }
 

@@ -295,7 +295,9 @@ impl Repository {
     ) -> Result<ServedModel, LoadError> {
         if task.config.is_ensemble() {
             let lookup = |name: &str, version: &str| {
-                self.registry.get(name, version).map_err(|e| e.to_string())
+                self.registry
+                    .lookup(name, version)
+                    .map_err(|e| e.to_string())
             };
             loader::load_ensemble(&task, &lookup, &self.settings, self.metrics())
         } else {
@@ -320,7 +322,9 @@ impl Repository {
                 digest: ensemble.digest,
             };
             let lookup = |name: &str, version: &str| {
-                self.registry.get(name, version).map_err(|e| e.to_string())
+                self.registry
+                    .lookup(name, version)
+                    .map_err(|e| e.to_string())
             };
             match loader::load_ensemble(&task, &lookup, &self.settings, self.metrics()) {
                 Ok(planned) => {

@@ -227,8 +227,11 @@ impl Repository {
     /// ensemble whose step is another ensemble follows it. Ensembles that wait on each
     /// other never settle, and are marked UNAVAILABLE saying so.
     fn load_ensembles(&self, mut waiting: Vec<LoadTask>) {
-        let lookup =
-            |name: &str, version: &str| self.registry.get(name, version).map_err(|e| e.to_string());
+        let lookup = |name: &str, version: &str| {
+            self.registry
+                .lookup(name, version)
+                .map_err(|e| e.to_string())
+        };
         while !waiting.is_empty() {
             let (ready, rest): (Vec<LoadTask>, Vec<LoadTask>) =
                 waiting.into_iter().partition(|task| {

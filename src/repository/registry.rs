@@ -100,8 +100,9 @@ impl ModelEntry {
     }
 
     /// The version a request naming none gets: by `version_traffic` among the READY
-    /// versions it names where it is set, else the highest READY version.
-    fn unversioned(&self) -> Option<&VersionState> {
+    /// versions it names where it is set, else the highest READY version. Only a request
+    /// (`advance`) moves the split on; a readiness or metadata look does not.
+    fn unversioned(&self, advance: bool) -> Option<&VersionState> {
         let ready = |v: &u64| matches!(self.versions.get(v), Some(VersionState::Ready(_)));
         let split = self
             .config
@@ -116,7 +117,11 @@ impl ModelEntry {
                 .collect();
             let total: u64 = shares.iter().map(|(_, w)| w).sum();
             if total > 0 {
-                let n = self.unversioned.fetch_add(1, Ordering::Relaxed);
+                let n = if advance {
+                    self.unversioned.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    self.unversioned.load(Ordering::Relaxed)
+                };
                 let mut slot = spread(n, total);
                 for (version, weight) in shares {
                     if slot < weight {
@@ -227,8 +232,23 @@ impl Registry {
             .collect()
     }
 
-    /// The model version a request names: "" means the highest READY version.
+    /// The model version a request names: "" means the highest READY version, or the
+    /// next in `version_traffic`'s split.
     pub fn get(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, InferError> {
+        self.resolve(name, version, true)
+    }
+
+    /// As `get`, for readiness, metadata and load checks: the split is not moved on.
+    pub fn lookup(&self, name: &str, version: &str) -> Result<Arc<ServedModel>, InferError> {
+        self.resolve(name, version, false)
+    }
+
+    fn resolve(
+        &self,
+        name: &str,
+        version: &str,
+        advance: bool,
+    ) -> Result<Arc<ServedModel>, InferError> {
         let models = self.read();
         let entry = models
             .get(name)
@@ -246,7 +266,7 @@ impl Registry {
             ));
         }
         let state = if version.is_empty() {
-            entry.unversioned()
+            entry.unversioned(advance)
         } else {
             version
                 .parse::<u64>()
@@ -290,7 +310,7 @@ impl Registry {
 
     /// Whether a request for this name and version would be served now.
     pub fn is_ready(&self, name: &str, version: &str) -> bool {
-        self.get(name, version).is_ok()
+        self.lookup(name, version).is_ok()
     }
 
     /// Every version served (or meant to be) with its state; a model whose folder is broken

@@ -338,9 +338,15 @@ def test_a_90_10_split_sends_10_percent_of_unversioned_requests_to_the_new_versi
         "version_policy: { specific: { versions: [1, 2] } }\nversion_traffic: { 1: 90, 2: 10 }\n")
     with running_wharf(tmp_path, *EXPLICIT, "--load-model", "m") as address:
         client = grpcclient.InferenceServerClient(address)
-        answered = [infer(client, "m") for _ in range(2000)]
+        answered = []
+        for i in range(2000):
+            answered.append(infer(client, "m"))
+            # Readiness and metadata look the version up too, without moving the split on.
+            if i % 7 == 0:
+                assert client.is_model_ready("m") and client.get_model_metadata("m").name == "m"
         share = answered.count("2") / len(answered)
         print(f"\n90/10 split: {answered.count('1')} to version 1, {answered.count('2')} to version 2")
         assert 0.08 <= share <= 0.12, share
+        assert answered.count("2") == 200, "every run of 100 requests sends exactly 10 to version 2"
         assert infer(client, "m", "1") == "1" and infer(client, "m", "2") == "2"
         client.close()
