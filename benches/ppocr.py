@@ -64,13 +64,18 @@ def closed_loop(address, images, concurrency, seconds):
             i += 1
         client.close()
 
+    return callers(caller, concurrency) * len(latencies), latencies, errors
+
+
+def callers(caller, concurrency):
+    """Runs `caller(k)` on `concurrency` threads until all return: 1 / seconds taken."""
     started = time.monotonic()
     threads = [threading.Thread(target=caller, args=(k,)) for k in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return len(latencies) / (time.monotonic() - started), latencies, errors
+    return 1 / (time.monotonic() - started)
 
 
 def cpu_seconds(pid):
@@ -129,13 +134,7 @@ def rapidocr(images, processes, concurrency, seconds):
             latencies.append(time.monotonic() - started)
             i += 1
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=caller, args=(k,)) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    rate = len(latencies) / (time.monotonic() - started)
+    rate = callers(caller, concurrency) * len(latencies)
     pool.close()
     pool.join()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

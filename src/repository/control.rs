@@ -20,6 +20,22 @@ use super::{
     read_model, Repository, ServedModel, VersionState,
 };
 
+/// Takes a version out of service: a serving one becomes UNLOADING and is handed back to
+/// drain; one already unloading stays so; any other (loading, failed) is UNLOADED.
+fn retire(state: &mut VersionState) -> Option<Arc<ServedModel>> {
+    match std::mem::replace(state, VersionState::Unloaded) {
+        VersionState::Ready(model) => {
+            *state = VersionState::Unloading;
+            Some(model)
+        }
+        VersionState::Unloading => {
+            *state = VersionState::Unloading;
+            None
+        }
+        _ => None,
+    }
+}
+
 /// The tasks whose GPU claims fit their device beside `serving` (every version serving,
 /// the one a task replaces included: both are held while they overlap), and why the
 /// others do not.
@@ -222,14 +238,7 @@ impl Repository {
                 if selected.contains(version) {
                     continue;
                 }
-                match std::mem::replace(state, VersionState::Unloaded) {
-                    VersionState::Ready(model) => {
-                        *state = VersionState::Unloading;
-                        retired.push(model);
-                    }
-                    VersionState::Unloading => *state = VersionState::Unloading,
-                    _ => {}
-                }
+                retired.extend(retire(state));
             }
             retired
         });
@@ -254,14 +263,7 @@ impl Repository {
             entry.failure = None;
             let mut retired = Vec::new();
             for state in entry.versions.values_mut() {
-                match std::mem::replace(state, VersionState::Unloaded) {
-                    VersionState::Ready(model) => {
-                        *state = VersionState::Unloading;
-                        retired.push(model);
-                    }
-                    VersionState::Unloading => *state = VersionState::Unloading,
-                    _ => {}
-                }
+                retired.extend(retire(state));
             }
             retired
         });
