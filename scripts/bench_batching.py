@@ -7,7 +7,7 @@
     cargo build --release --examples && scripts/fetch-ppocr-models.sh
     .venv-test/bin/pip install onnx && .venv-test/bin/python scripts/bench_batching.py [--seconds 10]
 
-With --baseline OTHER_WHARF, part 1 runs that binary too, in the same run (for regressions).
+With --baseline OTHER_WHARF, parts 1 and 3 run that binary too, in the same run (for regressions).
 """
 import argparse
 import json
@@ -128,17 +128,18 @@ def main():
         print(f"\nwharf / in-process: {report['throughput_rps'] / local['rows_per_s']:.1%}\n")
 
         print("## 3. PP-OCR rec resident memory, instances 1 vs 4\n")
-        print("| instances | RSS after READY (MiB) | RSS after load, peak (MiB) |")
-        print("|---|---|---|")
-        for count in (1, 4):
-            repo = tmp / f"rec_mem{count}"
+        print("| build | instances | RSS after READY (MiB) | RSS after load, peak (MiB) |")
+        print("|---|---|---|---|")
+        builds = [("this", WHARF)] + ([("baseline", args.baseline)] if args.baseline else [])
+        for (label, binary), count in [(b, c) for b in builds for c in (1, 4)]:
+            repo = tmp / f"rec_mem{label}{count}"
             model_dir(repo, "ppocr_rec", rec_src, rec_config.replace("count: 1", f"count: {count}"))
-            server = Server(repo)
+            server = Server(repo, binary)
             ready_rss, _ = server.rss_mib()
             server.bench("ppocr_rec", "--concurrency", "8", "--shape", "x:1,3,48,320", "--duration-secs", "3", "--warmup-secs", "0")
             rss, hwm = server.rss_mib()
             server.stop()
-            print(f"| {count} | {ready_rss:.0f} | {rss:.0f}, peak {hwm:.0f} |")
+            print(f"| {label} | {count} | {ready_rss:.0f} | {rss:.0f}, peak {hwm:.0f} |")
 
 
 if __name__ == "__main__":

@@ -160,6 +160,7 @@ impl Server {
             let initial =
                 tokio::task::spawn_blocking(move || loader.load_all(parallelism, &runtime));
             let _ = initial.await;
+            crate::heap::release_freed();
             if let Some((control, every)) = poller {
                 control.poll(every).await;
             }

@@ -2,11 +2,14 @@
 //!
 //! Transport (`grpc`) → serving core (`inference`, `validate`) → workers → engines
 //! (`backend`), over a model repository (`repository`); `app` wires them together.
-// unsafe_code is denied in Cargo.toml's [lints]; the one exception is ONNX Runtime's
-// arena statistics (backend/onnxruntime/instance.rs).
+// unsafe_code is denied in Cargo.toml's [lints]; the exceptions are ONNX Runtime's
+// arena statistics (backend/onnxruntime/instance.rs) and the allocator (heap.rs).
 //
 // Modules from the bottom up: each names only modules above it in this list
 // (`python3 scripts/module_graph.py` checks it and finds no cycle).
+
+// The allocator, and what loads and first calls are measured by.
+pub mod heap;
 
 // Data and engines.
 pub mod tensor;

@@ -184,6 +184,7 @@ impl ServeArgs {
 }
 
 fn main() -> ExitCode {
+    wharf::heap::tune();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {

@@ -219,7 +219,7 @@ fn load_version(
     let mut loaded: Option<Result<_, LoadError>> = None;
     let mut opened = Duration::ZERO;
     let mut measured = Duration::ZERO;
-    let kept = allocation_counter::measure(|| {
+    let kept = crate::heap::measure(|| {
         loaded = Some((|| {
             let model = open_model(&path, &task.dir, config, settings)?;
             opened = started.elapsed();

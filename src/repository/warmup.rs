@@ -164,7 +164,7 @@ fn measure(
     let first = clock.now();
     let peak = if model.counts_host_memory() {
         let mut result = Ok(());
-        let info = allocation_counter::measure(|| result = instance.run(inputs).map(drop));
+        let info = crate::heap::measure(|| result = instance.run(inputs).map(drop));
         result?;
         Some(info.bytes_max)
     } else {
