@@ -100,8 +100,10 @@ impl Inference {
         let id = tracing::enabled!(tracing::Level::DEBUG).then(|| request.id.clone());
         let result = match &model.runner {
             Runner::Engine(engine) => Self::run(&model, engine, request, arrived).await,
+            // Boxed: a pipeline's state would otherwise be part of every request's future,
+            // copied as the transport moves it.
             Runner::Ensemble(pipeline) => {
-                ensemble::run(self, &model, pipeline, request, arrived).await
+                Box::pin(ensemble::run(self, &model, pipeline, request, arrived)).await
             }
         };
         let took = arrived.elapsed();
