@@ -3,7 +3,7 @@
 //! and its outputs stay in memory for the steps that read them. A step given more rows
 //! than its model takes in one call is split; one given none is not called.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use futures::{stream::FuturesUnordered, StreamExt};
 use tokio::time::Instant;
@@ -83,7 +83,7 @@ async fn drive(
 ) -> Result<Vec<Tensor>, InferError> {
     let mut held = Held::new(model, pipeline, needed, wanted);
     for input in inputs {
-        held.insert(input, "its inputs")?;
+        held.insert(input, || "its inputs".to_owned())?;
     }
     let mut started = vec![false; pipeline.steps.len()];
     let mut running = FuturesUnordered::new();
@@ -108,13 +108,14 @@ async fn drive(
         let Some((step, result)) = running.next().await else {
             break;
         };
-        let outputs = result.map_err(|source| InferError::Step {
+        let mut outputs = result.map_err(|source| InferError::Step {
             ensemble: model.name.clone(),
             step: step.label(),
             source: Box::new(source),
         })?;
+        // Each step output is mapped once (output_map is keyed by it), so it is moved.
         for (output, tensor) in &step.outputs {
-            let Some(found) = outputs.iter().find(|t| &t.name == output) else {
+            let Some(at) = outputs.iter().position(|t| &t.name == output) else {
                 return Err(InferError::Step {
                     ensemble: model.name.clone(),
                     step: step.label(),
@@ -124,11 +125,9 @@ async fn drive(
                     }),
                 });
             };
-            let renamed = Tensor {
-                name: tensor.clone(),
-                ..found.clone()
-            };
-            held.insert(renamed, &step.label())?;
+            let mut renamed = outputs.swap_remove(at);
+            renamed.name.clone_from(tensor);
+            held.insert(renamed, || step.label())?;
         }
     }
     // Every wanted output has a needed writer (checked at load), and every needed step
@@ -229,12 +228,14 @@ fn empty_outputs(model: &ServedModel, ensemble: &ServedModel, step: &Step) -> Ve
 
 /// The tensors a request holds between steps, each kept only while a step yet to start
 /// (or the answer) reads it, and their bytes counted against the ensemble's limit.
+/// Vectors searched by name, not maps: a pipeline has a handful of tensors, and hashing
+/// them cost more than the search.
 struct Held<'a> {
     model: &'a ServedModel,
     limit: u64,
-    tensors: HashMap<String, Tensor>,
+    tensors: Vec<Tensor>,
     /// Readers still to come per tensor: needed steps not started, plus the answer.
-    readers: HashMap<&'a str, usize>,
+    readers: Vec<(&'a str, usize)>,
     bytes: u64,
 }
 
@@ -245,7 +246,7 @@ impl<'a> Held<'a> {
         needed: &[bool],
         wanted: &'a [String],
     ) -> Held<'a> {
-        let mut readers: HashMap<&str, usize> = HashMap::new();
+        let mut readers: Vec<(&str, usize)> = Vec::new();
         let reads = pipeline
             .steps
             .iter()
@@ -253,53 +254,70 @@ impl<'a> Held<'a> {
             .filter(|(_, needed)| **needed)
             .flat_map(|(step, _)| step.inputs.iter().map(|(_, t)| t.as_str()));
         for tensor in reads.chain(wanted.iter().map(String::as_str)) {
-            *readers.entry(tensor).or_default() += 1;
+            match readers.iter_mut().find(|(name, _)| *name == tensor) {
+                Some((_, count)) => *count += 1,
+                None => readers.push((tensor, 1)),
+            }
         }
         Held {
             model,
             limit: pipeline.max_intermediate_bytes,
-            tensors: HashMap::new(),
+            tensors: Vec::new(),
             readers,
             bytes: 0,
         }
     }
 
     fn has(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.tensors.iter().any(|t| t.name == name)
     }
 
-    /// Keeps `tensor` if anything reads it; refuses it past the byte limit.
-    fn insert(&mut self, tensor: Tensor, by: &str) -> Result<(), InferError> {
-        if !self.readers.contains_key(tensor.name.as_str()) {
+    /// Keeps `tensor` if anything reads it; refuses it past the byte limit, naming what
+    /// produced it (`by`, formatted only then).
+    fn insert(&mut self, tensor: Tensor, by: impl FnOnce() -> String) -> Result<(), InferError> {
+        if !self.readers.iter().any(|(name, _)| *name == tensor.name) {
             return Ok(());
         }
         let bytes = self.bytes + tensor.byte_size() as u64;
         if bytes > self.limit {
             return Err(InferError::IntermediateBytes {
                 ensemble: self.model.name.clone(),
-                step: by.to_owned(),
+                step: by(),
                 held: bytesize::ByteSize::b(bytes),
                 limit: bytesize::ByteSize::b(self.limit),
             });
         }
         self.bytes = bytes;
-        self.tensors.insert(tensor.name.clone(), tensor);
+        self.tensors.push(tensor);
         Ok(())
     }
 
     /// One reader's copy (its data shared, not copied); the last reader takes it.
     fn read(&mut self, name: &str) -> Tensor {
-        let left = self.readers.get_mut(name).expect("counted at start");
+        let (_, left) = self
+            .readers
+            .iter_mut()
+            .find(|(reader, _)| *reader == name)
+            .expect("counted at start");
         *left -= 1;
         if *left == 0 {
             self.take(name)
         } else {
-            self.tensors[name].clone()
+            self.tensors
+                .iter()
+                .find(|t| t.name == name)
+                .expect("written before read")
+                .clone()
         }
     }
 
     fn take(&mut self, name: &str) -> Tensor {
-        let tensor = self.tensors.remove(name).expect("written before read");
+        let at = self
+            .tensors
+            .iter()
+            .position(|t| t.name == name)
+            .expect("written before read");
+        let tensor = self.tensors.swap_remove(at);
         self.bytes -= tensor.byte_size() as u64;
         tensor
     }

@@ -150,11 +150,17 @@ impl Inference {
         let outputs = if request.outputs.is_empty() {
             outputs
         } else {
-            request
-                .outputs
-                .iter()
-                .filter_map(|name| outputs.iter().find(|o| &o.name == name).cloned())
-                .collect()
+            // Moved, not copied; a name asked for twice gets a second copy.
+            let mut left = outputs;
+            let mut picked: Vec<Tensor> = Vec::with_capacity(request.outputs.len());
+            for name in &request.outputs {
+                if let Some(at) = left.iter().position(|o| &o.name == name) {
+                    picked.push(left.swap_remove(at));
+                } else if let Some(again) = picked.iter().find(|o| &o.name == name) {
+                    picked.push(again.clone());
+                }
+            }
+            picked
         };
         Ok(Answered::new(model, request.id, rows, outputs))
     }
