@@ -21,8 +21,8 @@ static GLOBAL: Counting<MiMalloc> = Counting(MiMalloc);
 /// the OS after 100 ms instead of a second, and arenas reserved from now on are committed
 /// as they are used. With transparent huge pages off (the `no_thp` feature in Cargo.toml)
 /// and `release_freed` after loading, PP-OCR rec on one instance holds 84 MiB under load
-/// against glibc's 100, at the same throughput (benches/README.md). Without them mimalloc
-/// held about 15 MiB more than glibc. Call first thing in `main`.
+/// against glibc's 100, at the same throughput (benches/README.md); with mimalloc's
+/// defaults it held about 50 MiB more than glibc once loaded. Call first thing in `main`.
 pub fn tune() {
     // The option numbers of mimalloc 2 and 3 alike (mimalloc.h's mi_option_e, which the
     // crate's bindings do not name).
