@@ -36,7 +36,9 @@ pub struct ModelConfig {
     pub version_policy: Option<VersionPolicy>,
     /// Shares of the requests that name no version, by version (`{1: 90, 2: 10}`), for
     /// gray releases; only READY versions take a share. Without it such requests go to the
-    /// highest READY version.
+    /// highest READY version. Keys are numbers in YAML, or numeric strings (JSON's keys,
+    /// as a RepositoryModelLoad `config` carries them).
+    #[serde(default, deserialize_with = "version_keyed")]
     pub version_traffic: Option<BTreeMap<u64, u32>>,
     /// The file inside each version folder; Triton's key, default `model.onnx`.
     pub default_model_filename: Option<String>,
@@ -327,6 +329,30 @@ fn datatype_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DataType>, D::
     datatype(d).map(Some)
 }
 
+fn version_keyed<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<u64, u32>>, D::Error> {
+    #[derive(Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+    #[serde(untagged)]
+    enum Key {
+        Number(u64),
+        Text(String),
+    }
+    let Some(shares) = Option::<BTreeMap<Key, u32>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    shares
+        .into_iter()
+        .map(|(key, share)| match key {
+            Key::Number(version) => Ok((version, share)),
+            Key::Text(text) => text.trim().parse().map(|v| (v, share)).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "expected a version number as the key, found '{text}'"
+                ))
+            }),
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
 impl ModelConfig {
     /// Reads and validates `path`; every error message starts with the file and the key.
     pub fn from_file(path: &Path) -> Result<ModelConfig, String> {
@@ -606,6 +632,22 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traffic_shares_are_keyed_by_yaml_numbers_or_json_strings() {
+        let split = |text: &str| ModelConfig::from_yaml(text).map(|c| c.version_traffic);
+        let expected = Some(BTreeMap::from([(1, 90), (2, 10)]));
+        assert_eq!(split("version_traffic: {1: 90, 2: 10}").unwrap(), expected);
+        assert_eq!(
+            split(r#"{"version_traffic": {"1": 90, "2": 10}}"#).unwrap(),
+            expected
+        );
+        let bad = split(r#"{"version_traffic": {"one": 90}}"#).unwrap_err();
+        assert!(
+            bad.contains("version_traffic") && bad.contains("'one'"),
+            "{bad}"
+        );
+    }
 
     #[test]
     fn cudnn_searches_exhaustively_only_where_asked() {

@@ -1,7 +1,8 @@
 """Runtime model management through tritonclient: explicit load / unload and the
 repository index, poll mode, three swaps and a broken version under 16 clients with zero
 failed requests, concurrent loads and unloads, requests in flight through an unload, a
-version folder copied in slowly, and a 90/10 traffic split."""
+version folder copied in slowly, a 90/10 traffic split, and the loads refused (a bad split,
+model files sent with the load)."""
 import concurrent.futures
 import pathlib
 import shutil
@@ -103,6 +104,34 @@ def test_load_and_unload_are_refused_outside_explicit_mode(tmp_path):
         status, _ = refused(lambda: client.unload_model("a"))
         assert status == "StatusCode.FAILED_PRECONDITION"
         assert infer(client, "a") == "1"
+        client.close()
+
+
+def test_loads_with_a_bad_traffic_split_or_model_files_are_refused_and_the_model_serves_on(tmp_path):
+    add_version(tmp_path, "m", 1)
+    add_version(tmp_path, "m", 2)
+    with running_wharf(tmp_path, *EXPLICIT, "--load-model", "m") as address:
+        client = grpcclient.InferenceServerClient(address)
+        assert infer(client, "m") == "2"
+        both = '"version_policy": {"specific": {"versions": [1, 2]}}'
+        # Every share zero: no version could take a request.
+        status, message = refused(lambda: client.load_model(
+            "m", config='{%s, "version_traffic": {"1": 0, "2": 0}}' % both))
+        assert status == "StatusCode.INVALID_ARGUMENT", message
+        assert "version_traffic" in message and "above 0" in message, message
+        # A share for a version the policy does not serve.
+        status, message = refused(lambda: client.load_model(
+            "m", config='{%s, "version_traffic": {"1": 50, "3": 50}}' % both))
+        assert status == "StatusCode.INVALID_ARGUMENT", message
+        assert "version 3 is not served" in message and "[1, 2]" in message, message
+        # Model files sent with the load (Triton's `file:` parameters) are not taken.
+        status, message = refused(lambda: client.load_model(
+            "m", config='{}', files={"file:1/model.onnx": IDENTITY.read_bytes()}))
+        assert status == "StatusCode.INVALID_ARGUMENT", message
+        assert "'file:1/model.onnx'" in message and "only `config`" in message, message
+        # Each refusal left what served as it was.
+        assert infer(client, "m") == "2" and client.is_model_ready("m")
+        assert index(client)[("m", "2")][0] == "READY"
         client.close()
 
 
