@@ -88,16 +88,27 @@ pub fn measure(f: impl FnOnce()) -> Measured {
         let start = c.net.get();
         (start, c.peak.replace(start))
     });
-    f();
-    COUNTER.with(|c| {
-        c.depth.set(c.depth.get() - 1);
-        let peak = c.peak.get();
-        c.peak.set(peak.max(outer_peak));
-        Measured {
-            bytes_current: c.net.get() - start,
-            bytes_max: (peak - start).max(0) as u64,
+    // Closes the count however `f` ends: a panic that a caller catches (an engine's, say)
+    // must not leave the thread counting for good, nor lose an outer call's peak.
+    struct Open {
+        outer_peak: i64,
+    }
+    impl Drop for Open {
+        fn drop(&mut self) {
+            let _ = COUNTER.try_with(|c| {
+                c.depth.set(c.depth.get() - 1);
+                c.peak.set(c.peak.get().max(self.outer_peak));
+            });
         }
-    })
+    }
+    let open = Open { outer_peak };
+    f();
+    let measured = COUNTER.with(|c| Measured {
+        bytes_current: c.net.get() - start,
+        bytes_max: (c.peak.get() - start).max(0) as u64,
+    });
+    drop(open);
+    measured
 }
 
 struct Counting<A>(A);
@@ -162,6 +173,24 @@ mod tests {
         assert!(inner.bytes_max >= 4000, "{inner:?}");
         assert_eq!(outer.bytes_current, 500);
         assert!(outer.bytes_max >= 4500, "{outer:?}");
+    }
+
+    #[test]
+    fn a_panic_inside_closes_the_count() {
+        let outer = measure(|| {
+            drop(std::hint::black_box(vec![0u8; 8000]));
+            let caught = std::panic::catch_unwind(|| measure(|| panic!("engine fault")));
+            assert!(caught.is_err());
+        });
+        assert!(
+            outer.bytes_max >= 8000,
+            "the outer peak survives: {outer:?}"
+        );
+        assert_eq!(
+            COUNTER.with(|c| c.depth.get()),
+            0,
+            "still counting after the panic"
+        );
     }
 
     #[test]
