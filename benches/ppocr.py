@@ -3,7 +3,7 @@ rapidocr-onnxruntime 1.4.4 in-process, on the same rendered cheques and the same
 
     cargo build --release && scripts/fetch-ppocr-models.sh
     .venv-test/bin/pip install -r tests/python/requirements.txt   # rapidocr, Pillow
-    .venv-test/bin/python benches/ppocr.py [--seconds 20] [--engine onnxruntime|tract] [--group-size 6]
+    .venv-test/bin/python benches/ppocr.py [--seconds 20] [--engine onnxruntime|tract] [--group-size 6] [--instances 1]
 
 Reports, in one run: wharf at concurrency 1, 4 and 8 (images/s, p50/p99), the
 recogniser's rows per engine call over the run, and rapidocr in 1 and in 2 worker
@@ -149,12 +149,19 @@ def main():
     parser.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "tract"])
     parser.add_argument("--skip-rapidocr", action="store_true")
     parser.add_argument("--group-size", type=int, default=0)
+    parser.add_argument("--instances", type=int, default=2,
+                        help="det and rec instances (shipped: 2; on onnxruntime the instances split the cores' threads)")
     args = parser.parse_args()
     images = pages()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = pathlib.Path(tmp)
         pipeline_repository(repo, args.engine, args.group_size)
+        for name in ("ppocr_det", "ppocr_rec"):
+            config = repo / name / "config.yaml"
+            text = config.read_text()
+            assert "count: 2" in text
+            config.write_text(text.replace("count: 2", f"count: {args.instances}"))
         with running_wharf(repo) as address:
             client = grpcclient.InferenceServerClient(address)
             closed_loop(address, images, 2, 3)  # every page size's plans built once
@@ -164,7 +171,7 @@ def main():
                 cpu = cpu_seconds(pid)
                 rate, latencies, errors = closed_loop(address, images, concurrency, args.seconds)
                 per_image = (cpu_seconds(pid) - cpu) / max(len(latencies), 1)
-                rows.append((f"wharf ({args.engine}{', groups' if args.group_size else ''}), concurrency {concurrency}", rate, latencies, len(errors),
+                rows.append((f"wharf ({args.engine}{', groups' if args.group_size else ''}, {args.instances} det/rec instances), concurrency {concurrency}", rate, latencies, len(errors),
                              per_image))
                 print(f"wharf c{concurrency}: {rate:.2f} images/s, p50 {percentile(latencies, 50):.0f} ms, "
                       f"p99 {percentile(latencies, 99):.0f} ms, errors {len(errors)}", file=sys.stderr, flush=True)
