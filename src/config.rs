@@ -99,6 +99,8 @@ pub struct ServerConfig {
     pub load_models: Vec<String>,
     /// Poll mode: how often the repository is rescanned.
     pub repository_poll: Duration,
+    /// Worker threads of the async runtime (gRPC, metrics, batching schedulers).
+    pub runtime_threads: usize,
 }
 
 /// Loads run at once at start-up: twice the cores. Loading is mostly single-threaded
@@ -107,6 +109,17 @@ pub struct ServerConfig {
 /// rec on 2 cores: 0.92 s to READY three at once, 1.03 s two at once).
 fn default_load_parallelism() -> usize {
     2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The async runtime's worker threads: half the cores, at least one. Engines compute on
+/// instance threads of their own, so the runtime only moves bytes and schedules; with a
+/// worker per core (tokio's default) it oversubscribes the cores the instances need, and
+/// its idle workers burn CPU searching for work and waking each other (2 cores, `simple`
+/// at c64: 0.69x the echo's req/s with one worker against 0.66x with two; benches/README.md).
+pub fn default_runtime_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .div_ceil(2)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -140,6 +153,7 @@ impl ServerConfig {
             model_control: ControlMode::None,
             load_models: Vec::new(),
             repository_poll: DEFAULT_REPOSITORY_POLL,
+            runtime_threads: default_runtime_threads(),
         }
     }
 }
@@ -171,6 +185,7 @@ pub struct ServerFile {
     pub model_control_mode: Option<ControlMode>,
     pub load_model: Option<Vec<String>>,
     pub repository_poll_secs: Option<u64>,
+    pub runtime_threads: Option<usize>,
 }
 
 impl ServerFile {
@@ -239,6 +254,11 @@ impl ServerFile {
             overrides.repository_poll_secs.or(self.repository_poll_secs),
             DEFAULT_REPOSITORY_POLL,
         )?;
+        let runtime_threads = match overrides.runtime_threads.or(self.runtime_threads) {
+            Some(0) => return Err("runtime_threads: expected at least 1, found 0".into()),
+            Some(n) => n,
+            None => default_runtime_threads(),
+        };
         let model_control = overrides
             .model_control_mode
             .or(self.model_control_mode)
@@ -267,6 +287,7 @@ impl ServerFile {
             model_control,
             load_models,
             repository_poll,
+            runtime_threads,
             api_key,
             tls,
             gpu_memory: overrides
@@ -346,9 +367,16 @@ mod tests {
             resolve("model_load_timeout_secs: 0").unwrap_err(),
             "model_load_timeout_secs: expected at least 1 second, found 0"
         );
+        assert_eq!(
+            resolve("runtime_threads: 0").unwrap_err(),
+            "runtime_threads: expected at least 1, found 0"
+        );
         let c = resolve("handshake_timeout_secs: 3\nmax_inflight_bytes: 2GiB").unwrap();
         assert_eq!(c.handshake_timeout, Duration::from_secs(3));
         assert_eq!(c.max_inflight_bytes, 2 << 30);
+        assert_eq!(c.runtime_threads, default_runtime_threads());
+        assert!(c.runtime_threads >= 1);
+        assert_eq!(resolve("runtime_threads: 3").unwrap().runtime_threads, 3);
     }
 
     #[test]

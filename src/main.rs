@@ -124,6 +124,10 @@ struct ServeArgs {
     /// Poll mode: seconds between scans of the repository [default: 15]
     #[arg(long, env = "WHARF_REPOSITORY_POLL_SECS")]
     repository_poll_secs: Option<u64>,
+    /// Threads of the async runtime that serve gRPC, metrics and batching; engine
+    /// instances compute on threads of their own [default: half the CPUs, at least 1]
+    #[arg(long, env = "WHARF_RUNTIME_THREADS")]
+    runtime_threads: Option<usize>,
 }
 
 fn parse_gpu_memory(s: &str) -> Result<(u32, ByteSize), String> {
@@ -169,6 +173,7 @@ impl ServeArgs {
             model_control_mode: self.model_control_mode,
             load_model: (!self.load_model.is_empty()).then_some(self.load_model),
             repository_poll_secs: self.repository_poll_secs,
+            runtime_threads: self.runtime_threads,
         };
         let mut config = file.resolve(overrides).map_err(anyhow::Error::msg)?;
         // The key as a variable (from a Secret through env), never as a flag: flags show
@@ -230,7 +235,11 @@ fn init_logging(format: LogFormat) {
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.resolve()?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime_threads)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async move {
         let server = Server::start(config).await?;
         shutdown_signal().await;
