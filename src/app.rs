@@ -130,7 +130,9 @@ impl Server {
         let repository = Arc::new(repository);
         let (listener, grpc_addr) = bind(config.grpc_addr).await?;
         let (metrics_listener, metrics_addr) = bind(config.metrics_addr).await?;
-        info!(%grpc_addr, %metrics_addr, repository = %config.model_repository.display(), "listening");
+        // The runtime's own count, whoever built it (`wharf serve`, a test, an embedder).
+        let runtime_threads = tokio::runtime::Handle::current().metrics().num_workers();
+        info!(%grpc_addr, %metrics_addr, runtime_threads, repository = %config.model_repository.display(), "listening");
         // Metrics stay up through the drain, so the last answers are counted by a scrape.
         let (metrics_stop, metrics_stopped) = oneshot::channel::<()>();
         let inference = Arc::new(Inference::new(Arc::clone(&repository)));

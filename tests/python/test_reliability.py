@@ -271,3 +271,23 @@ def test_sigterm_under_load_answers_every_admitted_request(busy_repo):
         if c == "UNAVAILABLE":
             assert ("shutting down" in detail or "connect" in detail.lower()
                     or "connection refused" in detail.lower()), detail
+
+
+def test_runtime_threads_sets_the_async_workers_and_one_serves(busy_repo):
+    """`--runtime-threads N` gives the async runtime N worker threads, beside the
+    instances' own; one worker alone serves concurrent requests while the instance
+    computes."""
+    for threads in (3, 1):
+        wharf = Wharf(busy_repo, "--runtime-threads", str(threads))
+        try:
+            listening = next(json.loads(line)["fields"] for line in wharf.log if '"listening"' in line)
+            assert listening["runtime_threads"] == threads, listening
+            # Runtime workers and blocking-pool threads share tokio's thread name.
+            names = [p.read_text().strip() for p in pathlib.Path(f"/proc/{wharf.proc.pid}/task").glob("*/comm")]
+            assert names.count("tokio-rt-worker") >= threads, names
+            assert any(n.startswith("wharf-busy-") for n in names), names
+            with ThreadPoolExecutor(4) as pool:
+                futures = [pool.submit(wharf.infer_raw, busy_request(16), timeout=30) for _ in range(4)]
+                assert codes(futures) == [("OK", "")] * 4
+        finally:
+            assert wharf.stop() == 0
