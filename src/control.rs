@@ -136,10 +136,16 @@ impl ModelControl {
             self.runtime.clone(),
             name.to_owned(),
         );
-        let result =
-            tokio::task::spawn_blocking(move || repository.load_model(&model, given, &runtime))
-                .await
-                .unwrap_or_else(|e| Err(format!("the load task failed: {e}")));
+        let result = tokio::task::spawn_blocking(move || {
+            let loaded = repository.load_model(&model, given, &runtime);
+            // What the load freed (parsing, optimising, a failed attempt's all) goes back
+            // to the OS now, from this thread's heap, which holds it: an idle server
+            // would otherwise keep it until its allocator next runs a purge.
+            crate::heap::release_freed();
+            loaded
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the load task failed: {e}")));
         self.repository.metrics().model_loaded(name, result.is_ok());
         match &result {
             Ok(()) => info!(model = %name, "loaded"),
