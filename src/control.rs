@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -15,7 +15,11 @@ use tracing::{info, warn};
 
 pub use crate::config::ControlMode;
 use crate::config::ServerConfig;
-use crate::repository::{config::ModelConfig, control::digest_folders, Repository};
+use crate::repository::{
+    config::ModelConfig,
+    control::{digest_folders, ScanCache},
+    Repository,
+};
 
 #[derive(Debug, Error)]
 pub enum ControlError {
@@ -164,20 +168,16 @@ impl ModelControl {
     /// stops the polls.
     pub async fn poll(self: Arc<Self>, every: Duration) {
         let root = self.repository.root().to_owned();
-        let scan = |root: std::path::PathBuf| async move {
-            tokio::task::spawn_blocking(move || digest_folders(&root))
-                .await
-                .unwrap_or_default()
-        };
         // What the start-up load read.
-        let mut applied = scan(root.clone()).await;
+        let (mut applied, mut cache) = scan(root.clone(), ScanCache::default()).await;
         let mut previous = applied.clone();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
-            let now = scan(root.clone()).await;
+            let now;
+            (now, cache) = scan(root.clone(), cache).await;
             let stable = |name: &String| now.get(name) == previous.get(name);
             let changed: Vec<String> = now
                 .keys()
@@ -221,6 +221,14 @@ impl ModelControl {
             self.repository.metrics().polled();
         }
     }
+}
+
+/// The repository's model folders and their digests, off the async threads; the cache
+/// comes back for the next scan.
+async fn scan(root: PathBuf, mut cache: ScanCache) -> (BTreeMap<String, u64>, ScanCache) {
+    tokio::task::spawn_blocking(move || (digest_folders(&root, &mut cache), cache))
+        .await
+        .unwrap_or_default()
 }
 
 /// The step models an ensemble's config (`given`, or its folder's config.yaml) names,

@@ -4,11 +4,11 @@
 //! were. Callers serialise loads and unloads of one model (the top-level `control`).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     hash::{DefaultHasher, Hash, Hasher},
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use tracing::{info, warn};
@@ -78,33 +78,106 @@ const DRAIN_CHECK: Duration = Duration::from_millis(10);
 pub fn digest(dir: &Path, version: u64, config: &ModelConfig) -> u64 {
     let mut hasher = DefaultHasher::new();
     format!("{config:?}").hash(&mut hasher);
-    hash_tree(&dir.join(version.to_string()), &mut hasher);
+    hash_tree(
+        &dir.join(version.to_string()),
+        &mut hasher,
+        &mut read_and_hash,
+    );
     hasher.finish()
 }
 
-/// Every file under a model's folder, names and bytes: what a repository poll compares.
-pub fn folder_digest(dir: &Path) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    hash_tree(dir, &mut hasher);
-    hasher.finish()
-}
-
-/// Each model folder under `root` (hidden ones left out) with its `folder_digest`.
-pub fn digest_folders(root: &Path) -> BTreeMap<String, u64> {
+/// Each model folder under `root` (hidden ones left out) with a digest of every file
+/// under it, names and contents: what a repository poll compares. Contents come from
+/// `cache` where a file looks unchanged since an earlier scan.
+pub fn digest_folders(root: &Path, cache: &mut ScanCache) -> BTreeMap<String, u64> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return BTreeMap::new();
     };
-    entries
+    let folders = entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| {
             let name = e.file_name().to_str()?.to_owned();
-            (!name.starts_with('.')).then(|| (name, folder_digest(&e.path())))
+            (!name.starts_with('.')).then(|| {
+                let mut hasher = DefaultHasher::new();
+                hash_tree(&e.path(), &mut hasher, &mut |path| cache.content(path));
+                (name, hasher.finish())
+            })
         })
-        .collect()
+        .collect();
+    cache.end_scan();
+    folders
 }
 
-fn hash_tree(dir: &Path, hasher: &mut DefaultHasher) {
+/// The content hashes of a repository's files from the last scan, each reused while the
+/// file keeps its size and modification time, so that a poll reads only the files that
+/// changed (re-reading every model's bytes every poll cost a core for seconds on a large
+/// repository). A file modified within `SETTLED` of when it was read is read again: a
+/// write in the same clock tick as that read would leave its time unchanged.
+#[derive(Debug, Default)]
+pub struct ScanCache {
+    /// From the last scan.
+    previous: HashMap<PathBuf, Stamped>,
+    /// Seen in this scan; files gone since drop out.
+    current: HashMap<PathBuf, Stamped>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stamped {
+    len: u64,
+    modified: SystemTime,
+    read_at: SystemTime,
+    content: u64,
+}
+
+/// How long before a read a file's last change must be for its size and time to vouch for
+/// its content (filesystems keep modification times in ticks of up to 2 s).
+const SETTLED: Duration = Duration::from_secs(2);
+
+impl ScanCache {
+    fn content(&mut self, path: &Path) -> u64 {
+        let stamp = std::fs::metadata(path)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)));
+        let earlier = self.previous.remove(path);
+        if let (Some((len, modified)), Some(earlier)) = (stamp, earlier) {
+            let settled = earlier
+                .read_at
+                .duration_since(modified)
+                .is_ok_and(|age| age >= SETTLED);
+            if earlier.len == len && earlier.modified == modified && settled {
+                self.current.insert(path.to_owned(), earlier);
+                return earlier.content;
+            }
+        }
+        let read_at = SystemTime::now();
+        let content = read_and_hash(path);
+        if let Some((len, modified)) = stamp {
+            let stamped = Stamped {
+                len,
+                modified,
+                read_at,
+                content,
+            };
+            self.current.insert(path.to_owned(), stamped);
+        }
+        content
+    }
+
+    fn end_scan(&mut self) {
+        self.previous = std::mem::take(&mut self.current);
+    }
+}
+
+/// A file's bytes, hashed; an unreadable file hashes as empty (its load will say what is
+/// wrong).
+fn read_and_hash(path: &Path) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    std::fs::read(path).unwrap_or_default().hash(&mut hasher);
+    hasher.finish()
+}
+
+fn hash_tree(dir: &Path, hasher: &mut DefaultHasher, content: &mut dyn FnMut(&Path) -> u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -114,10 +187,9 @@ fn hash_tree(dir: &Path, hasher: &mut DefaultHasher) {
         entry.file_name().hash(hasher);
         let path = entry.path();
         if path.is_dir() {
-            hash_tree(&path, hasher);
+            hash_tree(&path, hasher, content);
         } else {
-            // An unreadable file hashes as its name alone; its load will say what is wrong.
-            std::fs::read(&path).unwrap_or_default().hash(hasher);
+            content(&path).hash(hasher);
         }
     }
 }
@@ -416,6 +488,65 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes `bytes` to `path` and dates it `age` ago.
+    fn write_dated(path: &Path, bytes: &[u8], age: Duration) {
+        std::fs::write(path, bytes).unwrap();
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() - age).unwrap();
+    }
+
+    #[test]
+    fn a_scan_reads_again_only_files_whose_size_or_time_changed_or_that_were_fresh() {
+        let root = tempfile::tempdir().unwrap();
+        let model = root.path().join("m");
+        std::fs::create_dir_all(model.join("1")).unwrap();
+        let file = model.join("1").join("model.onnx");
+        let old = Duration::from_secs(60);
+        write_dated(&file, b"aaaa", old);
+        let mut cache = ScanCache::default();
+        let first = digest_folders(root.path(), &mut cache)["m"];
+        let stamp = std::fs::metadata(&file).unwrap().modified().unwrap();
+
+        // Same size and time, other bytes: the settled file is not read again (what a
+        // size-and-time check gives up, as make and rsync do).
+        std::fs::write(&file, b"bbbb").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(stamp)
+            .unwrap();
+        assert_eq!(digest_folders(root.path(), &mut cache)["m"], first);
+        // A fresh cache reads it, and so does a scan once its time moves.
+        let fresh = digest_folders(root.path(), &mut ScanCache::default())["m"];
+        assert_ne!(fresh, first);
+        write_dated(&file, b"bbbb", Duration::from_secs(30));
+        assert_eq!(digest_folders(root.path(), &mut cache)["m"], fresh);
+        // A change of size is seen whatever the time.
+        write_dated(&file, b"ccccc", old);
+        assert_ne!(digest_folders(root.path(), &mut cache)["m"], fresh);
+
+        // A file changed just before it was read is read again on the next scan even with
+        // size and time unchanged: a write in the same tick leaves its time as it was.
+        let young = model.join("config.yaml");
+        write_dated(&young, b"x: 1", Duration::ZERO);
+        let before = digest_folders(root.path(), &mut cache)["m"];
+        let stamp = std::fs::metadata(&young).unwrap().modified().unwrap();
+        std::fs::write(&young, b"x: 2").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&young)
+            .unwrap()
+            .set_modified(stamp)
+            .unwrap();
+        assert_ne!(digest_folders(root.path(), &mut cache)["m"], before);
+
+        // Files gone leave the cache with the scan.
+        std::fs::remove_file(&young).unwrap();
+        digest_folders(root.path(), &mut cache);
+        assert_eq!(cache.previous.len(), 1);
+    }
 
     #[test]
     fn a_swap_that_would_not_fit_beside_the_serving_version_is_refused_with_both() {
