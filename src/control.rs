@@ -253,9 +253,9 @@ fn steps_needed(dir: &Path, given: Option<&ModelConfig>) -> Vec<String> {
         stack.push((step.clone(), read(&root.join(&step))));
     }
     // Depth-first, each name once: a cycle ends (its load will say what is wrong).
-    let mut seen: BTreeMap<String, ()> = BTreeMap::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
     while let Some((name, config)) = stack.pop() {
-        if seen.insert(name.clone(), ()).is_some() {
+        if !seen.insert(name.clone()) {
             continue;
         }
         order.insert(0, name);
