@@ -499,6 +499,14 @@ mod tests {
         file.set_modified(SystemTime::now() - age).unwrap();
     }
 
+    /// Writes `bytes` to `path` and gives it back the modification time it had.
+    fn rewrite_keeping_time(path: &Path, bytes: &[u8]) {
+        let stamp = std::fs::metadata(path).unwrap().modified().unwrap();
+        std::fs::write(path, bytes).unwrap();
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(stamp).unwrap();
+    }
+
     #[test]
     fn a_scan_reads_again_only_files_whose_size_or_time_changed_or_that_were_fresh() {
         let root = tempfile::tempdir().unwrap();
@@ -509,17 +517,10 @@ mod tests {
         write_dated(&file, b"aaaa", old);
         let mut cache = ScanCache::default();
         let first = digest_folders(root.path(), &mut cache)["m"];
-        let stamp = std::fs::metadata(&file).unwrap().modified().unwrap();
 
         // Same size and time, other bytes: the settled file is not read again (what a
         // size-and-time check gives up, as make and rsync do).
-        std::fs::write(&file, b"bbbb").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&file)
-            .unwrap()
-            .set_modified(stamp)
-            .unwrap();
+        rewrite_keeping_time(&file, b"bbbb");
         assert_eq!(digest_folders(root.path(), &mut cache)["m"], first);
         // A fresh cache reads it, and so does a scan once its time moves.
         let fresh = digest_folders(root.path(), &mut ScanCache::default())["m"];
@@ -535,14 +536,7 @@ mod tests {
         let young = model.join("config.yaml");
         write_dated(&young, b"x: 1", Duration::ZERO);
         let before = digest_folders(root.path(), &mut cache)["m"];
-        let stamp = std::fs::metadata(&young).unwrap().modified().unwrap();
-        std::fs::write(&young, b"x: 2").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&young)
-            .unwrap()
-            .set_modified(stamp)
-            .unwrap();
+        rewrite_keeping_time(&young, b"x: 2");
         assert_ne!(digest_folders(root.path(), &mut cache)["m"], before);
 
         // Files gone leave the cache with the scan.
