@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use super::{
     config::ModelConfig,
     gpu_budget::{self, GpuClaim},
+    is_folder,
     loader::{self, LoadError, LoadTask},
     read_model, Repository, ServedModel, VersionState,
 };
@@ -78,9 +79,12 @@ const DRAIN_CHECK: Duration = Duration::from_millis(10);
 pub fn digest(dir: &Path, version: u64, config: &ModelConfig) -> u64 {
     let mut hasher = DefaultHasher::new();
     format!("{config:?}").hash(&mut hasher);
-    hash_tree(&dir.join(version.to_string()), &mut hasher, &mut |path| {
-        read_hash(path).unwrap_or(UNREADABLE)
-    });
+    hash_tree(
+        &dir.join(version.to_string()),
+        0,
+        &mut hasher,
+        &mut |path| read_hash(path).unwrap_or(UNREADABLE),
+    );
     hasher.finish()
 }
 
@@ -93,12 +97,12 @@ pub fn digest_folders(root: &Path, cache: &mut ScanCache) -> BTreeMap<String, u6
     };
     let folders = entries
         .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(is_folder)
         .filter_map(|e| {
             let name = e.file_name().to_str()?.to_owned();
             (!name.starts_with('.')).then(|| {
                 let mut hasher = DefaultHasher::new();
-                hash_tree(&e.path(), &mut hasher, &mut |path| cache.content(path));
+                hash_tree(&e.path(), 0, &mut hasher, &mut |path| cache.content(path));
                 (name, hasher.finish())
             })
         })
@@ -180,7 +184,16 @@ fn read_hash(path: &Path) -> Option<u64> {
 /// What an unreadable file counts as in a digest (its load will say what is wrong).
 const UNREADABLE: u64 = 0;
 
-fn hash_tree(dir: &Path, hasher: &mut DefaultHasher, content: &mut dyn FnMut(&Path) -> u64) {
+/// Folders deeper than this under a model's or a version's folder are not looked into:
+/// links are followed, and a link to a folder above it would otherwise never end.
+const MAX_DEPTH: usize = 8;
+
+fn hash_tree(
+    dir: &Path,
+    depth: usize,
+    hasher: &mut DefaultHasher,
+    content: &mut dyn FnMut(&Path) -> u64,
+) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -189,10 +202,10 @@ fn hash_tree(dir: &Path, hasher: &mut DefaultHasher, content: &mut dyn FnMut(&Pa
     for entry in entries {
         entry.file_name().hash(hasher);
         let path = entry.path();
-        if path.is_dir() {
-            hash_tree(&path, hasher, content);
-        } else {
+        if !is_folder(&entry) {
             content(&path).hash(hasher);
+        } else if depth < MAX_DEPTH {
+            hash_tree(&path, depth + 1, hasher, content);
         }
     }
 }
@@ -543,6 +556,29 @@ mod tests {
         std::fs::remove_file(&young).unwrap();
         digest_folders(root.path(), &mut cache);
         assert_eq!(cache.previous.len(), 1);
+    }
+
+    #[test]
+    fn a_scan_follows_links_to_folders_and_ends_on_a_link_to_a_folder_above() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let model = elsewhere.path().join("m");
+        std::fs::create_dir_all(model.join("1")).unwrap();
+        std::fs::write(model.join("1").join("model.onnx"), b"aaaa").unwrap();
+        std::os::unix::fs::symlink(&model, root.path().join("m")).unwrap();
+        // A version folder that is a link, holding a link back to the model's folder.
+        std::fs::create_dir_all(elsewhere.path().join("v2")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("v2"), model.join("2")).unwrap();
+        std::os::unix::fs::symlink(&model, elsewhere.path().join("v2").join("up")).unwrap();
+
+        let first = digest_folders(root.path(), &mut ScanCache::default());
+        assert_eq!(first.keys().collect::<Vec<_>>(), ["m"]);
+        std::fs::write(elsewhere.path().join("v2").join("model.onnx"), b"b").unwrap();
+        let second = digest_folders(root.path(), &mut ScanCache::default());
+        assert_ne!(
+            second["m"], first["m"],
+            "a file under a linked version folder"
+        );
     }
 
     #[test]

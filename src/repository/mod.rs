@@ -147,7 +147,7 @@ impl Repository {
         let mut models = BTreeMap::new();
         for entry in std::fs::read_dir(root)? {
             let entry = entry?;
-            if !entry.file_type()?.is_dir() {
+            if !is_folder(&entry) {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -310,6 +310,15 @@ impl Repository {
     }
 }
 
+/// Whether a repository entry is a folder, following a link as Triton does (a model
+/// linked in from elsewhere, a mounted volume's folders); only a link costs a stat.
+fn is_folder(entry: &std::fs::DirEntry) -> bool {
+    match entry.file_type() {
+        Ok(kind) if !kind.is_symlink() => kind.is_dir(),
+        _ => entry.path().is_dir(),
+    }
+}
+
 fn scan_model(name: &str, dir: &Path) -> ModelEntry {
     match read_model(name, dir, None) {
         Ok((config, versions)) => ModelEntry {
@@ -350,7 +359,7 @@ fn read_model(
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(is_folder)
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     found.sort_unstable();
@@ -422,6 +431,20 @@ mod tests {
         ));
         repo.unload_all();
         assert!(repo.registry().index().is_empty());
+    }
+
+    #[test]
+    fn model_and_version_folders_may_be_links() {
+        let elsewhere = repo_with(&[("a", None)]);
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("a"), dir.path().join("linked")).unwrap();
+        std::fs::rename(elsewhere.path().join("a/1"), elsewhere.path().join("v1")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("v1"), elsewhere.path().join("a/1"))
+            .unwrap();
+        let repo = Repository::scan(dir.path(), LoadSettings::default(), Metrics::new()).unwrap();
+        repo.load_all(1, &runtime());
+        assert_eq!(repo.registry().get("linked", "").unwrap().version, 1);
+        repo.unload_all();
     }
 
     #[test]

@@ -4,6 +4,7 @@ failed requests, concurrent loads and unloads, requests in flight through an unl
 version folder copied in slowly, a 90/10 traffic split, and the loads refused (a bad split,
 model files sent with the load)."""
 import concurrent.futures
+import os
 import pathlib
 import shutil
 import threading
@@ -194,6 +195,29 @@ def test_poll_mode_applies_new_removed_and_changed_folders_and_recovers_from_a_b
         polls.wait(settle)
         assert index(client)[("m", "3")][0] == "READY"
         assert infer(client, "m") == "3"
+        client.close()
+
+
+def test_a_linked_model_folder_serves_and_a_flipped_link_is_applied_in_poll_mode(tmp_path):
+    """Model and version folders may be links, as where a volume or a sync tool swaps a
+    link to publish a new release."""
+    store, repo = tmp_path / "store", tmp_path / "repo"
+    add_version(store, "release_a", 1)
+    add_version(store, "release_b", 2)
+    repo.mkdir()
+    (repo / "m").symlink_to(store / "release_a")
+    flags = ("--model-control-mode", "poll", "--repository-poll-secs", "1")
+    with running_wharf_and_metrics(repo, *flags) as (address, metrics_address):
+        client = grpcclient.InferenceServerClient(address)
+        polls = Polls(metrics_address)
+        assert infer(client, "m") == "1"
+
+        # Swapped in one rename, as such tools publish.
+        (repo / ".m.next").symlink_to(store / "release_b")
+        os.replace(repo / ".m.next", repo / "m")
+        polls.wait(3)
+        assert index(client)[("m", "1")] == ("UNAVAILABLE", "unloaded")
+        assert infer(client, "m") == "2"
         client.close()
 
 
