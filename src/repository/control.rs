@@ -6,9 +6,10 @@
 use std::{
     collections::{BTreeMap, HashMap},
     hash::{DefaultHasher, Hash, Hasher},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use tracing::{info, warn};
@@ -112,55 +113,106 @@ pub fn digest_folders(root: &Path, cache: &mut ScanCache) -> BTreeMap<String, u6
 }
 
 /// The content hashes of a repository's files from the last scan, each reused while the
-/// file keeps its size and modification time, so that a poll reads only the files that
-/// changed (every scan read every model's bytes: 31 ms of CPU for 128 MiB in the page
-/// cache, and all of it again from a network volume where it is not). A file modified within `SETTLED` of when it was read is read again: a
-/// write in the same clock tick as that read would leave its time unchanged.
-#[derive(Debug, Default)]
+/// file's stamp stays the same, so that a poll reads only the files that changed (every
+/// scan read every model's bytes: 31 ms of CPU for 128 MiB in the page cache, and all of
+/// it again from a network volume where it is not). A file changed within `SETTLED` of
+/// when it was read is read again: a write in the same clock tick as that read would leave
+/// its stamp unchanged.
+#[derive(Debug)]
 pub struct ScanCache {
     /// From the last scan.
     previous: HashMap<PathBuf, Stamped>,
     /// Seen in this scan; files gone since drop out.
     current: HashMap<PathBuf, Stamped>,
+    /// `SETTLED`, shorter in tests.
+    settle: Duration,
+    /// Files read, for tests.
+    #[cfg(test)]
+    reads: usize,
+}
+
+impl Default for ScanCache {
+    fn default() -> ScanCache {
+        ScanCache {
+            previous: HashMap::new(),
+            current: HashMap::new(),
+            settle: SETTLED,
+            #[cfg(test)]
+            reads: 0,
+        }
+    }
+}
+
+/// What vouches for a file's content without reading it: which file it is (device and
+/// inode: a file renamed over it, or a link moved to another, is another file), its size,
+/// and when its content and its inode last changed. The inode's time (ctime) moves with
+/// every write and cannot be set, so a tool that puts a file's old modification time back
+/// after rewriting it is still seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Stamp> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(Stamp {
+            device: m.dev(),
+            inode: m.ino(),
+            len: m.len(),
+            modified: (m.mtime(), m.mtime_nsec()),
+            changed: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    /// When the file last changed in any way.
+    fn changed_at(&self) -> SystemTime {
+        let (seconds, nanos) = self.changed;
+        UNIX_EPOCH + Duration::new(seconds.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Stamped {
-    len: u64,
-    modified: SystemTime,
+    stamp: Stamp,
     read_at: SystemTime,
     content: u64,
 }
 
-/// How long before a read a file's last change must be for its size and time to vouch for
-/// its content (filesystems keep modification times in ticks of up to 2 s).
+/// How long before a read a file's last change must be for its stamp to vouch for its
+/// content (filesystems keep times in ticks of up to 2 s).
 const SETTLED: Duration = Duration::from_secs(2);
 
 impl ScanCache {
     fn content(&mut self, path: &Path) -> u64 {
-        let stamp = std::fs::metadata(path)
-            .ok()
-            .and_then(|m| Some((m.len(), m.modified().ok()?)));
+        let stamp = Stamp::of(path);
         let earlier = self.previous.remove(path);
-        if let (Some((len, modified)), Some(earlier)) = (stamp, earlier) {
+        if let (Some(stamp), Some(earlier)) = (stamp, earlier) {
             let settled = earlier
                 .read_at
-                .duration_since(modified)
-                .is_ok_and(|age| age >= SETTLED);
-            if earlier.len == len && earlier.modified == modified && settled {
+                .duration_since(stamp.changed_at())
+                .is_ok_and(|age| age >= self.settle);
+            if earlier.stamp == stamp && settled {
                 self.current.insert(path.to_owned(), earlier);
                 return earlier.content;
             }
         }
         let read_at = SystemTime::now();
+        #[cfg(test)]
+        {
+            self.reads += 1;
+        }
         let Some(content) = read_hash(path) else {
-            // Not kept: a file made readable (a chmod leaves its time) is read next scan.
+            // Not kept: a file made readable (a chmod) is read next scan.
             return UNREADABLE;
         };
-        if let Some((len, modified)) = stamp {
+        if let Some(stamp) = stamp {
             let stamped = Stamped {
-                len,
-                modified,
+                stamp,
                 read_at,
                 content,
             };
@@ -520,42 +572,77 @@ mod tests {
         file.set_modified(stamp).unwrap();
     }
 
+    /// Until the last change to `path` is `window` old.
+    fn wait_settled(path: &Path, window: Duration) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let changed = Stamp::of(path).unwrap().changed_at();
+        while changed.elapsed().map_or(true, |age| age < window) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock stands still"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
-    fn a_scan_reads_again_only_files_whose_size_or_time_changed_or_that_were_fresh() {
+    fn a_scan_reads_again_only_files_whose_stamp_changed_or_that_were_fresh() {
         let root = tempfile::tempdir().unwrap();
         let model = root.path().join("m");
         std::fs::create_dir_all(model.join("1")).unwrap();
         let file = model.join("1").join("model.onnx");
         let old = Duration::from_secs(60);
         write_dated(&file, b"aaaa", old);
-        let mut cache = ScanCache::default();
+        // A short window, waited out: the inode's time cannot be set into the past.
+        let mut cache = ScanCache {
+            settle: Duration::from_millis(20),
+            ..ScanCache::default()
+        };
+        wait_settled(&file, cache.settle);
         let first = digest_folders(root.path(), &mut cache)["m"];
-
-        // Same size and time, other bytes: the settled file is not read again (what a
-        // size-and-time check gives up, as make and rsync do).
-        rewrite_keeping_time(&file, b"bbbb");
         assert_eq!(digest_folders(root.path(), &mut cache)["m"], first);
-        // A fresh cache reads it, and so does a scan once its time moves.
-        let fresh = digest_folders(root.path(), &mut ScanCache::default())["m"];
-        assert_ne!(fresh, first);
-        write_dated(&file, b"bbbb", Duration::from_secs(30));
-        assert_eq!(digest_folders(root.path(), &mut cache)["m"], fresh);
-        // A change of size is seen whatever the time.
-        write_dated(&file, b"ccccc", old);
-        assert_ne!(digest_folders(root.path(), &mut cache)["m"], fresh);
+        assert_eq!(cache.reads, 1, "an unchanged file is read once");
 
-        // A file changed just before it was read is read again on the next scan even with
-        // size and time unchanged: a write in the same tick leaves its time as it was.
-        let young = model.join("config.yaml");
-        write_dated(&young, b"x: 1", Duration::ZERO);
-        let before = digest_folders(root.path(), &mut cache)["m"];
-        rewrite_keeping_time(&young, b"x: 2");
-        assert_ne!(digest_folders(root.path(), &mut cache)["m"], before);
+        // Same size and modification time, other bytes: the inode's time gives it away.
+        rewrite_keeping_time(&file, b"bbbb");
+        let second = digest_folders(root.path(), &mut cache)["m"];
+        assert_ne!(second, first);
+        assert_eq!(
+            second,
+            digest_folders(root.path(), &mut ScanCache::default())["m"]
+        );
+        // A version folder's link moved to another folder whose file has the same size and
+        // modification time: another file, so it is read.
+        let store = tempfile::tempdir().unwrap();
+        let (a, b) = (store.path().join("a"), store.path().join("b"));
+        for (folder, bytes) in [(&a, b"eeee"), (&b, b"ffff")] {
+            std::fs::create_dir(folder).unwrap();
+            write_dated(&folder.join("model.onnx"), bytes, old);
+        }
+        let stamp = std::fs::metadata(a.join("model.onnx")).unwrap().modified();
+        let b_file = std::fs::File::options()
+            .write(true)
+            .open(b.join("model.onnx"));
+        b_file.unwrap().set_modified(stamp.unwrap()).unwrap();
+        std::os::unix::fs::symlink(&a, model.join("2")).unwrap();
+        let with_a = digest_folders(root.path(), &mut cache)["m"];
+        std::fs::remove_file(model.join("2")).unwrap();
+        std::os::unix::fs::symlink(&b, model.join("2")).unwrap();
+        assert_ne!(digest_folders(root.path(), &mut cache)["m"], with_a);
+        std::fs::remove_file(model.join("2")).unwrap();
+
+        // With the real window, a file changed just before it was read is read on every
+        // scan until its change is older than the window.
+        let mut cache = ScanCache::default();
+        write_dated(&file, b"dddd", Duration::ZERO);
+        digest_folders(root.path(), &mut cache);
+        digest_folders(root.path(), &mut cache);
+        assert_eq!(cache.reads, 2);
 
         // Files gone leave the cache with the scan.
-        std::fs::remove_file(&young).unwrap();
+        std::fs::remove_file(&file).unwrap();
         digest_folders(root.path(), &mut cache);
-        assert_eq!(cache.previous.len(), 1);
+        assert!(cache.previous.is_empty());
     }
 
     #[test]
