@@ -252,3 +252,76 @@ def test_the_pipeline_runs_on_tract_too():
             texts = [t for t, *_ in lines_of(read(client, image))]
             client.close()
     assert char_accuracy(texts, truth) > 0.98, texts
+
+
+def rapidocr_det_input(page_bgr):
+    """rapidocr's own detector preprocessing of a page (cv2.resize, its normalisation)."""
+    from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
+    return DetPreProcess(736, "min", [0.5] * 3, [0.5] * 3)(page_bgr)
+
+
+def rapidocr_cls_input(page_bgr, box):
+    """rapidocr's crop of one box for the classifier: cv2.warpPerspective (cubic,
+    replicated edges), cv2.resize, its normalisation."""
+    import cv2
+    points = np.array(box, dtype=np.float32)
+    width = int(max(np.linalg.norm(points[0] - points[1]), np.linalg.norm(points[2] - points[3])))
+    height = int(max(np.linalg.norm(points[0] - points[3]), np.linalg.norm(points[1] - points[2])))
+    corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
+    crop = cv2.warpPerspective(page_bgr, cv2.getPerspectiveTransform(points, corners), (width, height),
+                               borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_CUBIC)
+    if crop.shape[0] / crop.shape[1] >= 1.5:
+        crop = np.rot90(crop)
+    ratio = crop.shape[1] / crop.shape[0]
+    resized_w = min(192, int(np.ceil(48 * ratio)))
+    resized = cv2.resize(crop, (resized_w, 48)).astype("float32").transpose((2, 0, 1)) / 255
+    resized -= 0.5
+    resized /= 0.5
+    out = np.zeros((3, 48, 192), dtype=np.float32)
+    out[:, :, :resized_w] = resized
+    return out
+
+
+def test_resampling_is_opencv_to_the_bit(ocr):
+    """The pixels wharf feeds the models are rapidocr's, bit for bit: the detector's input
+    (cv2.resize) and the classifier's crops (cv2.warpPerspective, then cv2.resize), on
+    pure noise (where any difference in a kernel shows) and on a rendered page. Equal
+    inputs are what make the answers equal on any machine: both run the same onnxruntime
+    on them."""
+    import cv2
+    rng = np.random.default_rng(7)
+    noise = rng.integers(0, 256, (317, 451, 3), dtype=np.uint8)
+    page = cv2.cvtColor(cv2.imdecode(np.frombuffer(render(4)[0], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    for name, rgb in (("noise", noise), ("page", page)):
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        ok, png = cv2.imencode(".png", bgr)
+        assert ok
+        inp = grpcclient.InferInput("image", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([png.tobytes()], dtype=object))
+        got = ocr.infer("ppocr_image", [inp])
+        np.testing.assert_array_equal(got.as_numpy("pixels"), bgr, err_msg=name)
+        det = got.as_numpy("det_input")
+        want = rapidocr_det_input(bgr)
+        assert det.shape == want.shape, (name, det.shape, want.shape)
+        assert np.array_equal(det.view(np.uint32), want.view(np.uint32)), (
+            name, int((det != want).sum()), "of", det.size)
+        # Boxes of every kind: upright and tilted, thin and tall (laid flat), partly
+        # off the page (edges replicated), with fractional corners.
+        h, w = bgr.shape[:2]
+        boxes = [
+            [[10, 12], [220, 12], [220, 50], [10, 50]],
+            [[30.5, 80.25], [300.75, 95.5], [298.5, 131], [28, 116.75]],
+            [[400, 20], [440, 22], [438, 300], [398, 298]],
+            [[-20, h - 30], [120, h - 35], [125, h + 15], [-15, h + 20]],
+            [[5, 5], [9, 5], [9, 200], [5, 200]],
+        ]
+        boxes = [[[min(max(x, 0), w - 1), min(max(y, 0), h - 1)] for x, y in b] for b in boxes]
+        pixels = grpcclient.InferInput("pixels", list(bgr.shape), "UINT8")
+        pixels.set_data_from_numpy(bgr)
+        given = grpcclient.InferInput("boxes", [len(boxes), 4, 2], "FP32")
+        given.set_data_from_numpy(np.array(boxes, dtype=np.float32))
+        crops = ocr.infer("ppocr_cls_crops", [pixels, given]).as_numpy("crops")
+        for i, box in enumerate(boxes):
+            want = rapidocr_cls_input(bgr, box)
+            differ = int((crops[i].view(np.uint32) != want.view(np.uint32)).sum())
+            assert differ == 0, (name, i, box, differ, "of", want.size)

@@ -11,7 +11,7 @@ use super::{
     geometry::{self, Quad},
     i32_tensor,
     params::Params,
-    tensor, BackendError, Signature, Step,
+    resample, tensor, BackendError, Signature, Step,
 };
 use crate::tensor::{DataType, Tensor};
 
@@ -48,14 +48,15 @@ fn page_and_boxes(inputs: &[Tensor]) -> Result<(RgbImage, Vec<Quad>), BackendErr
 fn normalised(crop: &RgbImage, height: u32, max_width: u32, padded_width: u32, out: &mut Vec<f32>) {
     let ratio = crop.width() as f64 / crop.height() as f64;
     let width = ((height as f64 * ratio).ceil() as u32).clamp(1, max_width);
-    let resized = geometry::resize(crop, width, height);
+    let resized = resample::resize(crop, width, height);
     let start = out.len();
     out.resize(start + 3 * (height * padded_width) as usize, 0.0);
     let plane = (height * padded_width) as usize;
     for (x, y, pixel) in resized.enumerate_pixels() {
         let at = (y * padded_width + x) as usize;
         for c in 0..3 {
-            out[start + c * plane + at] = pixel[c] as f32 / 127.5 - 1.0;
+            // rapidocr's order of operations in f32, for its values to the bit.
+            out[start + c * plane + at] = (pixel[c] as f32 / 255.0 - 0.5) / 0.5;
         }
     }
 }

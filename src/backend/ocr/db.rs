@@ -134,8 +134,10 @@ impl DbPostprocess {
             if short < MIN_SIZE + 2.0 {
                 continue;
             }
-            let scale =
-                |v: f64, from: usize, to: f64| (v / from as f64 * to).round().clamp(0.0, to);
+            // In f32, halves to even, as numpy does rapidocr's arithmetic.
+            let scale = |v: f64, from: usize, to: f64| {
+                ((v as f32 / from as f32 * to as f32).round_ties_even() as f64).clamp(0.0, to)
+            };
             let quad: Quad = corners.map(|c| {
                 [
                     scale(c[0], width, dest.0) as f32,

@@ -7,7 +7,7 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage};
 
 use super::{
-    f32_tensor, geometry, params::Params, tensor, u8_tensor, BackendError, Signature, Step,
+    f32_tensor, params::Params, resample, tensor, u8_tensor, BackendError, Signature, Step,
 };
 use crate::tensor::{DataType, Tensor, TensorData};
 
@@ -40,8 +40,8 @@ pub struct ImageDecode {
     signature: Signature,
     limit_side_len: f64,
     limit_type: LimitType,
-    mean: [f32; 3],
-    std: [f32; 3],
+    mean: [f64; 3],
+    std: [f64; 3],
     max_side_len: u32,
     min_side_len: u32,
     min_height: u32,
@@ -52,7 +52,7 @@ pub struct ImageDecode {
 
 impl ImageDecode {
     pub fn new(params: &mut Params) -> Result<ImageDecode, String> {
-        let three = |v: Vec<f32>, key: &str| -> Result<[f32; 3], String> {
+        let three = |v: Vec<f64>, key: &str| -> Result<[f64; 3], String> {
             v.try_into()
                 .map_err(|_| format!("key `parameters.{key}.string_value`: expected three numbers"))
         };
@@ -143,7 +143,7 @@ impl ImageDecode {
         };
         let (rw, rh) = (to_32(w * ratio), to_32(h * ratio));
         (
-            geometry::resize(&image, rw, rh),
+            resample::resize(&image, rw, rh),
             h / rh as f64,
             w / rw as f64,
         )
@@ -179,12 +179,15 @@ impl ImageDecode {
             _ => 1.0,
         };
         let (rw, rh) = (to_32((w * ratio).trunc()), to_32((h * ratio).trunc()));
-        let resized = geometry::resize(page, rw, rh);
+        let resized = resample::resize(page, rw, rh);
         let plane = (rw * rh) as usize;
         let mut values = vec![0f32; 3 * plane];
         for (i, pixel) in resized.pixels().enumerate() {
             for c in 0..3 {
-                values[c * plane + i] = (pixel[c] as f32 / 255.0 - self.mean[c]) / self.std[c];
+                // rapidocr's arithmetic: an f32 product with 1/255, then the mean and std
+                // in f64, narrowed once.
+                let scaled = pixel[c] as f32 * (1.0f64 / 255.0) as f32;
+                values[c * plane + i] = ((scaled as f64 - self.mean[c]) / self.std[c]) as f32;
             }
         }
         f32_tensor("det_input", vec![1, 3, rh as usize, rw as usize], &values)

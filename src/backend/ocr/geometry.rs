@@ -1,89 +1,25 @@
-//! Image and box geometry the steps share: OpenCV-compatible bilinear resizing, the
-//! minimum-area box of a region, unclipping a box outward, perspective crops of a box, and
-//! the reading order of boxes. Built on imageproc and geo; rapidocr's numbers (cv2 with
-//! pyclipper) are the reference.
+//! Box geometry the steps share: the minimum-area box of a region, unclipping a box
+//! outward, perspective crops of a box, and the reading order of boxes. Built on geo;
+//! rapidocr's numbers (cv2 with pyclipper) are the reference.
 
-use geo::{
-    Area, Buffer, Coord, Euclidean, Length, LineString, MinimumRotatedRect, MultiPoint, Polygon,
-};
-use image::{Rgb, RgbImage};
-use imageproc::geometric_transformations::Projection;
+use geo::{Area, Coord, Euclidean, Length, LineString, Polygon};
+use image::RgbImage;
 
 /// A quadrilateral: top-left, top-right, bottom-right, bottom-left, as (x, y).
 pub type Quad = [[f32; 2]; 4];
 
-/// `image` resized to `width` x `height` as cv2.resize's INTER_LINEAR does it: each output
-/// pixel centre maps back to the input and is interpolated between its four neighbours
-/// (no smoothing when shrinking), edges replicated, with OpenCV's 11-bit fixed-point
-/// weights and one rounding. (imageproc's bilinear warp differs by a level here and
-/// there, which is enough to move a recognised space.)
-pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
-    const ONE: i32 = 1 << 11;
-    /// Per output position: the first input index and its weight (the next gets the rest).
-    fn taps(from: u32, to: u32) -> Vec<(usize, i32)> {
-        let scale = from as f64 / to as f64;
-        (0..to)
-            .map(|d| {
-                let f = (d as f64 + 0.5) * scale - 0.5;
-                let mut s = f.floor();
-                let mut t = f - s;
-                if s < 0.0 {
-                    (s, t) = (0.0, 0.0);
-                }
-                if s >= from as f64 - 1.0 {
-                    (s, t) = (from as f64 - 1.0, 0.0);
-                }
-                (s as usize, ((1.0 - t) * ONE as f64).round() as i32)
-            })
-            .collect()
-    }
-    let (xs, ys) = (taps(image.width(), width), taps(image.height(), height));
-    let src = image.as_raw();
-    let stride = image.width() as usize * 3;
-    let last_x = image.width() as usize - 1;
-    let last_y = image.height() as usize - 1;
-    // Each input row resized across once, for the (at most two) output rows that use it.
-    let across = |row: usize| -> Vec<i32> {
-        let line = &src[row * stride..(row + 1) * stride];
-        xs.iter()
-            .flat_map(|&(x, w)| {
-                let next = (x + 1).min(last_x);
-                (0..3).map(move |c| {
-                    line[x * 3 + c] as i32 * w + line[next * 3 + c] as i32 * (ONE - w)
-                })
-            })
-            .collect()
-    };
-    let mut out = Vec::with_capacity(width as usize * height as usize * 3);
-    let mut cache: Option<(usize, Vec<i32>, Vec<i32>)> = None;
-    for &(y, w) in &ys {
-        let next = (y + 1).min(last_y);
-        let (upper, lower) = match cache.take() {
-            Some((cached, upper, lower)) if cached == y => (upper, lower),
-            Some((cached, _, lower)) if cached + 1 == y => (lower, across(next)),
-            _ => (across(y), across(next)),
-        };
-        out.extend(upper.iter().zip(&lower).map(|(a, b)| {
-            ((*a as i64 * w as i64 + *b as i64 * (ONE - w) as i64 + (1 << 21)) >> 22).clamp(0, 255)
-                as u8
-        }));
-        cache = Some((y, upper, lower));
-    }
-    RgbImage::from_raw(width, height, out).expect("width x height x 3 values")
-}
-
-/// The minimum-area rectangle around `points`, ordered as rapidocr orders it (by x, then
-/// the upper of each pair first), and its shorter side (0 for points on one line).
+/// The minimum-area rectangle around `points` (whole pixels), as `cv2.minAreaRect` and
+/// `cv2.boxPoints` give it, ordered as rapidocr orders it (by x, then the upper of each
+/// pair first), and its shorter side (0 where the points are on one line).
 pub fn mini_box(points: &[Coord<f64>]) -> ([[f64; 2]; 4], f64) {
-    let rect = MultiPoint::from(points.to_vec()).minimum_rotated_rect();
-    let corners: Vec<[f64; 2]> = rect
+    let whole: Vec<[i64; 2]> = points
         .iter()
-        .flat_map(|r| r.exterior().coords().take(4))
-        .map(|c| [c.x, c.y])
+        .map(|c| [c.x.round() as i64, c.y.round() as i64])
         .collect();
-    if corners.len() < 4 {
+    let Some((corners, short)) = super::min_area_rect::box_points(&whole) else {
         return ([[0.0; 2]; 4], 0.0);
-    }
+    };
+    let corners = corners.map(|c| [c[0] as f64, c[1] as f64]);
     let mut sorted = corners;
     sorted.sort_by(|a, b| a[0].total_cmp(&b[0]));
     let (first, fourth) = if sorted[1][1] > sorted[0][1] {
@@ -97,42 +33,114 @@ pub fn mini_box(points: &[Coord<f64>]) -> ([[f64; 2]; 4], f64) {
         (3, 2)
     };
     let ordered = [sorted[first], sorted[second], sorted[third], sorted[fourth]];
-    let side = |a: [f64; 2], b: [f64; 2]| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
-    let short = side(ordered[0], ordered[1]).min(side(ordered[1], ordered[2]));
-    (ordered, short)
+    (ordered, short as f64)
 }
 
 /// The box grown outward by area x `ratio` / perimeter, with round joins (DB's
-/// "unclip"): the points of the grown outline.
+/// "unclip"): the points of the grown outline, as pyclipper's `PyclipperOffset` (Clipper
+/// 6's offset with JT_ROUND, arc tolerance 0.25) gives them for rapidocr. Only their
+/// convex hull is used, so the union Clipper runs afterwards (which only drops points
+/// inside or on the outline of a convex result) is left out.
 pub fn unclip(corners: &[[f64; 2]; 4], ratio: f64) -> Vec<Coord<f64>> {
-    let polygon = |round: fn(f64) -> f64| {
-        let ring: Vec<Coord<f64>> = corners
-            .iter()
-            .map(|c| Coord {
-                x: round(c[0]),
-                y: round(c[1]),
-            })
-            .collect();
-        Polygon::new(LineString::from(ring), Vec::new())
-    };
-    // The distance from the box as found; the outline grown from whole pixels and given
-    // back in whole pixels, as pyclipper (integer coordinates) does for rapidocr.
-    let exact = polygon(|v| v);
+    let ring: Vec<Coord<f64>> = corners.iter().map(|c| Coord { x: c[0], y: c[1] }).collect();
+    let exact = Polygon::new(LineString::from(ring), Vec::new());
     let perimeter = Euclidean.length(exact.exterior());
     if perimeter <= 0.0 {
         return Vec::new();
     }
-    let distance = exact.unsigned_area() * ratio / perimeter;
-    polygon(f64::trunc)
-        .buffer(distance)
-        .0
-        .iter()
-        .flat_map(|p| p.exterior().coords().copied())
-        .map(|c| Coord {
-            x: c.x.round(),
-            y: c.y.round(),
+    let delta = exact.unsigned_area() * ratio / perimeter;
+    // pyclipper takes whole coordinates (cut toward zero), without repeats.
+    let mut path: Vec<[i64; 2]> = Vec::with_capacity(4);
+    for c in corners {
+        let p = [c[0] as i64, c[1] as i64];
+        if path.last() != Some(&p) {
+            path.push(p);
+        }
+    }
+    while path.len() > 1 && path.last() == path.first() {
+        path.pop();
+    }
+    let twice_area: i64 = (0..path.len())
+        .map(|i| {
+            let (a, b) = (path[i], path[(i + 1) % path.len()]);
+            (a[0] + b[0]) * (a[1] - b[1])
+        })
+        .sum();
+    if twice_area > 0 {
+        path.reverse();
+    }
+    clipper_round_offset(&path, delta)
+        .into_iter()
+        .map(|[x, y]| Coord {
+            x: x as f64,
+            y: y as f64,
         })
         .collect()
+}
+
+/// Clipper's offset of a closed polygon by `delta` with round joins, step for step.
+fn clipper_round_offset(path: &[[i64; 2]], delta: f64) -> Vec<[i64; 2]> {
+    use std::f64::consts::PI;
+    let n = path.len();
+    if n == 0 || delta <= 0.0 {
+        return path.to_vec();
+    }
+    let round = |v: f64| {
+        if v < 0.0 {
+            (v - 0.5) as i64
+        } else {
+            (v + 0.5) as i64
+        }
+    };
+    let tolerance = 0.25f64.min(delta * 0.25);
+    let steps = (PI / (1.0 - tolerance / delta).acos()).min(delta * PI);
+    let (sin, cos) = ((2.0 * PI / steps).sin(), (2.0 * PI / steps).cos());
+    let steps_per_radian = steps / (2.0 * PI);
+    let normal = |a: [i64; 2], b: [i64; 2]| {
+        if a == b {
+            return [0.0, 0.0];
+        }
+        let (dx, dy) = ((b[0] - a[0]) as f64, (b[1] - a[1]) as f64);
+        let f = 1.0 / (dx * dx + dy * dy).sqrt();
+        [dy * f, -dx * f]
+    };
+    let normals: Vec<[f64; 2]> = (0..n).map(|j| normal(path[j], path[(j + 1) % n])).collect();
+    let at = |p: [i64; 2], v: [f64; 2]| {
+        [
+            round(p[0] as f64 + v[0] * delta),
+            round(p[1] as f64 + v[1] * delta),
+        ]
+    };
+    let mut out = Vec::new();
+    let mut k = n - 1;
+    for j in 0..n {
+        let (nk, nj, p) = (normals[k], normals[j], path[j]);
+        let mut sin_a = nk[0] * nj[1] - nj[0] * nk[1];
+        let cos_a = nk[0] * nj[0] + nj[1] * nk[1];
+        if (sin_a * delta).abs() < 1.0 {
+            if cos_a > 0.0 {
+                out.push(at(p, nk));
+                k = j;
+                continue;
+            }
+        } else {
+            sin_a = sin_a.clamp(-1.0, 1.0);
+        }
+        if sin_a * delta < 0.0 {
+            out.extend([at(p, nk), p, at(p, nj)]);
+        } else {
+            let angle = sin_a.atan2(nk[0] * nj[0] + nk[1] * nj[1]);
+            let count = round(steps_per_radian * angle.abs()).max(1);
+            let [mut x, mut y] = nk;
+            for _ in 0..count {
+                out.push(at(p, [x, y]));
+                (x, y) = (x * cos - sin * y, x * sin + y * cos);
+            }
+            out.push(at(p, nj));
+        }
+        k = j;
+    }
+    out
 }
 
 /// The four corners reordered clockwise from the top-left (the left pair by x, each pair
@@ -157,56 +165,20 @@ pub fn crop_size(quad: &Quad) -> (u32, u32) {
     (width as u32, height as u32)
 }
 
-/// The box cut out of `image` and straightened (bicubic, edges replicated); a crop at
-/// least 1.5 times as tall as wide is turned a quarter counter-clockwise to lie flat.
-/// None for a box too thin to hold a pixel.
+/// The box cut out of `image` and straightened as rapidocr does it (OpenCV's bicubic
+/// warp, edges replicated: `resample::warp_crop`); a crop at least 1.5 times as tall as
+/// wide is turned a quarter counter-clockwise to lie flat. None for a box too thin to
+/// hold a pixel.
 pub fn crop(image: &RgbImage, quad: &Quad) -> Option<RgbImage> {
     let (width, height) = crop_size(quad);
     if width == 0 || height == 0 {
         return None;
     }
-    let (w, h) = (width as f32, height as f32);
-    let corners = [(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)];
-    // Each crop pixel's place on the page.
-    let to_page = Projection::from_control_points(corners, quad.map(|p| (p[0], p[1])))?;
-    let mut out = RgbImage::from_fn(width, height, |x, y| {
-        let (px, py) = to_page * (x as f32, y as f32);
-        cubic(image, px, py)
-    });
+    let mut out = super::resample::warp_crop(image, quad, width, height)?;
     if height as f32 / width as f32 >= 1.5 {
         out = image::imageops::rotate270(&out);
     }
     Some(out)
-}
-
-/// The page at (x, y) by OpenCV's bicubic interpolation (cv2.warpPerspective's
-/// INTER_CUBIC: the position taken to 1/32 pixel, weights with A = -0.75, edges
-/// replicated, one rounding at the end). imageproc's bicubic is Catmull-Rom (A = -0.5)
-/// and rounds each row: on text edges that moves recognised spaces.
-fn cubic(image: &RgbImage, x: f32, y: f32) -> Rgb<u8> {
-    const A: f32 = -0.75;
-    let weights = |t: f32| {
-        let t = (t * 32.0).round() / 32.0;
-        let w0 = ((A * (t + 1.0) - 5.0 * A) * (t + 1.0) + 8.0 * A) * (t + 1.0) - 4.0 * A;
-        let w1 = ((A + 2.0) * t - (A + 3.0)) * t * t + 1.0;
-        let w2 = ((A + 2.0) * (1.0 - t) - (A + 3.0)) * (1.0 - t) * (1.0 - t) + 1.0;
-        [w0, w1, w2, 1.0 - w0 - w1 - w2]
-    };
-    let (x0, y0) = (x.floor(), y.floor());
-    let (wx, wy) = (weights(x - x0), weights(y - y0));
-    let (max_x, max_y) = (image.width() as i64 - 1, image.height() as i64 - 1);
-    let mut sum = [0f32; 3];
-    for (j, wy) in wy.iter().enumerate() {
-        let row = (y0 as i64 - 1 + j as i64).clamp(0, max_y) as u32;
-        for (i, wx) in wx.iter().enumerate() {
-            let col = (x0 as i64 - 1 + i as i64).clamp(0, max_x) as u32;
-            let pixel = image.get_pixel(col, row);
-            for c in 0..3 {
-                sum[c] += wx * wy * pixel[c] as f32;
-            }
-        }
-    }
-    Rgb(sum.map(|v| v.round().clamp(0.0, 255.0) as u8))
 }
 
 /// A crop turned half a turn (the classifier found it upside down).
@@ -238,15 +210,7 @@ pub fn reading_order(quads: &[Quad]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resizing_matches_opencv_linear_at_the_centres() {
-        // 4 px wide, values 0, 40, 80, 120: halved, each output pixel is the mean of two.
-        let image = RgbImage::from_fn(4, 1, |x, _| Rgb([(x * 40) as u8; 3]));
-        let half = resize(&image, 2, 1);
-        assert_eq!(half.get_pixel(0, 0)[0], 20);
-        assert_eq!(half.get_pixel(1, 0)[0], 100);
-    }
+    use image::Rgb;
 
     #[test]
     fn a_box_is_unclipped_by_area_times_ratio_over_perimeter() {

@@ -9,7 +9,9 @@ mod ctc;
 mod db;
 mod decode;
 mod geometry;
+mod min_area_rect;
 mod params;
+mod resample;
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
