@@ -15,6 +15,7 @@ tract against onnxruntime inside wharf, in one run on one machine:
 import argparse
 import glob
 import json
+import re
 import os
 import pathlib
 import shutil
@@ -62,7 +63,7 @@ def rss_mib(pid):
 def model(repo, name, source, backend, extra=""):
     (repo / name / "1").mkdir(parents=True)
     shutil.copy(source / "1" / "model.onnx", repo / name / "1" / "model.onnx")
-    config = (source / "config.yaml").read_text().replace("backend: tract", f"backend: {backend}")
+    config = re.sub(r"(?m)^backend: .*$", f"backend: {backend}", (source / "config.yaml").read_text())
     (repo / name / "config.yaml").write_text(config + extra)
 
 

@@ -3,14 +3,14 @@ rapidocr-onnxruntime 1.4.4 in-process, on the same rendered cheques and the same
 
     cargo build --release && scripts/fetch-ppocr-models.sh
     .venv-test/bin/pip install -r tests/python/requirements.txt   # rapidocr, Pillow
-    .venv-test/bin/python benches/ppocr.py [--seconds 20] [--engine onnxruntime|tract] [--group-size 6] [--instances 1]
+    .venv-test/bin/python benches/ppocr.py [--seconds 20] [--engine onnxruntime|tract] [--group-size 0] [--instances 1]
 
 Reports, in one run: wharf at concurrency 1, 4 and 8 (images/s, p50/p99), the
 recogniser's rows per engine call over the run, and rapidocr in 1 and in 2 worker
 processes with 1, 4 or 8 callers waiting on them, as a Python server would run it.
-`--group-size 6` pads lines as rapidocr does (ppocr_lines' `group_size`) instead of to
-width buckets. ORT_DYLIB_PATH must name libonnxruntime for the
-onnxruntime engine (scripts/test.sh shows how it is found in the venv).
+`--group-size 0` pads lines to width buckets (ppocr_lines' `group_size`) instead of as
+rapidocr does (the shipped 6). wharf finds libonnxruntime where
+scripts/fetch-ppocr-models.sh puts it, or at ORT_DYLIB_PATH.
 """
 import argparse
 import multiprocessing
@@ -148,7 +148,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "tract"])
     parser.add_argument("--skip-rapidocr", action="store_true")
-    parser.add_argument("--group-size", type=int, default=0)
+    parser.add_argument("--group-size", type=int, default=None,
+                        help="ppocr_lines group_size (default: the shipped 6; 0: width buckets)")
     parser.add_argument("--instances", type=int, default=2,
                         help="det and rec instances (shipped: 2; on onnxruntime the instances split the cores' threads)")
     args = parser.parse_args()
@@ -171,7 +172,7 @@ def main():
                 cpu = cpu_seconds(pid)
                 rate, latencies, errors = closed_loop(address, images, concurrency, args.seconds)
                 per_image = (cpu_seconds(pid) - cpu) / max(len(latencies), 1)
-                rows.append((f"wharf ({args.engine}{', groups' if args.group_size else ''}, {args.instances} det/rec instances), concurrency {concurrency}", rate, latencies, len(errors),
+                rows.append((f"wharf ({args.engine}{'' if args.group_size is None else f', group_size {args.group_size}'}, {args.instances} det/rec instances), concurrency {concurrency}", rate, latencies, len(errors),
                              per_image))
                 print(f"wharf c{concurrency}: {rate:.2f} images/s, p50 {percentile(latencies, 50):.0f} ms, "
                       f"p99 {percentile(latencies, 99):.0f} ms, errors {len(errors)}", file=sys.stderr, flush=True)

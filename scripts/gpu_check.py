@@ -249,7 +249,7 @@ def run_pipeline_case(args, tmp, label, image, concurrencies):
     for name in ("ppocr_det", "ppocr_cls", "ppocr_rec"):
         shutil.copytree(args.models / name, repo / name)
         config = repo / name / "config.yaml"
-        text = config.read_text().replace("backend: tract", "backend: onnxruntime")
+        text = re.sub(r"(?m)^backend: .*$", "backend: onnxruntime", config.read_text())
         text = re.sub(r"instance_group:\n(  - .*\n)+", f"instance_group: [{{ kind: {args.kind}, {gpus}count: 1 }}]\n", text)
         config.write_text(text)
     before = device_used_mib()

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::{
     admission::ByteBudget,
     auth::RequireKey,
+    backend::onnxruntime::library,
     config::{ServerConfig, TlsFiles},
     control::{ControlMode, ModelControl},
     grpc::{
@@ -114,7 +115,7 @@ impl Server {
         let repository = Repository::scan_only(
             &config.model_repository,
             LoadSettings {
-                onnxruntime_lib: config.onnxruntime_lib.clone(),
+                onnxruntime_lib: library::locate(config.onnxruntime_lib.as_deref()),
                 latency_objective: config.latency_objective,
                 gpu_memory: config.gpu_memory.clone(),
                 gpu_context_memory: config.gpu_context_memory,

@@ -275,7 +275,7 @@ fn bench(args: wharf::loadgen::BenchArgs) -> anyhow::Result<ExitCode> {
 
 fn check(model_repository: PathBuf, onnxruntime_lib: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let settings = LoadSettings {
-        onnxruntime_lib,
+        onnxruntime_lib: wharf::backend::onnxruntime::library::locate(onnxruntime_lib.as_deref()),
         ..LoadSettings::default()
     };
     let repository = Repository::scan(&model_repository, settings, Metrics::new())

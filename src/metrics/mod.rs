@@ -29,6 +29,7 @@ pub const QUEUE_CAPACITY: &str = "wharf_queue_capacity_requests";
 pub const INSTANCES: &str = "wharf_instances";
 pub const INSTANCES_BUSY: &str = "wharf_instances_busy";
 pub const MEMORY_BUDGET: &str = "wharf_memory_budget_bytes";
+pub const MODEL_ENGINE: &str = "wharf_model_engine";
 pub const MEMORY_PEAK: &str = "wharf_memory_peak_bytes";
 pub const MEMORY_SHARED: &str = "wharf_memory_shared_bytes";
 pub const MODEL_READY: &str = "wharf_model_ready";
@@ -122,7 +123,7 @@ impl Refusal {
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
 
 /// (name, help) for every metric, so each scrape carries HELP and TYPE lines.
-const HELP: [(&str, &str); 24] = [
+const HELP: [(&str, &str); 25] = [
     (BUILD_INFO, "Always 1; labels carry the wharf version and its compiled backends."),
     (REQUESTS, "Requests that reached a model version, by how they ended."),
     (REQUESTS_REFUSED, "Requests refused before reaching a model version, by reason."),
@@ -138,6 +139,10 @@ const HELP: [(&str, &str); 24] = [
     (INSTANCES, "Engine instances serving the model version."),
     (INSTANCES_BUSY, "Engine instances running a batch now."),
     (MEMORY_BUDGET, "Configured memory budget per instance."),
+    (
+        MODEL_ENGINE,
+        "1 for the engine that serves a model version (its `engine` label).",
+    ),
     (MEMORY_PEAK, "Peak bytes one engine call of the largest batch formed allocated at warmup."),
     (MEMORY_SHARED, "Bytes held once for all instances (weights, compiled plans)."),
     (MODEL_READY, "1 when the model version serves requests, else 0."),
@@ -310,6 +315,14 @@ impl Metrics {
     /// Exported only for model versions that configure a budget: 0 would read as one.
     pub fn set_memory_budget(&self, model: &str, version: &str, bytes: u64) {
         self.gauge(MEMORY_BUDGET, model, version).set(bytes as f64);
+    }
+
+    /// The engine a loaded version runs on (tract, onnxruntime, a built-in step).
+    pub fn set_engine(&self, model: &str, version: &str, engine: &str) {
+        let mut key = labelled(MODEL_ENGINE, model, version).into_parts();
+        key.1.push(Label::new("engine", engine.to_owned()));
+        let key = Key::from_parts(key.0, key.1);
+        self.recorder.register_gauge(&key, &METADATA).set(1.0);
     }
 
     fn gauge(&self, name: &'static str, model: &str, version: &str) -> Gauge {

@@ -19,8 +19,15 @@ use crate::tensor::DataType;
 pub struct ModelConfig {
     /// Triton allows the name to be repeated in the config; it must match the folder.
     pub name: Option<String>,
-    #[serde(default)]
+    /// The engine, or an ordered preference of engines (`[onnxruntime, tract]`): the
+    /// first whose runtime is present serves the model (`resolve_engine`). Once parsed,
+    /// `backend` is the first named and `backend_fallbacks` the rest.
+    #[serde(default, rename = "backend", deserialize_with = "engine_preference")]
+    pub backend_preference: Vec<BackendKind>,
+    #[serde(skip)]
     pub backend: BackendKind,
+    #[serde(skip)]
+    pub backend_fallbacks: Vec<BackendKind>,
     /// Triton's `platform`: `ensemble` makes the model a pipeline over other models
     /// (`ensemble_scheduling`); engines are chosen by `backend`.
     pub platform: Option<Platform>,
@@ -105,6 +112,30 @@ impl BackendKind {
     pub fn is_builtin(self) -> bool {
         self.builtin_step().is_some()
     }
+}
+
+/// `backend: tract` or `backend: [onnxruntime, tract]`.
+fn engine_preference<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<BackendKind>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(BackendKind),
+        Many(Vec<BackendKind>),
+    }
+    Ok(
+        match OneOrMany::deserialize(de).map_err(|_| {
+            serde::de::Error::custom(
+            "expected an engine (tract, onnxruntime, or a built-in step), or a list of engines \
+             in order of preference such as [onnxruntime, tract]",
+        )
+        })? {
+            OneOrMany::One(kind) => vec![kind],
+            OneOrMany::Many(kinds) if kinds.is_empty() => {
+                return Err(serde::de::Error::custom("expected at least one engine"))
+            }
+            OneOrMany::Many(kinds) => kinds,
+        },
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -376,6 +407,7 @@ impl ModelConfig {
                 format!("key `{key}`: {inner}")
             }
         })?;
+        config.split_preference()?;
         config.validate()?;
         if config.is_ensemble() {
             config.validate_ensemble()?;
@@ -385,6 +417,44 @@ impl ModelConfig {
         config.params = Parameters::parse(&config.parameters, config.engine_kind())
             .map_err(|(key, what)| format!("key `{key}`: {what}"))?;
         Ok(config)
+    }
+
+    /// `backend` and `backend_fallbacks` from the preference as written.
+    fn split_preference(&mut self) -> Result<(), String> {
+        let written = std::mem::take(&mut self.backend_preference);
+        let Some((first, rest)) = written.split_first() else {
+            return Ok(());
+        };
+        if !rest.is_empty() {
+            let engines = [BackendKind::Onnxruntime, BackendKind::Tract];
+            if let Some(other) = written.iter().find(|k| !engines.contains(k)) {
+                return Err(format!(
+                    "key `backend`: a list names engines to fall back between (onnxruntime, \
+                     tract), not `{}`",
+                    other.as_str()
+                ));
+            }
+            if rest.contains(first) || (rest.len() > 1 && rest[0] == rest[1]) {
+                return Err("key `backend`: an engine is named twice".into());
+            }
+        }
+        self.backend = *first;
+        self.backend_fallbacks = rest.to_vec();
+        self.backend_preference = written;
+        Ok(())
+    }
+
+    /// This config with `engine` serving it (one of its preference), its parameters read
+    /// again for that engine.
+    pub fn served_by(&self, engine: BackendKind) -> Result<ModelConfig, String> {
+        let mut chosen = ModelConfig {
+            backend: engine,
+            backend_fallbacks: Vec::new(),
+            ..self.clone()
+        };
+        chosen.params = Parameters::parse(&chosen.parameters, chosen.engine_kind())
+            .map_err(|(key, what)| format!("key `{key}` for {}: {what}", engine.as_str()))?;
+        Ok(chosen)
     }
 
     /// Checks what the types alone cannot.
@@ -772,9 +842,34 @@ version_policy: { latest: { num_versions: 2 } }
         }
         let err = ModelConfig::from_yaml("backend: pytorch").unwrap_err();
         assert!(
-            err.contains("expected one of `tract`, `onnxruntime`, `image_decode`"),
+            err.contains("key `backend`: expected an engine (tract, onnxruntime"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn backend_may_be_an_ordered_preference_of_engines() {
+        let config = ModelConfig::from_yaml("backend: [onnxruntime, tract]").unwrap();
+        assert_eq!(config.backend, BackendKind::Onnxruntime);
+        assert_eq!(config.backend_fallbacks, vec![BackendKind::Tract]);
+        let served = config.served_by(BackendKind::Tract).unwrap();
+        assert_eq!(
+            (served.backend, served.backend_fallbacks.len()),
+            (BackendKind::Tract, 0)
+        );
+        let single = ModelConfig::from_yaml("backend: onnxruntime").unwrap();
+        assert!(
+            single.backend_fallbacks.is_empty(),
+            "one engine means that engine"
+        );
+        for (yaml, why) in [
+            ("backend: [tract, tract]", "named twice"),
+            ("backend: [onnxruntime, text_crop]", "not `text_crop`"),
+            ("backend: []", "at least one engine"),
+        ] {
+            let err = ModelConfig::from_yaml(yaml).unwrap_err();
+            assert!(err.contains(why), "{yaml}: {err}");
+        }
     }
 
     #[test]

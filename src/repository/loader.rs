@@ -131,6 +131,45 @@ fn candidate_rows(policy: &BatchPolicy, max_batch_size: u32) -> Vec<usize> {
     rows
 }
 
+/// The config with the engine that serves it: the first of its preference whose runtime is
+/// present. Only ONNX Runtime can be absent (its library is opened at run time); where it
+/// is and a later engine is named, that one serves, with one line saying why.
+fn resolve_engine(task: &LoadTask, settings: &LoadSettings) -> Result<ModelConfig, LoadError> {
+    let config = &task.config;
+    if config.backend_fallbacks.is_empty() {
+        return Ok(config.clone());
+    }
+    let mut skipped = Vec::new();
+    for engine in std::iter::once(config.backend).chain(config.backend_fallbacks.iter().copied()) {
+        let present = match engine {
+            BackendKind::Onnxruntime => {
+                crate::backend::onnxruntime::library_status(settings.onnxruntime_lib.as_deref())
+            }
+            _ => Ok(()),
+        };
+        match present {
+            Ok(()) => {
+                let chosen = config.served_by(engine).map_err(LoadError::Config)?;
+                if !skipped.is_empty() {
+                    tracing::warn!(
+                        model = %task.name,
+                        version = task.version,
+                        engine = engine.as_str(),
+                        skipped = %skipped.join("; "),
+                        "served by a fallback engine"
+                    );
+                }
+                return Ok(chosen);
+            }
+            Err(why) => skipped.push(format!("{}: {why}", engine.as_str())),
+        }
+    }
+    Err(LoadError::Config(format!(
+        "no engine of `backend` is present: {}",
+        skipped.join("; ")
+    )))
+}
+
 /// Opens the model file with the engine its config names.
 fn open_model(
     path: &Path,
@@ -207,7 +246,8 @@ fn load_version(
     metrics: &Metrics,
 ) -> Result<ServedModel, LoadError> {
     let started = Instant::now();
-    let config = &task.config;
+    let resolved = resolve_engine(task, settings)?;
+    let config = &resolved;
     let path = task
         .dir
         .join(task.version.to_string())
@@ -327,6 +367,7 @@ fn load_version(
         &profile,
         shared_bytes,
         load_time,
+        config.backend,
     );
     let curve: Vec<String> = profile
         .curves
@@ -354,6 +395,7 @@ fn load_version(
         ready_ms = load_time.as_millis() as u64,
         open_ms = opened.as_millis() as u64,
         measure_ms = measured.as_millis() as u64,
+        engine = config.backend.as_str(),
         "model ready"
     );
     Ok(ServedModel {
@@ -383,7 +425,8 @@ pub fn load_ensemble(
     metrics: &Metrics,
 ) -> Result<ServedModel, LoadError> {
     let started = Instant::now();
-    let config = &task.config;
+    let resolved = resolve_engine(task, settings)?;
+    let config = &resolved;
     let spec = ModelSpec::declared(config).map_err(LoadError::Ensemble)?;
     let version = task.version.to_string();
     let steps_cancelled = metrics.steps_cancelled(&task.name, &version);
@@ -428,7 +471,11 @@ fn record_load(
     profile: &Profile,
     shared_bytes: u64,
     load_time: Duration,
+    engine: BackendKind,
 ) {
+    if !task.config.is_ensemble() {
+        server.set_engine(&task.name, &task.version.to_string(), engine.as_str());
+    }
     if let Some(budget) = task.config.memory_budget() {
         server.set_memory_budget(&task.name, &task.version.to_string(), budget);
     }

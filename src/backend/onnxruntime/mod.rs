@@ -9,6 +9,7 @@
 //! `options` is built without the `onnxruntime` feature too, so that configs are checked
 //! the same either way.
 
+pub mod library;
 pub mod options;
 
 #[cfg(feature = "onnxruntime")]
@@ -20,4 +21,13 @@ mod values;
 
 pub use options::{GpuOptions, GpuPlacement, OrtOptions, OrtParameters, TensorRtOptions};
 #[cfg(feature = "onnxruntime")]
-pub use session::{OrtModel, WANTED_VERSION};
+pub use session::{library_status, OrtModel, WANTED_VERSION};
+
+/// The ONNX Runtime release wharf is built against, in the library's file name.
+pub const WANTED_VERSION_TEXT: &str = "1.31";
+
+/// Without the `onnxruntime` feature no library is ever opened.
+#[cfg(not(feature = "onnxruntime"))]
+pub fn library_status(_: Option<&std::path::Path>) -> Result<(), String> {
+    Err("this wharf was built without the `onnxruntime` feature".into())
+}

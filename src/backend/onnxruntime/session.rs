@@ -23,7 +23,7 @@ use super::{
 use crate::backend::{BackendError, Instance, Model, Signature};
 
 /// The ONNX Runtime release this build is made against (ort's `api-31`).
-pub const WANTED_VERSION: &str = "1.31";
+pub const WANTED_VERSION: &str = super::WANTED_VERSION_TEXT;
 
 /// Initializers smaller than this stay in the model: sharing them saves nothing.
 const SHARED_INITIALIZER_MIN_ELEMENTS: usize = 1024;
@@ -38,15 +38,23 @@ fn environment(
     let opened = ENVIRONMENT.get_or_init(|| {
         let Some(path) = library else {
             return Err(format!(
-                "backend onnxruntime needs the ONNX Runtime {WANTED_VERSION} library: set --onnxruntime-lib or \
-                 ORT_DYLIB_PATH (the onnxruntime=={WANTED_VERSION}.1 wheel carries it as onnxruntime/capi/libonnxruntime.so.{WANTED_VERSION}.1)"
+                "backend onnxruntime needs the ONNX Runtime {WANTED_VERSION} library: {}",
+                super::library::not_found()
             ));
         };
         if !path.is_file() {
-            return Err(format!("ONNX Runtime library {}: no such file", path.display()));
+            return Err(format!(
+                "ONNX Runtime library {}: no such file",
+                path.display()
+            ));
         }
         let env = ort::init_from(path)
-            .map_err(|e| format!("ONNX Runtime library {}: {e} (wanted version {WANTED_VERSION})", path.display()))?
+            .map_err(|e| {
+                format!(
+                    "ONNX Runtime library {}: {e} (wanted version {WANTED_VERSION})",
+                    path.display()
+                )
+            })?
             .with_name("wharf")
             .build()
             .map_err(|e| format!("ONNX Runtime library {}: {e}", path.display()))?;
@@ -63,6 +71,12 @@ fn environment(
         },
         Err(e) => Err(BackendError::Load(e.clone())),
     }
+}
+
+/// Whether the library opens (opening it for the process if it is the first call):
+/// the reason, naming the file, where it does not.
+pub fn library_status(library: Option<&Path>) -> Result<(), String> {
+    environment(library).map(|_| ()).map_err(|e| e.to_string())
 }
 
 pub struct OrtModel {
