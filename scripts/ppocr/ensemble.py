@@ -14,7 +14,7 @@ HEADER = """\
 # to bucket widths (ppocr_lines) -> recognise, one step per width (ppocr_rec) -> text
 # (ppocr_ctc). Each step is queued with its model's other requests, so the recogniser
 # batches lines from many images. The det/rec models come from
-# scripts/fetch-ppocr-models.sh; switching them to onnxruntime is one line in their configs.
+# scripts/fetch-ppocr-models.sh, with the ONNX Runtime library they run on (else tract).
 # Written by scripts/ppocr/ensemble.py (the rec steps follow the bucket widths).
 platform: ensemble
 max_batch_size: 0

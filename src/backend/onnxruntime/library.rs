@@ -43,7 +43,7 @@ pub fn not_found() -> String {
         .map(|p| p.display().to_string())
         .collect();
     format!(
-        "no ONNX Runtime library: none given (--onnxruntime-lib, ORT_DYLIB_PATH) and none at {} \
+        "none given (--onnxruntime-lib, ORT_DYLIB_PATH) and none at {} \
          (scripts/fetch-ppocr-models.sh puts one there)",
         places.join(" or ")
     )
