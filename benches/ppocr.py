@@ -3,11 +3,13 @@ rapidocr-onnxruntime 1.4.4 in-process, on the same rendered cheques and the same
 
     cargo build --release && scripts/fetch-ppocr-models.sh
     .venv-test/bin/pip install -r tests/python/requirements.txt   # rapidocr, Pillow
-    .venv-test/bin/python benches/ppocr.py [--seconds 20] [--engine onnxruntime|tract] [--group-size 0] [--instances 1]
+    .venv-test/bin/python benches/ppocr.py [--seconds 20] [--engine shipped|onnxruntime|tract] [--group-size 0] [--instances 2]
 
-Reports, in one run: wharf at concurrency 1, 4 and 8 (images/s, p50/p99), the
-recogniser's rows per engine call over the run, and rapidocr in 1 and in 2 worker
-processes with 1, 4 or 8 callers waiting on them, as a Python server would run it.
+Reports, in one run: wharf at concurrency 1, 4 and 8 (images/s, p50/p99), each step's
+share of the time at concurrency 1 (from the steps' own ModelStatistics, as any client
+can read them), the recogniser's rows per engine call over the run, and rapidocr in 1
+and in 2 worker processes with 1, 4 or 8 callers waiting on them, as a Python server
+would run it.
 `--group-size 0` pads lines to width buckets (ppocr_lines' `group_size`) instead of as
 rapidocr does (the shipped 6). wharf finds libonnxruntime where
 scripts/fetch-ppocr-models.sh puts it, or at ORT_DYLIB_PATH.
@@ -16,6 +18,7 @@ import argparse
 import multiprocessing
 import os
 import pathlib
+import re
 import resource
 import shutil
 import statistics
@@ -98,6 +101,34 @@ def wharf_pid(address):
     raise RuntimeError(f"no wharf process for port {port}")
 
 
+STEPS = [("decode", "ppocr_image"), ("det", "ppocr_det"), ("db", "ppocr_db"), ("crop", "ppocr_cls_crops"),
+         ("cls", "ppocr_cls"), ("lines", "ppocr_lines"), ("rec", "ppocr_rec"), ("ctc", "ppocr_ctc")]
+
+
+def step_stats(client):
+    """Each step's ModelStatistics totals (ns): queue and compute (input + infer + output)."""
+    totals = {}
+    for step, model in STEPS:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        infer = stats["inference_stats"]
+        ns = lambda key: int(infer.get(key, {}).get("ns", 0))  # noqa: E731
+        totals[step] = (int(stats.get("execution_count", 0)), ns("queue"),
+                        ns("compute_input") + ns("compute_infer") + ns("compute_output"))
+    return totals
+
+
+def step_breakdown(before, after, images):
+    """The step table: per image, each step's compute and queue time and its share."""
+    rows = {s: tuple(a - b for a, b in zip(after[s], before[s])) for s, _ in STEPS}
+    total = sum(compute for _, _, compute in rows.values()) or 1
+    print("\n| step (model) | engine calls per image | compute ms per image | share | queue ms per image |")
+    print("|---|---|---|---|---|")
+    for step, model in STEPS:
+        calls, queue, compute = rows[step]
+        print(f"| {step} ({model}) | {calls / images:.2f} | {compute / images / 1e6:.1f} | "
+              f"{100 * compute / total:.0f}% | {queue / images / 1e6:.1f} |")
+
+
 def rec_calls(client):
     stats = client.get_inference_statistics("ppocr_rec", as_json=True)["model_stats"][0]
     return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
@@ -146,33 +177,37 @@ def rapidocr(images, processes, concurrency, seconds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "tract"])
+    parser.add_argument("--engine", default="shipped", choices=["shipped", "onnxruntime", "tract"],
+                        help="the det/cls/rec engine (shipped: as the configs say, onnxruntime where found)")
     parser.add_argument("--skip-rapidocr", action="store_true")
+    parser.add_argument("--concurrency", default="1,4,8", help="wharf's callers, a comma-separated list")
     parser.add_argument("--group-size", type=int, default=None,
                         help="ppocr_lines group_size (default: the shipped 6; 0: width buckets)")
-    parser.add_argument("--instances", type=int, default=2,
-                        help="det and rec instances (shipped: 2; on onnxruntime the instances split the cores' threads)")
+    parser.add_argument("--instances", type=int, default=None,
+                        help="det and rec instances (default: the shipped 1; on onnxruntime the instances split the cores' threads)")
     args = parser.parse_args()
     images = pages()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = pathlib.Path(tmp)
-        pipeline_repository(repo, args.engine, args.group_size)
-        for name in ("ppocr_det", "ppocr_rec"):
+        pipeline_repository(repo, None if args.engine == "shipped" else args.engine, args.group_size)
+        for name in ("ppocr_det", "ppocr_rec") if args.instances else ():
             config = repo / name / "config.yaml"
-            text = config.read_text()
-            assert "count: 2" in text
-            config.write_text(text.replace("count: 2", f"count: {args.instances}"))
+            config.write_text(re.sub(r"count: \d+", f"count: {args.instances}", config.read_text()))
         with running_wharf(repo) as address:
             client = grpcclient.InferenceServerClient(address)
             closed_loop(address, images, 2, 3)  # every page size's plans built once
             before = rec_calls(client)
             pid = wharf_pid(address)
-            for concurrency in (1, 4, 8):
+            steps = None
+            for concurrency in map(int, args.concurrency.split(",")):
                 cpu = cpu_seconds(pid)
+                steps_before = step_stats(client)
                 rate, latencies, errors = closed_loop(address, images, concurrency, args.seconds)
+                if concurrency == 1:
+                    steps = (steps_before, step_stats(client), len(latencies))
                 per_image = (cpu_seconds(pid) - cpu) / max(len(latencies), 1)
-                rows.append((f"wharf ({args.engine}{'' if args.group_size is None else f', group_size {args.group_size}'}, {args.instances} det/rec instances), concurrency {concurrency}", rate, latencies, len(errors),
+                rows.append((f"wharf ({args.engine}{'' if args.group_size is None else f', group_size {args.group_size}'}{'' if args.instances is None else f', {args.instances} det/rec instances'}), concurrency {concurrency}", rate, latencies, len(errors),
                              per_image))
                 print(f"wharf c{concurrency}: {rate:.2f} images/s, p50 {percentile(latencies, 50):.0f} ms, "
                       f"p99 {percentile(latencies, 99):.0f} ms, errors {len(errors)}", file=sys.stderr, flush=True)
@@ -191,6 +226,9 @@ def main():
     for name, rate, latencies, errors, cpu in rows:
         print(f"| {name} | {rate:.2f} | {percentile(latencies, 50):.0f} | {percentile(latencies, 99):.0f} | "
               f"{cpu:.2f} | {errors} |")
+    print("\nEach step at concurrency 1, from its ModelStatistics (compute: input + infer + output):")
+    if steps:
+        step_breakdown(*steps)
     print(f"\nppocr_rec engine calls by rows over wharf's runs: {calls}")
     total = sum(calls.values())
     if total:

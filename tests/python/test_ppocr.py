@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import ROOT, running_wharf
-from ocr_images import render
+from ocr_images import render, render_varied
 
 PIPELINE = ["ppocr", "ppocr_image", "ppocr_det", "ppocr_db", "ppocr_cls_crops", "ppocr_cls",
             "ppocr_lines", "ppocr_rec", "ppocr_ctc"]
@@ -29,10 +29,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def pipeline_repository(target: pathlib.Path, backend: str, group_size=None) -> None:
+def pipeline_repository(target: pathlib.Path, backend, group_size=None) -> None:
+    """The shipped pipeline copied into `target`; its engines set to `backend` (None: the
+    shipped preference) and ppocr_lines' `group_size` (None: the shipped one)."""
     for name in PIPELINE:
         shutil.copytree(ROOT / "models" / name, target / name)
-    for name in ("ppocr_det", "ppocr_rec", "ppocr_cls"):
+    for name in ("ppocr_det", "ppocr_rec", "ppocr_cls") if backend else ():
         config = target / name / "config.yaml"
         config.write_text(re.sub(r"(?m)^backend: .*$", f"backend: {backend}", config.read_text()))
     if group_size is not None:
@@ -55,17 +57,25 @@ def ocr():
             client.close()
 
 
-@pytest.fixture(scope="module")
-def rapidocr_pages():
-    """rapidocr's lines for each rendered page, with the text it was rendered with."""
+def with_rapidocr_lines(pages):
+    """(image, truth) pairs with rapidocr's lines for each added: (text, score, box)."""
     from rapidocr_onnxruntime import RapidOCR
     reference = RapidOCR()
-    pages = []
-    for seed in range(PAGES):
-        image, truth = render(seed)
-        found, _ = reference(image)
-        pages.append((image, truth, [(t, float(s), b) for b, t, s in (found or [])]))
-    return pages
+    return [(image, truth, [(t, float(s), b) for b, t, s in (reference(image)[0] or [])])
+            for image, truth in pages]
+
+
+def varied_pages(count):
+    """The varied set's first `count` pages (five CJK faces, three Latin, PNG and JPEG)
+    and the README's cheque (no rendered truth)."""
+    pages = [render_varied(seed)[:2] for seed in range(count)]
+    return pages + [((ROOT / "benches" / "data" / "cheque.png").read_bytes(), None)]
+
+
+@pytest.fixture(scope="module")
+def rapidocr_pages():
+    """rapidocr's lines for each page of the varied set, with the text it was rendered with."""
+    return with_rapidocr_lines(varied_pages(PAGES))
 
 
 def read(client, image: bytes, outputs=None):
@@ -118,10 +128,11 @@ def agreement(client, rapidocr_pages):
             box_ok += off <= 3
             if text != ref_text:
                 differing.append((seed, text, ref_text))
-        accuracy["wharf"].append(char_accuracy([t for t, *_ in ours], truth))
-        accuracy["rapidocr"].append(char_accuracy([t for t, *_ in theirs], truth))
+        if truth:
+            accuracy["wharf"].append(char_accuracy([t for t, *_ in ours], truth))
+            accuracy["rapidocr"].append(char_accuracy([t for t, *_ in theirs], truth))
     report = {
-        "pages": PAGES,
+        "pages": len(rapidocr_pages),
         "lines": pairs,
         "equal": equal / pairs,
         "equal_ignoring_spaces": equal_but_spaces / pairs,
@@ -148,7 +159,7 @@ def test_lines_and_boxes_agree_with_rapidocr_and_the_rendered_text(ocr, rapidocr
     report = agreement(ocr, rapidocr_pages)
     report_to("groups", report)
     pairs = report["lines"]
-    assert pairs >= PAGES * 12, "every page has 12 lines or more"
+    assert pairs >= PAGES * 10, "every page has 10 lines or more"
     assert report["boxes_within_3px"] == 1.0, report
     assert report["equal"] >= 0.995, report
     assert report["char_accuracy"]["wharf"] >= report["char_accuracy"]["rapidocr"] - 0.005, report
@@ -202,6 +213,18 @@ def png(width, height, claimed=None):
     return bytes(data)
 
 
+def broken_jpeg():
+    """A JPEG whose size is readable but whose first Huffman table is nonsense."""
+    import io
+    from PIL import Image
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(out, format="JPEG")
+    data = bytearray(out.getvalue())
+    table = data.index(b"\xff\xc4") + 5  # marker, length, class and id: then 16 counts
+    data[table:table + 16] = b"\xff" * 16
+    return bytes(data)
+
+
 def test_bad_images_are_invalid_argument_naming_the_problem(ocr):
     image, _ = render(1)
     cases = {
@@ -209,6 +232,7 @@ def test_bad_images_are_invalid_argument_naming_the_problem(ocr):
         "truncated": (image[: len(image) // 3], "cannot decode it"),
         "empty": (b"", "not a PNG or JPEG image"),
         "1x1": (png(1, 1), "1x1 is too small"),
+        "broken JPEG": (broken_jpeg(), "Huffman table"),
         "bomb": (png(64, 64, claimed=(60000, 60000)), "60000x60000 is 3600000000 pixels, over the limit"),
         "over the request limit": (image + bytes(9 << 20), "over the limit of 8388608 bytes per request"),
     }
@@ -286,8 +310,9 @@ def rapidocr_cls_input(page_bgr, box):
 
 
 def test_resampling_is_opencv_to_the_bit(ocr):
-    """The pixels wharf feeds the models are rapidocr's, bit for bit: the detector's input
-    (cv2.resize) and the classifier's crops (cv2.warpPerspective, then cv2.resize), on
+    """The pixels wharf feeds the models are rapidocr's, bit for bit: the decoded page
+    (cv2.imdecode, PNG and JPEG), the detector's input (cv2.resize) and the classifier's
+    crops (cv2.warpPerspective, then cv2.resize), on
     pure noise (where any difference in a kernel shows) and on a rendered page. Equal
     inputs are what make the answers equal on any machine: both run the same onnxruntime
     on them."""
@@ -303,6 +328,16 @@ def test_resampling_is_opencv_to_the_bit(ocr):
         inp.set_data_from_numpy(np.array([png.tobytes()], dtype=object))
         got = ocr.infer("ppocr_image", [inp])
         np.testing.assert_array_equal(got.as_numpy("pixels"), bgr, err_msg=name)
+        # JPEG, in both common chroma layouts: the pixels cv2.imdecode gives.
+        for subsampling in (cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444):
+            ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85,
+                                                  cv2.IMWRITE_JPEG_SAMPLING_FACTOR, subsampling])
+            assert ok
+            given = grpcclient.InferInput("image", [1], "BYTES")
+            given.set_data_from_numpy(np.array([jpeg.tobytes()], dtype=object))
+            decoded = ocr.infer("ppocr_image", [given]).as_numpy("pixels")
+            want = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+            assert np.array_equal(decoded, want), (name, subsampling, int((decoded != want).sum()))
         det = got.as_numpy("det_input")
         want = rapidocr_det_input(bgr)
         assert det.shape == want.shape, (name, det.shape, want.shape)

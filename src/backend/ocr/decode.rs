@@ -82,7 +82,8 @@ impl ImageDecode {
         })
     }
 
-    /// Decodes the image after checking its header against the limits.
+    /// Decodes the image (BGR, as OpenCV holds it) after checking its header against
+    /// the limits.
     fn decode(&self, encoded: &[u8]) -> Result<RgbImage, BackendError> {
         let bad = |what: String| BackendError::BadInput(format!("input 'image': {what}"));
         let reader = || {
@@ -117,6 +118,13 @@ impl ImageDecode {
             )));
         }
         let mut reader = reader()?;
+        if reader.format() == Some(ImageFormat::Jpeg) {
+            if let Some(page) = super::jpeg::decode_bgr(encoded)
+                .map_err(|e| bad(format!("cannot decode it: {e}")))?
+            {
+                return Ok(page);
+            }
+        }
         let mut limits = Limits::default();
         limits.max_image_width = Some(width);
         limits.max_image_height = Some(height);

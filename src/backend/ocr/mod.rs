@@ -9,6 +9,7 @@ mod ctc;
 mod db;
 mod decode;
 mod geometry;
+mod jpeg;
 mod min_area_rect;
 mod params;
 mod resample;
