@@ -3,7 +3,8 @@ rapidocr-onnxruntime 1.4.4 in-process, on the same rendered cheques and the same
 
     cargo build --release && scripts/fetch-ppocr-models.sh
     .venv-test/bin/pip install -r tests/python/requirements.txt   # rapidocr, Pillow
-    .venv-test/bin/python benches/ppocr.py [--seconds 20] [--engine shipped|onnxruntime|tract] [--group-size 0] [--instances 2]
+    .venv-test/bin/python benches/ppocr.py [--seconds 20] [--engine shipped|onnxruntime|tract] [--group-size 0]
+        [--instances 2] [--concurrency 1,4,8] [--images benches/data/cheque.png]
 
 Reports, in one run: wharf at concurrency 1, 4 and 8 (images/s, p50/p99), each step's
 share of the time at concurrency 1 (from the steps' own ModelStatistics, as any client
@@ -181,12 +182,14 @@ def main():
                         help="the det/cls/rec engine (shipped: as the configs say, onnxruntime where found)")
     parser.add_argument("--skip-rapidocr", action="store_true")
     parser.add_argument("--concurrency", default="1,4,8", help="wharf's callers, a comma-separated list")
+    parser.add_argument("--images", nargs="*", type=pathlib.Path,
+                        help="image files to send instead of the rendered cheques (e.g. benches/data/cheque.png)")
     parser.add_argument("--group-size", type=int, default=None,
                         help="ppocr_lines group_size (default: the shipped 6; 0: width buckets)")
     parser.add_argument("--instances", type=int, default=None,
                         help="det and rec instances (default: the shipped 1; on onnxruntime the instances split the cores' threads)")
     args = parser.parse_args()
-    images = pages()
+    images = [p.read_bytes() for p in args.images] if args.images else pages()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = pathlib.Path(tmp)
@@ -215,12 +218,16 @@ def main():
             client.close()
     calls = {rows_: after.get(rows_, 0) - before.get(rows_, 0) for rows_ in sorted(after)}
     if not args.skip_rapidocr:
+        wanted = set(map(int, args.concurrency.split(",")))
         for processes, concurrency in ((1, 1), (1, 4), (1, 8), (2, 4), (2, 8)):
+            if concurrency not in wanted:
+                continue
             rate, latencies, per_image = rapidocr(images, processes, concurrency, args.seconds)
             rows.append((f"rapidocr-onnxruntime, {processes} process(es), concurrency {concurrency}", rate,
                          latencies, 0, per_image))
             print(f"rapidocr x{processes} c{concurrency}: {rate:.2f} images/s", file=sys.stderr, flush=True)
-    print(f"{PAGES} cheques of 1600 px wide, 12-16 lines each; {args.seconds:.0f} s per row\n")
+    shown = ", ".join(map(str, args.images)) if args.images else f"{PAGES} cheques of 1600 px wide, 12-16 lines each"
+    print(f"{shown}; {args.seconds:.0f} s per row\n")
     print("| server | images/s | p50 ms | p99 ms | CPU s per image | errors |")
     print("|---|---|---|---|---|---|")
     for name, rate, latencies, errors, cpu in rows:

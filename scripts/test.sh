@@ -7,12 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Prometheus and promtool (Debian's package) for the metrics tests; the Noto CJK fonts
-# the PP-OCR tests render their pages with.
+# Prometheus and promtool (Debian's package) for the metrics tests; the CJK and Latin
+# fonts the PP-OCR tests render their pages with (tests/python/ocr_images.py).
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
-    || [ ! -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ]; then
+    || [ ! -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] \
+    || [ ! -f /usr/share/fonts/truetype/arphic/ukai.ttc ] \
+    || [ ! -f /usr/share/fonts/truetype/liberation2/LiberationSerif-Regular.ttf ]; then
     sudo=$([ "$(id -u)" = 0 ] || echo sudo)
-    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus fonts-noto-cjk >/dev/null
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus \
+        fonts-noto-cjk fonts-wqy-zenhei fonts-arphic-uming fonts-arphic-ukai fonts-dejavu-core fonts-liberation2 >/dev/null
 fi
 
 venv=.venv-test

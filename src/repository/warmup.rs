@@ -201,20 +201,10 @@ fn measure(
     // is small); shorter ones by the best of up to three more, within about 50 ms: one
     // call alone is too noisy for calls of a millisecond. ONNX Runtime's first call on a
     // session traces memory, so it is always timed again.
-    let mut took = if peak.is_some() && first > SLOW_CALL {
+    if peak.is_some() && first > SLOW_CALL {
         return Ok((first, peak));
-    } else {
-        Duration::MAX
-    };
-    let timing = Instant::now();
-    for _ in 0..3 {
-        let started = clock.now();
-        instance.run(inputs)?;
-        took = took.min(clock.since(started));
-        if timing.elapsed() > SLOW_CALL {
-            break;
-        }
     }
+    let took = best_of_three(instance.as_mut(), inputs, &clock, Duration::MAX)?;
     // The engine that keeps its own books: the fresh instance's peak over these calls.
     Ok((took, peak.or_else(|| instance.peak_bytes())))
 }
@@ -240,6 +230,17 @@ fn measure_on(
             return Ok((took, instance.peak_bytes()));
         }
     }
+    let took = best_of_three(instance, inputs, &clock, took)?;
+    Ok((took, instance.peak_bytes()))
+}
+
+/// The best of `took` and up to three more calls, within about `SLOW_CALL`.
+fn best_of_three(
+    instance: &mut dyn Instance,
+    inputs: &[Tensor],
+    clock: &Clock,
+    mut took: Duration,
+) -> Result<Duration, crate::backend::BackendError> {
     let timing = Instant::now();
     for _ in 0..3 {
         let started = clock.now();
@@ -249,7 +250,7 @@ fn measure_on(
             break;
         }
     }
-    Ok((took, instance.peak_bytes()))
+    Ok(took)
 }
 
 /// Calls slower than this are timed once; faster ones best of several within it.
