@@ -189,6 +189,7 @@ def main():
     parser.add_argument("--instances", type=int, default=None,
                         help="det and rec instances (default: the shipped 1; on onnxruntime the instances split the cores' threads)")
     args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
     images = [p.read_bytes() for p in args.images] if args.images else pages()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,11 +204,11 @@ def main():
             before = rec_calls(client)
             pid = wharf_pid(address)
             steps = None
-            for concurrency in map(int, args.concurrency.split(",")):
+            for concurrency in levels:
                 cpu = cpu_seconds(pid)
-                steps_before = step_stats(client)
+                steps_before = step_stats(client) if concurrency == 1 else None
                 rate, latencies, errors = closed_loop(address, images, concurrency, args.seconds)
-                if concurrency == 1:
+                if steps_before:
                     steps = (steps_before, step_stats(client), len(latencies))
                 per_image = (cpu_seconds(pid) - cpu) / max(len(latencies), 1)
                 rows.append((f"wharf ({args.engine}{'' if args.group_size is None else f', group_size {args.group_size}'}{'' if args.instances is None else f', {args.instances} det/rec instances'}), concurrency {concurrency}", rate, latencies, len(errors),
@@ -218,9 +219,8 @@ def main():
             client.close()
     calls = {rows_: after.get(rows_, 0) - before.get(rows_, 0) for rows_ in sorted(after)}
     if not args.skip_rapidocr:
-        wanted = set(map(int, args.concurrency.split(",")))
         for processes, concurrency in ((1, 1), (1, 4), (1, 8), (2, 4), (2, 8)):
-            if concurrency not in wanted:
+            if concurrency not in levels:
                 continue
             rate, latencies, per_image = rapidocr(images, processes, concurrency, args.seconds)
             rows.append((f"rapidocr-onnxruntime, {processes} process(es), concurrency {concurrency}", rate,
@@ -233,8 +233,8 @@ def main():
     for name, rate, latencies, errors, cpu in rows:
         print(f"| {name} | {rate:.2f} | {percentile(latencies, 50):.0f} | {percentile(latencies, 99):.0f} | "
               f"{cpu:.2f} | {errors} |")
-    print("\nEach step at concurrency 1, from its ModelStatistics (compute: input + infer + output):")
     if steps:
+        print("\nEach step at concurrency 1, from its ModelStatistics (compute: input + infer + output):")
         step_breakdown(*steps)
     print(f"\nppocr_rec engine calls by rows over wharf's runs: {calls}")
     total = sum(calls.values())

@@ -99,16 +99,18 @@ pub fn run(
                 .map_err(|e| e.to_string())?;
             Some(&mut fresh)
         };
-        let mut sample_planned = first_sample;
         for rows in sizes {
             let inputs = build(&sample.inputs, batched.then_some(rows));
             // The sample's own calls built the plan for its shape.
             let planned = sample.count > 0 && (!batched || rows == sample.rows);
             let measured = match books.as_mut() {
-                Some(instance) => {
-                    let planned = planned && std::mem::take(&mut sample_planned);
-                    measure_on(instance.as_mut(), model.as_ref(), &inputs, planned)
-                }
+                // A fresh instance has planned nothing.
+                Some(instance) => measure_on(
+                    instance.as_mut(),
+                    model.as_ref(),
+                    &inputs,
+                    planned && first_sample,
+                ),
                 None => measure(model, &inputs, planned),
             };
             let (took, peak) = measured.map_err(|e| {
@@ -170,7 +172,8 @@ pub fn instance_inputs(
 
 /// One call at these inputs, timed on an instance whose plan a first call has built, and
 /// the peak bytes a fresh instance allocates on this thread doing the same (its run state
-/// and every intermediate tensor), where the engine allocates through Rust's allocator.
+/// and every intermediate tensor): for an engine that allocates through Rust's
+/// allocator (an engine with books of its own is measured by `measure_on`).
 fn measure(
     model: &Arc<dyn Model>,
     inputs: &[Tensor],
@@ -183,30 +186,23 @@ fn measure(
     }
     let clock = Clock::for_model(model.as_ref());
     let mut instance = Arc::clone(model).new_instance()?;
-    // The fresh instance's first call: its peak memory where wharf counts it (only this
-    // thread's allocations: loads of other models in parallel do not disturb it, and
-    // tract computes one call on the calling thread), and a first timing.
+    // The fresh instance's first call: its peak memory (only this thread's allocations:
+    // loads of other models in parallel do not disturb it, and tract computes one call
+    // on the calling thread), and a first timing.
     let first = clock.now();
-    let peak = if model.counts_host_memory() {
-        let mut result = Ok(());
-        let info = crate::heap::measure(|| result = instance.run(inputs).map(drop));
-        result?;
-        Some(info.bytes_max)
-    } else {
-        instance.run(inputs)?;
-        None
-    };
+    let mut result = Ok(());
+    let info = crate::heap::measure(|| result = instance.run(inputs).map(drop));
+    result?;
     let first = clock.since(first);
     // A call over 50 ms is timed well enough once (the plan was built before, its state
     // is small); shorter ones by the best of up to three more, within about 50 ms: one
-    // call alone is too noisy for calls of a millisecond. ONNX Runtime's first call on a
-    // session traces memory, so it is always timed again.
-    if peak.is_some() && first > SLOW_CALL {
-        return Ok((first, peak));
-    }
-    let took = best_of_three(instance.as_mut(), inputs, &clock, Duration::MAX)?;
-    // The engine that keeps its own books: the fresh instance's peak over these calls.
-    Ok((took, peak.or_else(|| instance.peak_bytes())))
+    // call alone is too noisy for calls of a millisecond.
+    let took = if first > SLOW_CALL {
+        first
+    } else {
+        best_of_three(instance.as_mut(), inputs, &clock, Duration::MAX)?
+    };
+    Ok((took, Some(info.bytes_max)))
 }
 
 /// One instance measuring size after size (an engine that keeps its own books), the

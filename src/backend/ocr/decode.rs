@@ -101,7 +101,9 @@ impl ImageDecode {
                 ))),
             }
         };
-        let (width, height) = reader()?
+        let header = reader()?;
+        let jpeg = header.format() == Some(ImageFormat::Jpeg);
+        let (width, height) = header
             .into_dimensions()
             .map_err(|e| bad(format!("its header cannot be read: {e}")))?;
         let pixels = u64::from(width) * u64::from(height);
@@ -117,14 +119,14 @@ impl ImageDecode {
                 self.min_image_side
             )));
         }
-        let mut reader = reader()?;
-        if reader.format() == Some(ImageFormat::Jpeg) {
+        if jpeg {
             if let Some(page) = super::jpeg::decode_bgr(encoded)
                 .map_err(|e| bad(format!("cannot decode it: {e}")))?
             {
                 return Ok(page);
             }
         }
+        let mut reader = reader()?;
         let mut limits = Limits::default();
         limits.max_image_width = Some(width);
         limits.max_image_height = Some(height);

@@ -30,8 +30,7 @@ pub fn decode_bgr(encoded: &[u8]) -> Result<Option<RgbImage>, String> {
         Ok(RgbImage::from_raw(width, height, pixels))
     }));
     match decoded {
-        Ok(Ok(Some(image))) => Ok(Some(image)),
-        Ok(Ok(None)) => Ok(None),
+        Ok(Ok(page)) => Ok(page),
         Ok(Err(e)) => Err(e.to_string()),
         Err(payload) => Err(crate::backend::panic_message(payload.as_ref())),
     }
