@@ -62,14 +62,15 @@ impl ModelControl {
     /// The models start-up loads: None for all; in explicit mode those `--load-model`
     /// names (`*`: all) and the step models of the ensembles among them.
     pub fn start_set(config: &ServerConfig) -> Option<BTreeSet<String>> {
-        if config.model_control != ControlMode::Explicit
-            || config.load_models.iter().any(|m| m == "*")
+        let control = &config.control;
+        if control.model_control_mode != ControlMode::Explicit
+            || control.load_model.iter().any(|m| m == "*")
         {
             return None;
         }
         let mut wanted = BTreeSet::new();
-        for name in &config.load_models {
-            let dir = config.model_repository.join(name);
+        for name in &control.load_model {
+            let dir = config.load.model_repository.join(name);
             if !dir.is_dir() {
                 warn!(model = %name, "--load-model names no folder of the repository");
             }

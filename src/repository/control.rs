@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::{
     config::ModelConfig,
-    gpu_budget::{self, GpuClaim},
+    gpu_budget::GpuClaim,
     is_folder,
     loader::{self, LoadError, LoadTask},
     read_model, Repository, ServedModel, VersionState,
@@ -36,40 +36,6 @@ fn retire(state: &mut VersionState) -> Option<Arc<ServedModel>> {
         }
         _ => None,
     }
-}
-
-/// The tasks whose GPU claims fit their device beside `serving` (every version serving,
-/// the one a task replaces included: both are held while they overlap), and why the
-/// others do not.
-fn split_by_gpu_budget(
-    serving: Vec<GpuClaim>,
-    tasks: Vec<LoadTask>,
-    memory: &BTreeMap<u32, u64>,
-    context: u64,
-) -> (Vec<LoadTask>, Vec<String>) {
-    let mut claims = serving;
-    claims.extend(
-        tasks
-            .iter()
-            .filter_map(|t| GpuClaim::of(&t.name, t.version, &t.config)),
-    );
-    let refused: BTreeMap<(String, u64), String> =
-        gpu_budget::over_budget(&claims, memory, context);
-    let mut failures = Vec::new();
-    let fitting = tasks
-        .into_iter()
-        .filter(|t| match refused.get(&(t.name.clone(), t.version)) {
-            Some(reason) => {
-                failures.push(format!(
-                    "version {}: refused, the serving versions kept: {reason}",
-                    t.version
-                ));
-                false
-            }
-            None => true,
-        })
-        .collect();
-    (fitting, failures)
 }
 
 /// How often a retired version checks whether its last request has finished.
@@ -302,7 +268,22 @@ impl Repository {
                 _ => true,
             })
             .collect();
-        let (tasks, mut failures) = self.fit_gpu_budget(tasks);
+        let serving: Vec<GpuClaim> = self
+            .registry
+            .served(None)
+            .iter()
+            .filter_map(|m| GpuClaim::of(&m.name, m.version, &m.config))
+            .collect();
+        let (tasks, refused) = self.split_by_gpu_budget(serving, tasks);
+        let mut failures: Vec<String> = refused
+            .into_iter()
+            .map(|(task, reason)| {
+                format!(
+                    "version {}: refused, the serving versions kept: {reason}",
+                    task.version
+                )
+            })
+            .collect();
         self.registry.update(name, |entry| {
             entry.failure = None;
             entry.config.get_or_insert_with(|| config.clone());
@@ -503,26 +484,6 @@ impl Repository {
         });
     }
 
-    /// Splits `tasks` into those whose GPU budgets fit beside everything serving (both
-    /// versions count while a swap overlaps them) and the reasons for the rest.
-    fn fit_gpu_budget(&self, tasks: Vec<LoadTask>) -> (Vec<LoadTask>, Vec<String>) {
-        if !tasks.iter().any(|t| t.config.on_gpu()) {
-            return (tasks, Vec::new());
-        }
-        let serving: Vec<GpuClaim> = self
-            .registry
-            .served(None)
-            .iter()
-            .filter_map(|m| GpuClaim::of(&m.name, m.version, &m.config))
-            .collect();
-        let memory = if self.settings.gpu_memory.is_empty() {
-            gpu_budget::device_memory_from_driver()
-        } else {
-            self.settings.gpu_memory.clone()
-        };
-        split_by_gpu_budget(serving, tasks, &memory, self.settings.gpu_context_memory)
-    }
-
     /// Drops `model` once the requests holding it have finished (its workers are joined
     /// on this thread, never on a request's), then marks it UNAVAILABLE "unloaded" if
     /// `mark_unloaded` and nothing has replaced it since.
@@ -555,6 +516,7 @@ impl Repository {
 
 #[cfg(test)]
 mod tests {
+    use super::super::split_by_gpu_budget;
     use super::*;
 
     /// Writes `bytes` to `path` and dates it `age` ago.
@@ -692,12 +654,11 @@ mod tests {
         let memory = BTreeMap::from([(0, 2 << 30)]);
         let (fitting, failures) = split_by_gpu_budget(serving, vec![task(2)], &memory, 640 << 20);
         assert!(fitting.is_empty());
+        let (refused, reason) = &failures[0];
+        assert_eq!(refused.version, 2);
         assert!(
-            failures[0].starts_with("version 2: refused, the serving versions kept:")
-                && failures[0].contains("rec v1")
-                && failures[0].contains("rec v2"),
-            "{}",
-            failures[0]
+            reason.contains("rec v1") && reason.contains("rec v2"),
+            "{reason}"
         );
     }
 }

@@ -17,9 +17,10 @@ use super::{
     policy,
     spec::ModelSpec,
     warmup::{self, Profile},
-    EngineRunner, LoadSettings, Runner, ServedModel,
+    EngineRunner, Runner, ServedModel,
 };
 use crate::{
+    config::LoadConfig,
     backend::{tract::TractModel, BackendError, Model},
     batching::{cost::WorkEstimate, BatchPolicy, Scheduler},
     metrics::{saturation::Backlog, Metrics, ModelMetrics},
@@ -79,12 +80,12 @@ pub struct LoadTask {
 /// thread is left to finish or hang alone; whatever it builds late is dropped).
 pub fn load_isolated(
     task: LoadTask,
-    settings: &Arc<LoadSettings>,
+    settings: &Arc<LoadConfig>,
     metrics: &Arc<Metrics>,
     runtime: &tokio::runtime::Handle,
 ) -> Result<ServedModel, LoadError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let limit = settings.load_timeout;
+    let limit = settings.model_load_timeout;
     let (settings, metrics, runtime) = (Arc::clone(settings), Arc::clone(metrics), runtime.clone());
     std::thread::Builder::new()
         .name(format!("wharf-load-{}", task.name))
@@ -134,7 +135,7 @@ fn candidate_rows(policy: &BatchPolicy, max_batch_size: u32) -> Vec<usize> {
 /// The config with the engine that serves it: the first of its preference whose runtime is
 /// present. Only ONNX Runtime can be absent (its library is opened at run time); where it
 /// is and a later engine is named, that one serves, with one line saying why.
-fn resolve_engine(task: &LoadTask, settings: &LoadSettings) -> Result<ModelConfig, LoadError> {
+fn resolve_engine(task: &LoadTask, settings: &LoadConfig) -> Result<ModelConfig, LoadError> {
     let config = &task.config;
     if config.backend_fallbacks.is_empty() {
         return Ok(config.clone());
@@ -175,7 +176,7 @@ fn open_model(
     path: &Path,
     model_dir: &Path,
     config: &ModelConfig,
-    settings: &LoadSettings,
+    settings: &LoadConfig,
 ) -> Result<Arc<dyn Model>, LoadError> {
     match config.backend {
         BackendKind::Tract => Ok(TractModel::load(path)?),
@@ -242,7 +243,7 @@ fn open_model(
 fn load_version(
     task: &LoadTask,
     runtime: &tokio::runtime::Handle,
-    settings: &LoadSettings,
+    settings: &LoadConfig,
     metrics: &Metrics,
 ) -> Result<ServedModel, LoadError> {
     let started = Instant::now();
@@ -421,7 +422,7 @@ fn load_version(
 pub fn load_ensemble(
     task: &LoadTask,
     lookup: &Lookup,
-    settings: &LoadSettings,
+    settings: &LoadConfig,
     metrics: &Metrics,
 ) -> Result<ServedModel, LoadError> {
     let started = Instant::now();

@@ -22,6 +22,7 @@ use std::{
 use tracing::warn;
 
 use crate::{
+    config::LoadConfig,
     batching::{cost::WorkEstimate, Scheduler},
     metrics::Metrics,
     stats::ModelStats,
@@ -91,36 +92,8 @@ impl ServedModel {
     }
 }
 
-/// What loading needs beyond the model folders.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoadSettings {
-    /// The ONNX Runtime library for `backend: onnxruntime` models.
-    pub onnxruntime_lib: Option<PathBuf>,
-    /// The time a request should be answered in; the saturation signal is measured
-    /// against it. A model's `latency_objective_ms` parameter overrides it.
-    pub latency_objective: Duration,
-    /// Bytes of memory per GPU, for the per-device budget check; empty asks the driver.
-    pub gpu_memory: BTreeMap<u32, u64>,
-    /// Held on each GPU before any arena (CUDA context and libraries).
-    pub gpu_context_memory: u64,
-    /// A version still loading after this is UNAVAILABLE; the others load on.
-    pub load_timeout: Duration,
-}
-
-impl Default for LoadSettings {
-    fn default() -> Self {
-        LoadSettings {
-            onnxruntime_lib: None,
-            latency_objective: crate::config::DEFAULT_LATENCY_OBJECTIVE,
-            gpu_memory: BTreeMap::new(),
-            gpu_context_memory: crate::config::DEFAULT_GPU_CONTEXT_MEMORY.as_u64(),
-            load_timeout: crate::config::DEFAULT_MODEL_LOAD_TIMEOUT,
-        }
-    }
-}
-
 pub struct Repository {
-    settings: Arc<LoadSettings>,
+    settings: Arc<LoadConfig>,
     root: PathBuf,
     registry: Registry,
 }
@@ -130,7 +103,7 @@ impl Repository {
     /// or UNAVAILABLE with its reason when its folder is already wrong.
     pub fn scan(
         root: &Path,
-        settings: LoadSettings,
+        settings: LoadConfig,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Repository> {
         Self::scan_only(root, settings, metrics, |_| true)
@@ -140,7 +113,7 @@ impl Repository {
     /// as not loaded (explicit model control).
     pub fn scan_only(
         root: &Path,
-        settings: LoadSettings,
+        settings: LoadConfig,
         metrics: Arc<Metrics>,
         wanted: impl Fn(&str) -> bool,
     ) -> std::io::Result<Repository> {
@@ -200,7 +173,10 @@ impl Repository {
                 }
             })
             .partition(|t| t.config.is_ensemble());
-        let tasks = self.refuse_over_gpu_budget(tasks);
+        let (tasks, refused) = self.split_by_gpu_budget(Vec::new(), tasks);
+        for (task, reason) in refused {
+            self.record(&task.name, task.version, Err(LoadError::GpuBudget(reason)));
+        }
         // Filled once with the fixed task list, then only drained.
         let (tx, rx) = crossbeam_channel::bounded::<LoadTask>(tasks.len().max(1));
         for task in tasks {
@@ -272,42 +248,52 @@ impl Repository {
         self.registry.set_state(name, version, state);
     }
 
-    /// Marks UNAVAILABLE every version on a GPU whose instances' budgets, added up with
-    /// the others on that device, exceed its memory; returns the tasks left to load.
-    fn refuse_over_gpu_budget(&self, tasks: Vec<LoadTask>) -> Vec<LoadTask> {
-        let claims: Vec<GpuClaim> = tasks
-            .iter()
-            .filter_map(|t| GpuClaim::of(&t.name, t.version, &t.config))
-            .collect();
-        if claims.is_empty() {
-            return tasks;
+    /// The tasks whose GPU claims fit their device beside `serving` (every version
+    /// serving, the one a task replaces included: both are held while they overlap), and
+    /// the others with why not. The one budget check, for start-up and for swaps.
+    fn split_by_gpu_budget(
+        &self,
+        serving: Vec<GpuClaim>,
+        tasks: Vec<LoadTask>,
+    ) -> (Vec<LoadTask>, Vec<(LoadTask, String)>) {
+        if !tasks.iter().any(|t| t.config.on_gpu()) {
+            return (tasks, Vec::new());
         }
-        let memory = if self.settings.gpu_memory.is_empty() {
-            gpu_budget::device_memory_from_driver()
-        } else {
-            self.settings.gpu_memory.clone()
+        let memory = match self.settings.gpu_memory_bytes() {
+            configured if configured.is_empty() => gpu_budget::device_memory_from_driver(),
+            configured => configured,
         };
-        let refused = gpu_budget::over_budget(&claims, &memory, self.settings.gpu_context_memory);
-        tasks
-            .into_iter()
-            .filter(|t| match refused.get(&(t.name.clone(), t.version)) {
-                Some(reason) => {
-                    self.record(
-                        &t.name,
-                        t.version,
-                        Err(LoadError::GpuBudget(reason.clone())),
-                    );
-                    false
-                }
-                None => true,
-            })
-            .collect()
+        split_by_gpu_budget(serving, tasks, &memory, self.settings.gpu_context_memory.as_u64())
     }
 
     /// Stops every worker pool, joining its threads once queued work is done (blocking).
     pub fn unload_all(&self) {
         drop(self.registry.take_all());
     }
+}
+
+/// `tasks` split by whether their claims fit `memory` (bytes per device) beside `serving`.
+fn split_by_gpu_budget(
+    serving: Vec<GpuClaim>,
+    tasks: Vec<LoadTask>,
+    memory: &BTreeMap<u32, u64>,
+    context: u64,
+) -> (Vec<LoadTask>, Vec<(LoadTask, String)>) {
+    let mut claims = serving;
+    claims.extend(
+        tasks
+            .iter()
+            .filter_map(|t| GpuClaim::of(&t.name, t.version, &t.config)),
+    );
+    let mut refused = gpu_budget::over_budget(&claims, memory, context);
+    let (mut fitting, mut failed) = (Vec::new(), Vec::new());
+    for task in tasks {
+        match refused.remove(&(task.name.clone(), task.version)) {
+            Some(reason) => failed.push((task, reason)),
+            None => fitting.push(task),
+        }
+    }
+    (fitting, failed)
 }
 
 /// Whether a repository entry is a folder, following a link as Triton does (a model
@@ -418,7 +404,7 @@ mod tests {
     #[test]
     fn models_are_unavailable_until_loaded_then_ready() {
         let dir = repo_with(&[("a", None)]);
-        let repo = Repository::scan(dir.path(), LoadSettings::default(), Metrics::new()).unwrap();
+        let repo = Repository::scan(dir.path(), LoadConfig::default(), Metrics::new()).unwrap();
         let err = repo.registry().get("a", "").err().unwrap().to_string();
         assert_eq!(err, "model 'a' is not ready: it is still loading");
         assert!(!repo.registry().settled());
@@ -441,7 +427,7 @@ mod tests {
         std::fs::rename(elsewhere.path().join("a/1"), elsewhere.path().join("v1")).unwrap();
         std::os::unix::fs::symlink(elsewhere.path().join("v1"), elsewhere.path().join("a/1"))
             .unwrap();
-        let repo = Repository::scan(dir.path(), LoadSettings::default(), Metrics::new()).unwrap();
+        let repo = Repository::scan(dir.path(), LoadConfig::default(), Metrics::new()).unwrap();
         repo.load_all(1, &runtime());
         assert_eq!(repo.registry().get("linked", "").unwrap().version, 1);
         repo.unload_all();
@@ -456,9 +442,9 @@ mod tests {
         };
         let (a, b) = (gpu(2), gpu(1));
         let dir = repo_with(&[("a", Some(&a)), ("b", Some(&b)), ("cpu", None)]);
-        let settings = LoadSettings {
-            gpu_memory: BTreeMap::from([(0, 2 << 30)]),
-            ..LoadSettings::default()
+        let settings = LoadConfig {
+            gpu_memory: vec![(0, bytesize::ByteSize::gib(2))],
+            ..LoadConfig::default()
         };
         let repo = Repository::scan(dir.path(), settings, Metrics::new()).unwrap();
         repo.load_all(2, &runtime());
@@ -487,7 +473,7 @@ mod tests {
             dir.path().join("a/3/model.onnx"),
         )
         .unwrap();
-        let repo = Repository::scan(dir.path(), LoadSettings::default(), Metrics::new()).unwrap();
+        let repo = Repository::scan(dir.path(), LoadConfig::default(), Metrics::new()).unwrap();
         repo.load_all(1, &runtime());
         let versions: Vec<String> = repo
             .registry()
@@ -504,7 +490,7 @@ mod tests {
     #[test]
     fn a_folder_name_mismatch_is_named() {
         let dir = repo_with(&[("a", Some("name: b\n"))]);
-        let repo = Repository::scan(dir.path(), LoadSettings::default(), Metrics::new()).unwrap();
+        let repo = Repository::scan(dir.path(), LoadConfig::default(), Metrics::new()).unwrap();
         let row = &repo.registry().index()[0];
         assert_eq!(row.status, Some(Status::Unavailable));
         assert!(
