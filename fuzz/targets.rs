@@ -1,5 +1,5 @@
 //! The fuzz targets' bodies, shared by the coverage-guided cargo-fuzz binaries in
-//! fuzz_targets/ and the stable-toolchain runner in tests/fuzz.rs. Each takes anything and
+//! fuzz_targets/ and the stable-toolchain runner in tests/it/fuzz.rs. Each takes anything and
 //! must not panic: it either decodes or says why not.
 
 use std::sync::OnceLock;

@@ -1,15 +1,16 @@
 //! Wiring: binds the listener, starts loading the repository, serves gRPC (inference,
 //! health, reflection), and runs the drain sequence on shutdown.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use thiserror::Error;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{net::TcpListener, task::JoinHandle};
 use tonic::{
-    service::interceptor::InterceptedService,
+    service::{interceptor::InterceptedService, Routes},
     transport::{Identity, ServerTlsConfig},
 };
 use tonic_health::{server::HealthReporter, ServingStatus};
+
 use tracing::{info, warn};
 
 use crate::{
@@ -17,6 +18,7 @@ use crate::{
     auth::RequireKey,
     backend::onnxruntime::library,
     config::{ServerConfig, TlsFiles},
+    shutdown::Drain,
     control::{ControlMode, ModelControl},
     grpc::{
         gate::Gate, pb, pb::grpc_inference_service_server::GrpcInferenceServiceServer,
@@ -25,7 +27,7 @@ use crate::{
     inference::Inference,
     listener,
     metrics::{endpoint, saturation, Metrics},
-    repository::{LoadSettings, Repository},
+    repository::Repository,
 };
 
 /// The service name health reports the whole server under, besides "".
@@ -37,7 +39,7 @@ pub const INFERENCE_SERVICE: &str = "inference.GRPCInferenceService";
 pub const LIVENESS_SERVICE: &str = "wharf.liveness";
 
 /// Time allowed after the drain for connections to deliver the last answers and close.
-const CONNECTION_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+const CONNECTION_FLUSH: Duration = Duration::from_secs(1);
 
 /// HTTP/2 streams one connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 256;
@@ -48,8 +50,8 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 pub const HTTP2_STREAM_WINDOW: u32 = 4 << 20;
 pub const HTTP2_CONNECTION_WINDOW: u32 = 16 << 20;
 /// A connection silent this long is pinged, and closed if the ping is not answered in time.
-const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
-const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Error)]
 pub enum AppError {
@@ -96,76 +98,129 @@ fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, AppError> {
     Ok(ServerTlsConfig::new().identity(identity))
 }
 
-/// A running server. Dropping it without `shutdown` leaves the server task running.
-pub struct Server {
-    grpc_addr: SocketAddr,
-    metrics_addr: SocketAddr,
-    inference: Arc<Inference>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), AppError>>,
+/// A server built and bound but not yet running: everything that can fail (reading the
+/// repository, binding, TLS files, reflection) has, and nothing has started.
+pub struct App {
+    config: ServerConfig,
+    repository: Arc<Repository>,
+    grpc: (TcpListener, SocketAddr),
+    metrics: (TcpListener, SocketAddr),
+    transport: tonic::transport::Server,
+    /// Server reflection, v1 and v1alpha.
+    reflection: Routes,
 }
 
-impl Server {
-    /// Binds, starts serving at once (live, not yet ready) and loads models in the
-    /// background; each model turns READY once warm.
-    pub async fn start(config: ServerConfig) -> Result<Server, AppError> {
-        let metrics = Metrics::new();
+impl App {
+    /// Reads the repository's folders (no model is loaded yet), binds both ports and
+    /// prepares the transport.
+    pub async fn build(mut config: ServerConfig) -> Result<App, AppError> {
+        config.load.onnxruntime_lib = library::locate(config.load.onnxruntime_lib.as_deref());
         // Explicit control loads only what --load-model names (with an ensemble's steps).
         let wanted = ModelControl::start_set(&config);
-        let repository = Repository::scan_only(
-            &config.model_repository,
-            LoadSettings {
-                onnxruntime_lib: library::locate(config.onnxruntime_lib.as_deref()),
-                latency_objective: config.latency_objective,
-                gpu_memory: config.gpu_memory.clone(),
-                gpu_context_memory: config.gpu_context_memory,
-                load_timeout: config.model_load_timeout,
-            },
-            Arc::clone(&metrics),
-            |name| wanted.as_ref().is_none_or(|w| w.contains(name)),
-        )
+        let root = config.load.model_repository.clone();
+        let repository = Repository::scan_only(&root, config.load.clone(), Metrics::new(), |name| {
+            wanted.as_ref().is_none_or(|w| w.contains(name))
+        })
         .map_err(|source| AppError::Repository {
-            path: config.model_repository.display().to_string(),
+            path: root.display().to_string(),
             source,
         })?;
-        let repository = Arc::new(repository);
-        let (listener, grpc_addr) = bind(config.grpc_addr).await?;
-        let (metrics_listener, metrics_addr) = bind(config.metrics_addr).await?;
+        let grpc = bind(config.listen.grpc_addr()).await?;
+        let metrics = bind(config.listen.metrics_addr()).await?;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection =
+            Routes::new(reflection().build_v1()?).add_service(reflection().build_v1alpha()?);
+        // Bounds on what one connection can hold: streams open at once (each may pin an
+        // answer its client does not read), and pings that find dead peers.
+        let mut transport = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
+            .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+        if let Some(tls) = config.listen.tls() {
+            transport = transport.tls_config(tls_config(&tls)?)?;
+        }
+        Ok(App {
+            config,
+            repository: Arc::new(repository),
+            grpc,
+            metrics,
+            transport,
+            reflection,
+        })
+    }
+
+    /// Starts serving at once (live, not yet ready) and loads models in the background;
+    /// each model turns READY once warm. Every task it starts is spawned through one
+    /// drain handle, which `Server::shutdown` signals and joins.
+    pub async fn spawn(self) -> Server {
+        let App {
+            config,
+            repository,
+            grpc: (listener, grpc_addr),
+            metrics: (metrics_listener, metrics_addr),
+            mut transport,
+            reflection,
+        } = self;
+        let drain = Drain::default();
+        let metrics = Arc::clone(repository.metrics());
         // The runtime's own count, whoever built it (`wharf serve`, a test, an embedder).
         let runtime_threads = tokio::runtime::Handle::current().metrics().num_workers();
-        info!(%grpc_addr, %metrics_addr, runtime_threads, repository = %config.model_repository.display(), "listening");
-        // Metrics stay up through the drain, so the last answers are counted by a scrape.
-        let (metrics_stop, metrics_stopped) = oneshot::channel::<()>();
-        let inference = Arc::new(Inference::new(Arc::clone(&repository)));
-        let probe = Arc::clone(&inference);
-        let strict = config.strict_readiness;
-        let metrics_task = tokio::spawn(endpoint::serve(
+        info!(%grpc_addr, %metrics_addr, runtime_threads, repository = %config.load.model_repository.display(), "listening");
+        let inference = Arc::new(Inference::new(Arc::clone(&repository), drain.clone()));
+        let strict = config.control.strict_readiness;
+        let exit_timeout = config.limits.exit_timeout;
+
+        // Metrics stay up until the admitted requests are answered, so that a scrape
+        // counts the last answers.
+        let (probe, last) = (Arc::clone(&inference), Arc::clone(&inference));
+        let stop_metrics = async move {
+            last.drain().signaled().await;
+            last.in_flight().drained(exit_timeout).await;
+        };
+        let endpoint = endpoint::serve(
             metrics_listener,
             Arc::clone(&metrics),
             move || probe.server_ready(strict),
-            async move {
-                let _ = metrics_stopped.await;
-            },
-        ));
-        let sampler = tokio::spawn(sample_saturation(Arc::clone(&repository), metrics));
+            stop_metrics,
+        );
+        drain.spawn(async move {
+            if let Err(e) = endpoint.await {
+                warn!(error = %e, "the metrics endpoint stopped");
+            }
+        });
+        drain.spawn(sample_saturation(Arc::clone(&repository), metrics, drain.clone()));
 
-        let loader = Arc::clone(&repository);
-        let parallelism = config.load_parallelism;
         let runtime = tokio::runtime::Handle::current();
         let control = Arc::new(ModelControl::new(
-            config.model_control,
+            config.control.model_control_mode,
             Arc::clone(&repository),
             runtime.clone(),
         ));
-        let poller = (config.model_control == ControlMode::Poll)
-            .then(|| (Arc::clone(&control), config.repository_poll));
-        let poll_task = tokio::spawn(async move {
+        let poller = (config.control.model_control_mode == ControlMode::Poll)
+            .then(|| (Arc::clone(&control), config.control.repository_poll));
+        let (loader, parallelism, signal) = (
+            Arc::clone(&repository),
+            config.runtime.load_parallelism(),
+            drain.clone(),
+        );
+        drain.spawn(async move {
             let initial =
                 tokio::task::spawn_blocking(move || loader.load_all(parallelism, &runtime));
-            let _ = initial.await;
-            crate::heap::release_freed();
+            tokio::select! {
+                _ = initial => crate::heap::release_freed(),
+                () = signal.signaled() => return,
+            }
             if let Some((control, every)) = poller {
-                control.poll(every).await;
+                tokio::select! {
+                    () = control.poll(every) => {}
+                    () = signal.signaled() => {}
+                }
             }
         });
 
@@ -177,118 +232,98 @@ impl Server {
         reporter
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
-        tokio::spawn(follow_health(
-            reporter,
-            Arc::clone(&inference),
-            config.strict_readiness,
-        ));
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
-        let budget = Arc::new(ByteBudget::new(config.max_inflight_bytes));
+        drain.spawn(follow_health(reporter, Arc::clone(&inference), strict));
+
+        let budget = Arc::new(ByteBudget::new(config.limits.max_inflight_bytes()));
+        let max_request_bytes = config.limits.max_request_bytes();
         let service = InferenceService::new(
             Arc::clone(&inference),
-            config.max_request_bytes,
-            config.strict_readiness,
+            max_request_bytes,
+            strict,
             Arc::clone(&budget),
             control,
         );
         // Room for the largest request wharf accepts plus protobuf framing, so that an
         // oversized tensor reaches validation and gets a message that names it.
-        let max_message = config
-            .max_request_bytes
-            .saturating_mul(2)
-            .saturating_add(1 << 20);
+        let max_message = max_request_bytes.saturating_mul(2).saturating_add(1 << 20);
         let inference_server = Gate::new(
             InterceptedService::new(
                 GrpcInferenceServiceServer::new(service)
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(usize::MAX),
-                RequireKey(config.api_key.clone()),
+                RequireKey(config.listen.api_key.clone()),
             ),
             budget,
             Arc::clone(repository.metrics()),
         );
-        // Bounds on what one connection can hold: streams open at once (each may pin an
-        // answer its client does not read), and pings that find dead peers.
-        let mut builder = tonic::transport::Server::builder()
-            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-            .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
-            .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
-            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
-        if let Some(tls) = &config.tls {
-            builder = builder.tls_config(tls_config(tls)?)?;
-        }
         info!(
-            tls = config.tls.is_some(),
-            api_key = config.api_key.is_some(),
+            tls = config.listen.tls().is_some(),
+            api_key = config.listen.api_key.is_some(),
             "inference service protection"
         );
 
-        let (stop, stopped) = oneshot::channel::<()>();
-        let drain = Arc::clone(&inference);
-        let exit_timeout = config.exit_timeout;
-        let handshake_timeout = config.handshake_timeout;
-        let watcher = Arc::clone(&inference);
-        let mut closing = inference.draining();
-        let task = tokio::spawn(async move {
-            // 1. refuse new work (UNAVAILABLE, health NOT_SERVING) and let admitted work
-            //    finish; 2. only then close connections (GOAWAY), so that requests arriving
-            //    during the drain get a clear answer rather than a reset stream.
-            let signal = async move {
-                let _ = stopped.await;
-                info!(
-                    in_flight = drain.in_flight().count(),
-                    "draining: refusing new requests, finishing those admitted"
+        let handshake_timeout = config.listen.handshake_timeout;
+        let (waiter, closer) = (Arc::clone(&inference), Arc::clone(&inference));
+        // 1. refuse new work (UNAVAILABLE, health NOT_SERVING) and let admitted work
+        //    finish; 2. only then close connections (GOAWAY), so that requests arriving
+        //    during the drain get a clear answer rather than a reset stream.
+        let signal = async move {
+            waiter.drain().signaled().await;
+            info!(
+                in_flight = waiter.in_flight().count(),
+                "draining: refusing new requests, finishing those admitted"
+            );
+            if !waiter.in_flight().drained(exit_timeout).await {
+                warn!(
+                    grace_secs = exit_timeout.as_secs(),
+                    in_flight = waiter.in_flight().count(),
+                    "grace period over with requests still in flight"
                 );
-                drain.begin_drain();
-                if !drain.in_flight().drained(exit_timeout).await {
-                    warn!(
-                        grace_secs = exit_timeout.as_secs(),
-                        in_flight = drain.in_flight().count(),
-                        "grace period over with requests still in flight"
-                    );
-                }
-            };
-            let incoming = listener::incoming(listener, handshake_timeout);
-            let serve = builder
-                .add_service(health)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .add_service(inference_server)
-                .serve_with_incoming_shutdown(incoming, signal);
+            }
+        };
+        let serve = transport
+            .add_routes(reflection)
+            .add_service(health)
+            .add_service(inference_server)
+            .serve_with_incoming_shutdown(listener::incoming(listener, handshake_timeout), signal);
+        let serving = drain.spawn(async move {
             let result = tokio::select! {
                 result = serve => result.map_err(AppError::from),
                 // Long-lived streams (health Watch) never end by themselves: once the work
                 // is drained, give connections a moment to flush answers, then close.
                 () = async {
-                    let _ = closing.wait_for(|d| *d).await;
-                    let _ = watcher.in_flight().drained(exit_timeout).await;
+                    closer.drain().signaled().await;
+                    closer.in_flight().drained(exit_timeout).await;
                     tokio::time::sleep(CONNECTION_FLUSH).await;
                 } => Ok(()),
             };
             // Joins the worker threads once what they hold is done.
             let _ = tokio::task::spawn_blocking(move || repository.unload_all()).await;
-            sampler.abort();
-            poll_task.abort();
-            let _ = metrics_stop.send(());
-            let _ = metrics_task.await;
-            info!("stopped");
             result
         });
-        Ok(Server {
+        Server {
             grpc_addr,
             metrics_addr,
             inference,
-            stop: Some(stop),
-            task,
-        })
+            exit_timeout,
+            serving,
+        }
+    }
+}
+
+/// A running server. Dropping it without `shutdown` leaves its tasks running.
+pub struct Server {
+    grpc_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    inference: Arc<Inference>,
+    exit_timeout: Duration,
+    serving: JoinHandle<Result<(), AppError>>,
+}
+
+impl Server {
+    /// Builds the app and spawns it.
+    pub async fn start(config: ServerConfig) -> Result<Server, AppError> {
+        Ok(App::build(config).await?.spawn().await)
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -312,24 +347,31 @@ impl Server {
     }
 
     /// Drains and stops: health NOT_SERVING, new requests refused, admitted ones finished
-    /// within the grace period, workers joined.
-    pub async fn shutdown(mut self) -> Result<(), AppError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+    /// within the grace period, workers joined, then every background task joined.
+    pub async fn shutdown(self) -> Result<(), AppError> {
+        let drain = self.inference.drain().clone();
+        drain.start();
+        let result = self.serving.await.expect("the serve task does not panic");
+        if !drain.joined(self.exit_timeout).await {
+            warn!("background tasks still running at exit");
         }
-        self.task.await.expect("server task does not panic")
+        info!("stopped");
+        result
     }
 }
 
 /// Samples every served model's backlog into its saturation gauge, and the largest into
 /// the pod's; folds histogram samples into buckets now and then, scraped or not.
-async fn sample_saturation(repository: Arc<Repository>, metrics: Arc<Metrics>) {
+async fn sample_saturation(repository: Arc<Repository>, metrics: Arc<Metrics>, drain: Drain) {
     const UPKEEP_EVERY: u64 = 100;
     let mut tick = tokio::time::interval(saturation::SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = tokio::time::Instant::now();
     for n in 1u64.. {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = drain.signaled() => return,
+        }
         let now = tokio::time::Instant::now();
         let elapsed = now - last;
         last = now;
@@ -355,7 +397,7 @@ async fn sample_saturation(repository: Arc<Repository>, metrics: Arc<Metrics>) {
 async fn follow_health(reporter: HealthReporter, inference: Arc<Inference>, strict: bool) {
     let repository = Arc::clone(inference.repository());
     let mut changes = repository.registry().subscribe();
-    let mut draining = inference.draining();
+    let drain = inference.drain().clone();
     loop {
         let serving = |up: bool| {
             if up {
@@ -375,9 +417,12 @@ async fn follow_health(reporter: HealthReporter, inference: Arc<Inference>, stri
             .set_service_status(INFERENCE_SERVICE, serving(ready))
             .await;
         reporter.set_service_status("", serving(ready)).await;
+        if drained {
+            return;
+        }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
-            changed = draining.changed() => if changed.is_err() { return },
+            () = drain.signaled() => {}
         }
     }
 }

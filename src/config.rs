@@ -327,10 +327,10 @@ impl ServerConfig {
     }
 
     fn from_yaml(text: &str) -> Result<ServerConfig, String> {
-        let keys: serde_yaml::Mapping = match serde_yaml::from_str(text) {
-            Ok(serde_yaml::Value::Null) => return Ok(ServerConfig::default()),
-            Ok(keys) => keys,
-            Err(e) => return Err(e.to_string()),
+        let keys = match serde_yaml::from_str(text).map_err(|e| e.to_string())? {
+            serde_yaml::Value::Null => return Ok(ServerConfig::default()),
+            serde_yaml::Value::Mapping(keys) => keys,
+            _ => return Err("expected a mapping of setting names to values".into()),
         };
         let known = setting_keys();
         // Each key alone first, so that a bad value is named by its key (serde's flatten

@@ -1,9 +1,50 @@
-//! The drain: count admitted requests so that shutdown can wait for exactly those, and
-//! no longer than the grace period.
+//! The drain: one handle that tells every part the server is stopping and joins every
+//! background task, and the count of admitted requests that shutdown waits for, no longer
+//! than the grace period.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// The one drain handle. Every background task is spawned through it and ends once
+/// `signaled` resolves (each finishing its part of the drain first); `start` signals,
+/// `joined` waits for them all.
+#[derive(Debug, Clone, Default)]
+pub struct Drain {
+    signal: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Drain {
+    /// Runs `task` as one of the server's background tasks, joined by `joined`.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        task: impl Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        self.tasks.spawn(task)
+    }
+
+    /// Resolves once the drain has started.
+    pub async fn signaled(&self) {
+        self.signal.cancelled().await
+    }
+
+    pub fn is_signaled(&self) -> bool {
+        self.signal.is_cancelled()
+    }
+
+    /// From now on new requests are refused and background tasks wind down.
+    pub fn start(&self) {
+        self.signal.cancel();
+        self.tasks.close();
+    }
+
+    /// Resolves when every background task has ended, or after `within`; true if all did.
+    pub async fn joined(&self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.tasks.wait()).await.is_ok()
+    }
+}
 
 /// Counts requests admitted and not yet answered.
 #[derive(Debug)]

@@ -211,7 +211,7 @@ impl GrpcInferenceService for InferenceService {
         let mut incoming = r.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_OUT_BUFFER);
         let service = self.clone();
-        let mut draining = self.inference.draining();
+        let drain = self.inference.drain().clone();
         // The stream counts as in flight until its last answer is handed on, so that a
         // drain waits for the answers to what it has read, not only for their computing.
         let open = self.inference.in_flight().admit();
@@ -246,18 +246,16 @@ impl GrpcInferenceService for InferenceService {
                             ended_early = Some(status);
                         }
                     },
-                    Ok(()) = draining.changed(), if reading => {
-                        if *draining.borrow() {
-                            // What has already arrived is answered (each refused: the
-                            // server is shutting down); the rest is the client's to resend.
-                            while let Some(Ok(Some(request))) = incoming.message().now_or_never() {
-                                pending.push_back(answer(request));
-                            }
-                            reading = false;
-                            ended_early = Some(Status::unavailable(
-                                "server is shutting down: this stream reads no more requests; every request read was answered",
-                            ));
+                    () = drain.signaled(), if reading => {
+                        // What has already arrived is answered (each refused: the server
+                        // is shutting down); the rest is the client's to resend.
+                        while let Some(Ok(Some(request))) = incoming.message().now_or_never() {
+                            pending.push_back(answer(request));
                         }
+                        reading = false;
+                        ended_early = Some(Status::unavailable(
+                            "server is shutting down: this stream reads no more requests; every request read was answered",
+                        ));
                     }
                 }
             }

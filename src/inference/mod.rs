@@ -7,7 +7,7 @@ mod ensemble;
 use std::sync::Arc;
 
 use tokio::{
-    sync::{oneshot, watch},
+    sync::oneshot,
     time::Instant,
 };
 use tracing::debug;
@@ -18,22 +18,22 @@ use crate::{
     error::InferError,
     metrics::Refusal,
     repository::{EngineRunner, Repository, Runner, ServedModel},
-    shutdown::InFlight,
+    shutdown::{Drain, InFlight},
     tensor::Tensor,
     validate,
 };
 
 pub struct Inference {
     repository: Arc<Repository>,
-    draining: watch::Sender<bool>,
+    drain: Drain,
     in_flight: InFlight,
 }
 
 impl Inference {
-    pub fn new(repository: Arc<Repository>) -> Inference {
+    pub fn new(repository: Arc<Repository>, drain: Drain) -> Inference {
         Inference {
             repository,
-            draining: watch::channel(false).0,
+            drain,
             in_flight: InFlight::default(),
         }
     }
@@ -42,17 +42,14 @@ impl Inference {
         &self.repository
     }
 
-    /// From now on new requests are refused; those admitted run to completion.
-    pub fn begin_drain(&self) {
-        self.draining.send_replace(true);
-    }
-
-    pub fn draining(&self) -> watch::Receiver<bool> {
-        self.draining.subscribe()
+    /// The server's drain handle: once signaled, new requests are refused and those
+    /// admitted run to completion.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
     }
 
     pub fn is_draining(&self) -> bool {
-        *self.draining.borrow()
+        self.drain.is_signaled()
     }
 
     /// The server's readiness, the one rule for ServerReady, gRPC health and `/ready`: not

@@ -11,7 +11,7 @@ use wharf::grpc::pb::{
     model_infer_request::InferInputTensor, InferTensorContents, ModelInferRequest,
 };
 
-#[path = "../fuzz/targets.rs"]
+#[path = "../../fuzz/targets.rs"]
 mod targets;
 
 fn datatype() -> impl Strategy<Value = String> {

@@ -2,11 +2,9 @@
 //! fan-out split to the step model's batch limit, errors naming the step, callers who
 //! leave, the byte bound between steps, a subset of outputs, metrics, and load errors.
 
-mod common;
-
 use std::{path::Path, time::Duration};
 
-use common::*;
+use crate::common::*;
 use tonic::Code;
 use wharf::{config::ServerConfig, grpc::pb};
 

@@ -1,9 +1,7 @@
 //! The API key (UNAUTHENTICATED without it, health and reflection open) and TLS, against
 //! a real server on loopback.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tokio_stream::StreamExt;
 use tonic::{
     metadata::MetadataValue,
@@ -14,7 +12,7 @@ use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 use wharf::{
     app::Server,
     auth::ApiKey,
-    config::{ServerConfig, TlsFiles},
+    config::ServerConfig,
 };
 
 fn with_key(key: &str) -> Request<wharf::grpc::pb::ModelInferRequest> {
@@ -29,7 +27,7 @@ fn with_key(key: &str) -> Request<wharf::grpc::pb::ModelInferRequest> {
 #[tokio::test]
 async fn inference_wants_the_api_key_while_health_and_reflection_stay_open() {
     let mut config = ServerConfig::local(test_models());
-    config.api_key = Some(ApiKey::new("s3cret-key").unwrap());
+    config.listen.api_key = Some(ApiKey::new("s3cret-key").unwrap());
     let t = TestServer::start(config).await;
     let mut client = t.client.clone();
 
@@ -92,11 +90,9 @@ async fn tls_serves_clients_that_trust_the_certificate_and_only_over_tls() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     let mut config = ServerConfig::local(test_models());
-    config.tls = Some(TlsFiles {
-        cert: cert_path,
-        key: key_path,
-    });
-    config.api_key = Some(ApiKey::new("k").unwrap());
+    config.listen.tls_cert = Some(cert_path);
+    config.listen.tls_key = Some(key_path);
+    config.listen.api_key = Some(ApiKey::new("k").unwrap());
     let server = Server::start(config).await.unwrap();
     server.loaded().await;
     let port = server.grpc_addr().port();
@@ -141,10 +137,8 @@ async fn tls_serves_clients_that_trust_the_certificate_and_only_over_tls() {
 #[tokio::test]
 async fn a_missing_certificate_fails_the_start_naming_the_file() {
     let mut config = ServerConfig::local(test_models());
-    config.tls = Some(TlsFiles {
-        cert: "/nonexistent/tls.crt".into(),
-        key: "/nonexistent/tls.key".into(),
-    });
+    config.listen.tls_cert = Some("/nonexistent/tls.crt".into());
+    config.listen.tls_key = Some("/nonexistent/tls.key".into());
     let error = Server::start(config).await.err().expect("start fails");
     assert!(
         error

@@ -1,14 +1,12 @@
 //! Health transitions and the drain: in-process, and the real binary under SIGTERM.
 
-mod common;
-
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::{

@@ -1,8 +1,6 @@
 //! Every implemented RPC against the real server on a loopback port.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use wharf::grpc::pb::{self, InferParameter, InferTensorContents, ModelInferRequest};

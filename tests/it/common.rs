@@ -1,5 +1,4 @@
 //! Starts the real server on a loopback port and connects real gRPC clients to it.
-#![allow(dead_code)]
 
 use std::{
     collections::HashMap,

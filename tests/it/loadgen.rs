@@ -1,10 +1,8 @@
 //! `wharf bench` against the real server: it measures what it sends and counts failures by
 //! their gRPC code.
 
-mod common;
-
 use clap::Parser;
-use common::*;
+use crate::common::*;
 use wharf::loadgen::{run, BenchArgs};
 
 #[derive(Parser)]

@@ -1,11 +1,9 @@
 //! Prometheus metrics scraped over HTTP from a real server: each way a request can end is
 //! counted once, under its own outcome, and the gauges follow the queue.
 
-mod common;
-
 use std::{collections::HashMap, time::Duration};
 
-use common::*;
+use crate::common::*;
 use tonic::Code;
 use wharf::{config::ServerConfig, grpc::pb};
 

@@ -1,8 +1,6 @@
 //! Dynamic batching end to end: concurrent clients with mixed shapes against a real model.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use wharf::{
     config::ServerConfig,
     grpc::pb::{self, ModelInferRequest},

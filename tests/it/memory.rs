@@ -1,11 +1,9 @@
 //! The memory budget per instance is measured against, not just configured: too small a
 //! budget fails the load with both numbers; a tight one lowers the rows a call may carry.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use tonic::Code;
 use wharf::{config::ServerConfig, grpc::pb};
 

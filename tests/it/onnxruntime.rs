@@ -3,14 +3,12 @@
 //! script points it at the onnxruntime==1.31.1 wheel's library) and the PP-OCR det and rec
 //! models (scripts/fetch-ppocr-models.sh; the test script fetches them).
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::Command,
 };
 
-use common::*;
+use crate::common::*;
 use wharf::config::ServerConfig;
 
 fn library() -> PathBuf {
@@ -66,7 +64,7 @@ async fn the_ppocr_models_agree_on_both_engines() {
     let dir = tempfile::tempdir().unwrap();
     both_engines(dir.path());
     let mut config = ServerConfig::local(dir.path());
-    config.onnxruntime_lib = Some(library());
+    config.load.onnxruntime_lib = Some(library());
     let mut t = TestServer::start(config).await;
     let index = t.index().await;
     for m in &index {
@@ -234,7 +232,7 @@ async fn a_cpu_budget_is_measured_from_the_arena_and_caps_the_rows() {
     assert!(config.contains("memory_budget") && config.contains("onnxruntime"));
     let dir = one_model_repository("cls", &from.join("1/model.onnx"), &config);
     let mut server_config = ServerConfig::local(dir.path());
-    server_config.onnxruntime_lib = Some(library());
+    server_config.load.onnxruntime_lib = Some(library());
     let mut t = TestServer::start(server_config).await;
     let (peaks, allowed) = t.batch_peaks("cls").await;
     assert!(peaks.len() >= 2 && peaks[0].1 > 0, "{peaks:?}");
@@ -294,7 +292,7 @@ async fn bucket_sessions_through_io_binding_answer_as_a_plain_session() {
         }
     }
     let mut config = ServerConfig::local(dir.path());
-    config.onnxruntime_lib = Some(library());
+    config.load.onnxruntime_lib = Some(library());
     let mut t = TestServer::start(config).await;
     for m in t.index().await {
         assert_eq!(m.state, "READY", "{} {}", m.name, m.reason);

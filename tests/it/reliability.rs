@@ -4,11 +4,9 @@
 //! drain answers every stream request read; request bytes in flight are budgeted; a
 //! connection that sends half a preface is closed.
 
-mod common;
-
 use std::{path::PathBuf, time::Duration};
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -145,9 +143,9 @@ async fn loads_that_panic_or_hang_end_unavailable_and_healthy_models_still_load(
     ]);
     let mut config = ServerConfig::local(dir.path());
     // Two loader threads: before, two stuck loads were enough to keep every model out.
-    config.load_parallelism = 2;
+    config.runtime.load_parallelism = Some(2);
     // Long enough for the healthy model on a busy machine, too short for slow_to_load.
-    config.model_load_timeout = Duration::from_secs(1);
+    config.load.model_load_timeout = Duration::from_secs(1);
     let mut t = TestServer::start(config).await;
     let index = t.index().await;
     let state = |name: &str| {
@@ -293,8 +291,8 @@ async fn request_bytes_in_flight_are_budgeted() {
         "max_batch_size: 0\nmodel_warmup: false\ninstance_group: [{ count: 1, kind: KIND_CPU }]\n";
     let dir = repository(&[("busy", faulty("busy"), config)]);
     let mut config = ServerConfig::local(dir.path());
-    config.max_request_bytes = 1 << 20;
-    config.max_inflight_bytes = 1 << 20;
+    config.limits.max_request_size = bytesize::ByteSize::mib(1);
+    config.limits.max_inflight_bytes = bytesize::ByteSize::mib(1);
     let t = TestServer::start(config).await;
     // 600 KiB each: one fits the 1 MiB budget, two do not.
     let values = 600 * 1024 / 4;
@@ -376,7 +374,7 @@ async fn request_bytes_in_flight_are_budgeted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_connection_that_sends_half_a_preface_is_closed() {
     let mut config = ServerConfig::local(test_models());
-    config.handshake_timeout = Duration::from_millis(300);
+    config.listen.handshake_timeout = Duration::from_millis(300);
     let mut t = TestServer::start(config).await;
     let mut half = TcpStream::connect(t.server.grpc_addr()).await.unwrap();
     half.write_all(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..12])

@@ -1,9 +1,7 @@
 //! Each bad request gets its gRPC code and a message naming what was wrong, and the server
 //! keeps serving others.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tonic::Code;
 use wharf::{
     config::ServerConfig,
@@ -182,7 +180,7 @@ async fn inputs_that_do_not_fit_the_model_are_invalid() {
 #[tokio::test]
 async fn oversized_requests_are_refused_by_name() {
     let mut config = ServerConfig::local(test_models());
-    config.max_request_bytes = 1 << 20;
+    config.limits.max_request_size = bytesize::ByteSize::mib(1);
     let mut t = TestServer::start(config).await;
     let big = vec![0f32; (1 << 20) / 4 + 4];
     let r = ModelInferRequest {
@@ -411,8 +409,8 @@ fn param(kind: pb::infer_parameter::ParameterChoice) -> pb::InferParameter {
 async fn the_bad_input_catalogue() {
     use pb::infer_parameter::ParameterChoice::{BoolParam, Int64Param, StringParam};
     let mut config = ServerConfig::local(test_models());
-    config.max_request_bytes = 1 << 20;
-    config.max_inflight_bytes = 4 << 20;
+    config.limits.max_request_size = bytesize::ByteSize::mib(1);
+    config.limits.max_inflight_bytes = bytesize::ByteSize::mib(4);
     let mut t = TestServer::start(config).await;
     let four = fp32_bytes(&[1.0; 4]);
     let cases = vec![
