@@ -18,7 +18,6 @@ use crate::{
     auth::RequireKey,
     backend::onnxruntime::library,
     config::{ServerConfig, TlsFiles},
-    shutdown::Drain,
     control::{ControlMode, ModelControl},
     grpc::{
         gate::Gate, pb, pb::grpc_inference_service_server::GrpcInferenceServiceServer,
@@ -28,6 +27,7 @@ use crate::{
     listener,
     metrics::{endpoint, saturation, Metrics},
     repository::Repository,
+    shutdown::Drain,
 };
 
 /// The service name health reports the whole server under, besides "".
@@ -118,13 +118,14 @@ impl App {
         // Explicit control loads only what --load-model names (with an ensemble's steps).
         let wanted = ModelControl::start_set(&config);
         let root = config.load.model_repository.clone();
-        let repository = Repository::scan_only(&root, config.load.clone(), Metrics::new(), |name| {
-            wanted.as_ref().is_none_or(|w| w.contains(name))
-        })
-        .map_err(|source| AppError::Repository {
-            path: root.display().to_string(),
-            source,
-        })?;
+        let repository =
+            Repository::scan_only(&root, config.load.clone(), Metrics::new(), |name| {
+                wanted.as_ref().is_none_or(|w| w.contains(name))
+            })
+            .map_err(|source| AppError::Repository {
+                path: root.display().to_string(),
+                source,
+            })?;
         let grpc = bind(config.listen.grpc_addr()).await?;
         let metrics = bind(config.listen.metrics_addr()).await?;
         let reflection = || {
@@ -194,7 +195,11 @@ impl App {
                 warn!(error = %e, "the metrics endpoint stopped");
             }
         });
-        drain.spawn(sample_saturation(Arc::clone(&repository), metrics, drain.clone()));
+        drain.spawn(sample_saturation(
+            Arc::clone(&repository),
+            metrics,
+            drain.clone(),
+        ));
 
         let runtime = tokio::runtime::Handle::current();
         let control = Arc::new(ModelControl::new(

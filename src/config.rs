@@ -149,7 +149,12 @@ pub struct ControlConfig {
     /// What may change the loaded models while serving: none (what start-up loaded),
     /// explicit (RepositoryModelLoad/Unload; --load-model at start), poll (the repository
     /// rescanned every --repository-poll-secs)
-    #[arg(long, env = "WHARF_MODEL_CONTROL_MODE", value_enum, default_value = "none")]
+    #[arg(
+        long,
+        env = "WHARF_MODEL_CONTROL_MODE",
+        value_enum,
+        default_value = "none"
+    )]
     pub model_control_mode: ControlMode,
     /// Explicit mode: a model to load at start; repeat it, or `*` for all
     #[arg(long)]
@@ -172,9 +177,8 @@ pub struct RuntimeConfig {
     /// instances compute on threads of their own [default: half the CPUs, at least 1]
     #[arg(long, env = "WHARF_RUNTIME_THREADS")]
     pub runtime_threads: Option<usize>,
-    /// Models loaded at once at start-up; None: twice the CPUs.
-    #[arg(skip)]
-    #[serde(skip)]
+    /// Models loaded at once at start-up [default: twice the CPUs]
+    #[arg(long, env = "WHARF_LOAD_PARALLELISM")]
     pub load_parallelism: Option<usize>,
 }
 
@@ -251,8 +255,7 @@ impl RuntimeConfig {
     /// each other (2 cores, `simple` at c64: 0.69x the echo's req/s with one worker
     /// against 0.66x with two; benches/README.md).
     pub fn runtime_threads(&self) -> usize {
-        self.runtime_threads
-            .unwrap_or_else(|| cores().div_ceil(2))
+        self.runtime_threads.unwrap_or_else(|| cores().div_ceil(2))
     }
 
     /// Loads run at once at start-up: twice the cores unless set. Loading is mostly
@@ -559,7 +562,13 @@ mod tests {
         assert_eq!(c.listen.handshake_timeout, Duration::from_secs(3));
         assert_eq!(c.limits.max_inflight_bytes(), 2 << 30);
         assert!(c.runtime.runtime_threads() >= 1);
-        assert_eq!(resolve("runtime_threads: 3", &[]).unwrap().runtime.runtime_threads(), 3);
+        assert_eq!(
+            resolve("runtime_threads: 3", &[])
+                .unwrap()
+                .runtime
+                .runtime_threads(),
+            3
+        );
     }
 
     #[test]

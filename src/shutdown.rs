@@ -42,7 +42,9 @@ impl Drain {
 
     /// Resolves when every background task has ended, or after `within`; true if all did.
     pub async fn joined(&self, within: Duration) -> bool {
-        tokio::time::timeout(within, self.tasks.wait()).await.is_ok()
+        tokio::time::timeout(within, self.tasks.wait())
+            .await
+            .is_ok()
     }
 }
 

@@ -6,10 +6,7 @@ mod ensemble;
 
 use std::sync::Arc;
 
-use tokio::{
-    sync::oneshot,
-    time::Instant,
-};
+use tokio::{sync::oneshot, time::Instant};
 use tracing::debug;
 
 pub use crate::request::{InferRequest, InferResponse};

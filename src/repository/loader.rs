@@ -20,9 +20,9 @@ use super::{
     EngineRunner, Runner, ServedModel,
 };
 use crate::{
-    config::LoadConfig,
     backend::{tract::TractModel, BackendError, Model},
     batching::{cost::WorkEstimate, BatchPolicy, Scheduler},
+    config::LoadConfig,
     metrics::{saturation::Backlog, Metrics, ModelMetrics},
     stats::ModelStats,
     workers::{WorkerContext, WorkerPool},

@@ -22,8 +22,8 @@ use std::{
 use tracing::warn;
 
 use crate::{
-    config::LoadConfig,
     batching::{cost::WorkEstimate, Scheduler},
+    config::LoadConfig,
     metrics::Metrics,
     stats::ModelStats,
     workers::WorkerPool,
@@ -263,7 +263,12 @@ impl Repository {
             configured if configured.is_empty() => gpu_budget::device_memory_from_driver(),
             configured => configured,
         };
-        split_by_gpu_budget(serving, tasks, &memory, self.settings.gpu_context_memory.as_u64())
+        split_by_gpu_budget(
+            serving,
+            tasks,
+            &memory,
+            self.settings.gpu_context_memory.as_u64(),
+        )
     }
 
     /// Stops every worker pool, joining its threads once queued work is done (blocking).

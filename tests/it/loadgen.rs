@@ -1,8 +1,8 @@
 //! `wharf bench` against the real server: it measures what it sends and counts failures by
 //! their gRPC code.
 
-use clap::Parser;
 use crate::common::*;
+use clap::Parser;
 use wharf::loadgen::{run, BenchArgs};
 
 #[derive(Parser)]

@@ -9,11 +9,7 @@ use tonic::{
     Code, Request,
 };
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-use wharf::{
-    app::Server,
-    auth::ApiKey,
-    config::ServerConfig,
-};
+use wharf::{app::Server, auth::ApiKey, config::ServerConfig};
 
 fn with_key(key: &str) -> Request<wharf::grpc::pb::ModelInferRequest> {
     let mut request = Request::new(add_sub_request());
