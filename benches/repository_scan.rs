@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use wharf::repository::control::{digest_folders, ScanCache};
+use wharf::repository::digest::{digest_folders, ScanCache};
 
 const MODELS: usize = 8;
 const MODEL_BYTES: usize = 16 << 20;

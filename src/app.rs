@@ -206,6 +206,7 @@ impl App {
             config.control.model_control_mode,
             Arc::clone(&repository),
             runtime.clone(),
+            config.runtime.load_parallelism(),
         ));
         let poller = (config.control.model_control_mode == ControlMode::Poll)
             .then(|| (Arc::clone(&control), config.control.repository_poll));

@@ -1,12 +1,12 @@
 //! Model control in Triton's three modes: `none` (the repository as read at start),
 //! `explicit` (RepositoryModelLoad / RepositoryModelUnload), `poll` (the repository's
-//! changes, read every --repository-poll-secs). One load or unload of a model at a time;
-//! different models in parallel.
+//! changes, read every --repository-poll-secs), each turned into loads and unloads of the
+//! repository's lifecycle.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -17,16 +17,17 @@ pub use crate::config::ControlMode;
 use crate::config::ServerConfig;
 use crate::repository::{
     config::ModelConfig,
-    control::{digest_folders, ScanCache},
-    Repository,
+    digest::{digest_folders, ScanCache},
+    lifecycle::Outcomes,
+    LoadError, LoadFailure, Repository, Wanted,
 };
 
 #[derive(Debug, Error)]
 pub enum ControlError {
     #[error("explicit model load / unload is not allowed with --model-control-mode {0} (only with explicit)")]
     NotAllowed(&'static str),
-    #[error("failed to load '{model}': {reason}")]
-    Load { model: String, reason: String },
+    #[error("failed to load '{model}': {source}")]
+    Load { model: String, source: LoadFailure },
     #[error("model '{0}' is not in the model repository")]
     NotFound(String),
     #[error("the `config` parameter for '{model}': {reason}")]
@@ -37,8 +38,8 @@ pub struct ModelControl {
     mode: ControlMode,
     repository: Arc<Repository>,
     runtime: tokio::runtime::Handle,
-    /// One lock per model name: loads and unloads of one model queue behind each other.
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Versions loaded at once.
+    parallelism: usize,
 }
 
 impl ModelControl {
@@ -46,12 +47,13 @@ impl ModelControl {
         mode: ControlMode,
         repository: Arc<Repository>,
         runtime: tokio::runtime::Handle,
+        parallelism: usize,
     ) -> ModelControl {
         ModelControl {
             mode,
             repository,
             runtime,
-            locks: Mutex::default(),
+            parallelism,
         }
     }
 
@@ -60,7 +62,8 @@ impl ModelControl {
     }
 
     /// The models start-up loads: None for all; in explicit mode those `--load-model`
-    /// names (`*`: all) and the step models of the ensembles among them.
+    /// names (`*`: all). The start-up load adds the step models of the ensembles among
+    /// them.
     pub fn start_set(config: &ServerConfig) -> Option<BTreeSet<String>> {
         let control = &config.control;
         if control.model_control_mode != ControlMode::Explicit
@@ -68,26 +71,18 @@ impl ModelControl {
         {
             return None;
         }
-        let mut wanted = BTreeSet::new();
         for name in &control.load_model {
-            let dir = config.load.model_repository.join(name);
-            if !dir.is_dir() {
+            if !config.load.model_repository.join(name).is_dir() {
                 warn!(model = %name, "--load-model names no folder of the repository");
             }
-            wanted.extend(steps_needed(&dir, None));
-            wanted.insert(name.clone());
         }
-        Some(wanted)
-    }
-
-    fn lock_of(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().expect("control locks");
-        Arc::clone(locks.entry(name.to_owned()).or_default())
+        Some(control.load_model.iter().cloned().collect())
     }
 
     /// RepositoryModelLoad: loads or reloads `name` (with `config`, JSON or YAML in
-    /// Triton's field names, in place of its config.yaml), an ensemble's step models
-    /// first. Returns once it is READY, or with why it is not.
+    /// Triton's field names, in place of its config.yaml), with the step models of an
+    /// ensemble that do not serve yet. Returns once it is READY, or with why it is not
+    /// (a step's failure first).
     pub async fn load(&self, name: &str, config: Option<&str>) -> Result<(), ControlError> {
         if self.mode != ControlMode::Explicit {
             return Err(ControlError::NotAllowed(self.mode.as_str()));
@@ -100,17 +95,22 @@ impl ModelControl {
                 })
             })
             .transpose()?;
-        let dir = self.repository.root().join(name);
-        if !dir.is_dir() {
+        if !self.repository.root().join(name).is_dir() {
             return Err(ControlError::NotFound(name.to_owned()));
         }
-        let steps = steps_needed(&dir, given.as_ref());
-        for step in steps {
-            if step != name && self.repository.registry().lookup(&step, "").is_err() {
-                self.load_now(&step, None).await?;
-            }
+        let wanted = self
+            .repository
+            .with_unserved_steps(Wanted::from([(name.to_owned(), given)]));
+        let mut outcomes = self.apply(wanted).await;
+        let own = outcomes.remove(name);
+        let failed = outcomes
+            .into_iter()
+            .chain(own.map(|outcome| (name.to_owned(), outcome)))
+            .find_map(|(model, outcome)| outcome.err().map(|source| (model, source)));
+        match failed {
+            Some((model, source)) => Err(ControlError::Load { model, source }),
+            None => Ok(()),
         }
-        self.load_now(name, given).await
     }
 
     /// RepositoryModelUnload: takes `name` out of service (its admitted requests finish);
@@ -124,42 +124,53 @@ impl ModelControl {
             names.extend(self.repository.dependents(name));
         }
         for name in names {
-            let lock = self.lock_of(&name);
-            let _serial = lock.lock().await;
-            if !self.repository.unload_model(&name) {
+            if !self.unload_now(&name).await {
                 return Err(ControlError::NotFound(name));
             }
         }
         Ok(())
     }
 
-    async fn load_now(&self, name: &str, given: Option<ModelConfig>) -> Result<(), ControlError> {
-        let lock = self.lock_of(name);
-        let _serial = lock.lock().await;
-        let (repository, runtime, model) = (
+    /// Loads `wanted` off the async threads, and counts each model's outcome.
+    async fn apply(&self, wanted: Wanted) -> Outcomes {
+        let names: Vec<String> = wanted.keys().cloned().collect();
+        let (repository, runtime, parallelism) = (
             Arc::clone(&self.repository),
             self.runtime.clone(),
-            name.to_owned(),
+            self.parallelism,
         );
-        let result = tokio::task::spawn_blocking(move || {
-            let loaded = repository.load_model(&model, given, &runtime);
+        let outcomes = tokio::task::spawn_blocking(move || {
+            let outcomes = repository.load_models(wanted, parallelism, &runtime);
             // What the load freed (parsing, optimising, a failed attempt's all) goes back
             // to the OS now, from this thread's heap, which holds it: an idle server
             // would otherwise keep it until its allocator next runs a purge.
             crate::heap::release_freed();
-            loaded
+            outcomes
         })
         .await
-        .unwrap_or_else(|e| Err(format!("the load task failed: {e}")));
-        self.repository.metrics().model_loaded(name, result.is_ok());
-        match &result {
-            Ok(()) => info!(model = %name, "loaded"),
-            Err(reason) => warn!(model = %name, %reason, "load failed"),
+        .unwrap_or_else(|e| {
+            let failed = |_| Err(LoadFailure::from(LoadError::Panicked(e.to_string())));
+            names.iter().map(|n| (n.clone(), failed(n))).collect()
+        });
+        for (name, outcome) in &outcomes {
+            self.repository
+                .metrics()
+                .model_loaded(name, outcome.is_ok());
+            match outcome {
+                Ok(()) => info!(model = %name, "loaded"),
+                Err(reason) => warn!(model = %name, %reason, "load failed"),
+            }
         }
-        result.map_err(|reason| ControlError::Load {
-            model: name.to_owned(),
-            reason,
-        })
+        outcomes
+    }
+
+    /// Unloads `name` off the async threads (it waits for a load of it under way);
+    /// whether it was known.
+    async fn unload_now(&self, name: &str) -> bool {
+        let (repository, name) = (Arc::clone(&self.repository), name.to_owned());
+        tokio::task::spawn_blocking(move || repository.unload_model(&name))
+            .await
+            .unwrap_or(false)
     }
 
     /// Poll mode: every `every`, what changed in the repository since it was last applied
@@ -180,40 +191,23 @@ impl ModelControl {
             let now;
             (now, cache) = scan(root.clone(), cache).await;
             let stable = |name: &String| now.get(name) == previous.get(name);
-            let changed: Vec<String> = now
+            let changed: BTreeSet<String> = now
                 .keys()
                 .chain(applied.keys())
                 .filter(|name| now.get(*name) != applied.get(*name) && stable(name))
                 .cloned()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
                 .collect();
-            // Step models before the ensembles over them: ensembles last.
-            let (ensembles, models): (Vec<String>, Vec<String>) = changed
-                .into_iter()
-                .partition(|name| !steps_needed(&root.join(name), None).is_empty());
-            let loads = models.iter().filter(|n| now.contains_key(*n)).map(|name| {
-                let control = Arc::clone(&self);
-                async move {
-                    let _ = control.load_now(name, None).await;
-                }
-            });
-            futures::future::join_all(loads).await;
-            for name in &ensembles {
-                if now.contains_key(name) {
-                    let _ = self.load_now(name, None).await;
-                }
-            }
-            for name in models.iter().chain(&ensembles) {
+            let present = changed.iter().filter(|n| now.contains_key(*n));
+            self.apply(present.map(|n| (n.clone(), None)).collect())
+                .await;
+            for name in &changed {
                 match now.get(name) {
                     Some(digest) => {
                         applied.insert(name.clone(), *digest);
                     }
                     None => {
                         info!(model = %name, "its folder is gone: unloading");
-                        let lock = self.lock_of(name);
-                        let _serial = lock.lock().await;
-                        self.repository.unload_model(name);
+                        self.unload_now(name).await;
                         applied.remove(name);
                     }
                 }
@@ -230,39 +224,4 @@ async fn scan(root: PathBuf, mut cache: ScanCache) -> (BTreeMap<String, u64>, Sc
     tokio::task::spawn_blocking(move || (digest_folders(&root, &mut cache), cache))
         .await
         .unwrap_or_default()
-}
-
-/// The step models an ensemble's config (`given`, or its folder's config.yaml) names,
-/// with theirs before them; empty for a model that is not an ensemble.
-fn steps_needed(dir: &Path, given: Option<&ModelConfig>) -> Vec<String> {
-    let read = |dir: &Path| ModelConfig::from_file(&dir.join("config.yaml")).ok();
-    let mut order = Vec::new();
-    let mut stack: Vec<(String, Option<ModelConfig>)> = Vec::new();
-    let config = given.cloned().or_else(|| read(dir));
-    let Some(root) = dir.parent() else {
-        return order;
-    };
-    let steps = |config: &ModelConfig| -> Vec<String> {
-        config
-            .ensemble_scheduling
-            .iter()
-            .flat_map(|s| &s.step)
-            .map(|step| step.model_name.clone())
-            .collect()
-    };
-    for step in config.as_ref().map(steps).unwrap_or_default() {
-        stack.push((step.clone(), read(&root.join(&step))));
-    }
-    // Depth-first, each name once: a cycle ends (its load will say what is wrong).
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    while let Some((name, config)) = stack.pop() {
-        if !seen.insert(name.clone()) {
-            continue;
-        }
-        order.insert(0, name);
-        for step in config.as_ref().map(steps).unwrap_or_default() {
-            stack.push((step.clone(), read(&root.join(&step))));
-        }
-    }
-    order
 }

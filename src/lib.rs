@@ -50,5 +50,3 @@ pub mod grpc;
 pub(crate) mod listener;
 
 pub mod app;
-
-pub mod loadgen;

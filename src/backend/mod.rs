@@ -4,8 +4,6 @@
 pub mod ocr;
 pub mod onnx;
 pub mod onnxruntime;
-#[cfg(feature = "onnxruntime")]
-pub mod probe;
 pub mod tract;
 
 use std::sync::Arc;
@@ -64,13 +62,43 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// A loaded model: weights and compiled plans, shared by all instances through `Arc`.
+/// What an engine is like where the loader and the workers care. The default is ONNX
+/// Runtime's shape, less its own allocators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineTraits {
+    /// The engine allocates through Rust's global allocator, so that wharf can count the
+    /// memory a call needs (tract does; ONNX Runtime has allocators of its own).
+    pub counts_host_memory: bool,
+    /// Warming with synthetic inputs means something: not for a processing step (zeros
+    /// are no image), which has no plan to build either.
+    pub warms: bool,
+    /// A call computes on the calling thread alone (tract), so that the thread's CPU time
+    /// is its cost whatever else the machine is doing.
+    pub computes_on_calling_thread: bool,
+    /// Each instance must run the warm inputs itself before READY: yes where an instance
+    /// prepares per shape (ONNX Runtime's sessions trace memory on a first run; on a GPU,
+    /// cuDNN searches and CUDA graphs), no where the plans warming built are shared and an
+    /// instance only holds run state (tract).
+    pub warms_each_instance: bool,
+}
+
+impl Default for EngineTraits {
+    fn default() -> EngineTraits {
+        EngineTraits {
+            counts_host_memory: true,
+            warms: true,
+            computes_on_calling_thread: false,
+            warms_each_instance: true,
+        }
+    }
+}
+
 pub trait Model: Send + Sync + 'static {
     fn signature(&self) -> &Signature;
 
-    /// Whether the engine allocates through Rust's global allocator, so that wharf can
-    /// count the memory a call needs (tract does; ONNX Runtime has allocators of its own).
-    fn counts_host_memory(&self) -> bool {
-        true
+    /// What the loader and the workers may count on from this engine.
+    fn traits(&self) -> EngineTraits {
+        EngineTraits::default()
     }
 
     /// How calls will come, told once before the first instance is made: the row counts
@@ -78,26 +106,6 @@ pub trait Model: Send + Sync + 'static {
     /// every other dimension is fixed. An engine that prepares each input shape anew may
     /// then keep one prepared session, or one captured graph, per count. Others ignore it.
     fn plan_calls(&self, _batch_sizes: &[usize], _fixed_shapes: bool) {}
-
-    /// Whether warming with synthetic inputs means anything: not for a processing step
-    /// (zeros are no image), which has no plan to build either.
-    fn warms(&self) -> bool {
-        true
-    }
-
-    /// Whether a call computes on the calling thread alone (tract), so that the thread's
-    /// CPU time is its cost whatever else the machine is doing.
-    fn computes_on_calling_thread(&self) -> bool {
-        false
-    }
-
-    /// Whether each instance must run the warm inputs itself before READY: yes where an
-    /// instance prepares per shape (ONNX Runtime's sessions trace memory on a first run;
-    /// on a GPU, cuDNN searches and CUDA graphs), no where the plans warming built are
-    /// shared and an instance only holds run state (tract).
-    fn warms_each_instance(&self) -> bool {
-        true
-    }
 
     /// A fresh instance that shares this model and owns only its mutable run state.
     /// Called on the thread that will use it, so instances need not be `Send`.

@@ -12,7 +12,7 @@ use lru::LruCache;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::{Factoid, InferenceFact};
 
-use super::{BackendError, Instance, Model, Signature};
+use super::{BackendError, EngineTraits, Instance, Model, Signature};
 use crate::tensor::{self, DataType, Tensor as WharfTensor, TensorData};
 
 /// Plans kept per model. Each optimized plan holds its own packed weights, so the bound is
@@ -97,13 +97,13 @@ impl Model for TractModel {
         &self.signature
     }
 
-    fn computes_on_calling_thread(&self) -> bool {
-        true
-    }
-
     /// Plans are built once per shape and shared; an instance's run state is cheap.
-    fn warms_each_instance(&self) -> bool {
-        false
+    fn traits(&self) -> EngineTraits {
+        EngineTraits {
+            computes_on_calling_thread: true,
+            warms_each_instance: false,
+            ..EngineTraits::default()
+        }
     }
 
     fn new_instance(self: Arc<Self>) -> Result<Box<dyn Instance>, BackendError> {

@@ -175,7 +175,7 @@ pub fn model_config(model: &ServedModel) -> pb::ModelConfig {
             param(engine.shared_bytes.to_string()),
         );
     }
-    let scheduling = match &model.runner {
+    let scheduling = match model.runner() {
         Runner::Engine(_) => batching,
         Runner::Ensemble(pipeline) => {
             parameters.insert(

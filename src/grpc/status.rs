@@ -2,7 +2,12 @@
 
 use tonic::{Code, Status};
 
-use crate::{backend::BackendError, control::ControlError, error::InferError};
+use crate::{
+    backend::BackendError,
+    control::ControlError,
+    error::{clip, InferError, MAX_MESSAGE_BYTES},
+    repository::LoadError,
+};
 
 pub fn code(error: &InferError) -> Code {
     match error {
@@ -33,13 +38,45 @@ impl From<InferError> for Status {
     }
 }
 
+/// Why a version did not load, by whose move it is: the model's files or config
+/// (INVALID_ARGUMENT), a file or folder missing (NOT_FOUND), a budget it does not fit
+/// (RESOURCE_EXHAUSTED), the load timeout (DEADLINE_EXCEEDED), or wharf or the engine
+/// failing (INTERNAL).
+pub fn load_code(error: &LoadError) -> Code {
+    match error {
+        LoadError::Config(_)
+        | LoadError::Signature { .. }
+        | LoadError::Repository(_)
+        | LoadError::Ensemble(_)
+        | LoadError::Warmup(_) => Code::InvalidArgument,
+        // The engine could not read the model file, or does not run what it holds.
+        LoadError::Engine(
+            BackendError::Load(_)
+            | BackendError::ShapeRejected { .. }
+            | BackendError::Unsupported(_)
+            | BackendError::BadInput(_),
+        ) => Code::InvalidArgument,
+        LoadError::NoModelFile(_) | LoadError::NoFolder { .. } => Code::NotFound,
+        LoadError::Budget(_) | LoadError::GpuBudget(_) => Code::ResourceExhausted,
+        LoadError::TimedOut(_) => Code::DeadlineExceeded,
+        LoadError::Engine(
+            BackendError::Execution(_) | BackendError::Panicked(_) | BackendError::BadOutput(_),
+        )
+        | LoadError::Panicked(_)
+        | LoadError::Workers(_)
+        | LoadError::Thread(_)
+        | LoadError::ThreadLost => Code::Internal,
+    }
+}
+
 impl From<ControlError> for Status {
     fn from(error: ControlError) -> Status {
         let code = match &error {
             ControlError::NotAllowed(_) => Code::FailedPrecondition,
             ControlError::NotFound(_) => Code::NotFound,
-            ControlError::BadConfig { .. } | ControlError::Load { .. } => Code::InvalidArgument,
+            ControlError::BadConfig { .. } => Code::InvalidArgument,
+            ControlError::Load { source, .. } => load_code(source.first()),
         };
-        Status::new(code, error.to_string())
+        Status::new(code, clip(&error.to_string(), MAX_MESSAGE_BYTES))
     }
 }

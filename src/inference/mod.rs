@@ -92,7 +92,7 @@ impl Inference {
         let arrived = Instant::now();
         // Kept only when the per-request line is asked for: no copy on the hot path.
         let id = tracing::enabled!(tracing::Level::DEBUG).then(|| request.id.clone());
-        let result = match &model.runner {
+        let result = match model.runner() {
             Runner::Engine(engine) => Self::run(&model, engine, request, arrived).await,
             // Boxed: a pipeline's state would otherwise be part of every request's future,
             // copied as the transport moves it.
@@ -103,7 +103,7 @@ impl Inference {
         let took = arrived.elapsed();
         match &result {
             Ok(response) => model.stats.record_success(response.rows, took),
-            Err(e) if matches!(model.runner, Runner::Ensemble(_)) => {
+            Err(e) if matches!(model.runner(), Runner::Ensemble(_)) => {
                 model.stats.record_pipeline_failure(e, took)
             }
             Err(e) => model.stats.record_failure(e, took),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use bytesize::ByteSize;
 
-use super::{config::ModelConfig, spec::DEFAULT_MAX_BATCH_SIZE};
+use super::{config::ModelConfig, loader::LoadTask, spec::DEFAULT_MAX_BATCH_SIZE};
 
 /// Device memory each ONNX Runtime CUDA session holds outside its arena (its cuDNN and
 /// cuBLAS handles and their workspaces): measured on an H200, 8 sessions of cls held 828
@@ -118,6 +118,30 @@ pub fn device_memory_from_driver() -> BTreeMap<u32, u64> {
     (0..count)
         .filter_map(|i| Some((i, nvml.device_by_index(i).ok()?.memory_info().ok()?.total)))
         .collect()
+}
+
+/// `tasks` split by whether their claims fit `memory` (bytes per device) beside `serving`.
+pub fn split_by_gpu_budget(
+    serving: Vec<GpuClaim>,
+    tasks: Vec<LoadTask>,
+    memory: &BTreeMap<u32, u64>,
+    context: u64,
+) -> (Vec<LoadTask>, Vec<(LoadTask, String)>) {
+    let mut claims = serving;
+    claims.extend(
+        tasks
+            .iter()
+            .filter_map(|t| GpuClaim::of(&t.name, t.version, &t.config)),
+    );
+    let mut refused = over_budget(&claims, memory, context);
+    let (mut fitting, mut failed) = (Vec::new(), Vec::new());
+    for task in tasks {
+        match refused.remove(&(task.name.clone(), task.version)) {
+            Some(reason) => failed.push((task, reason)),
+            None => fitting.push(task),
+        }
+    }
+    (fitting, failed)
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use tracing::info;
 
 use super::{
     config::{BackendKind, ModelConfig},
+    dynamic_batching,
     ensemble::{Lookup, Pipeline},
-    policy,
     spec::ModelSpec,
     warmup::{self, Profile},
     EngineRunner, Runner, ServedModel,
@@ -62,6 +62,11 @@ pub enum LoadError {
     Thread(std::io::Error),
     #[error("the loading thread ended without a result")]
     ThreadLost,
+    #[error("no folder '{name}' in the model repository {}", root.display())]
+    NoFolder { name: String, root: PathBuf },
+    /// The model's folder as a whole: its config does not read, or no version to serve.
+    #[error("{0}")]
+    Repository(String),
 }
 
 /// A version waiting to be loaded.
@@ -282,14 +287,14 @@ fn load_version(
                     reason,
                 }
             })?;
-            let mut policy = policy::batch_policy(config, spec.max_batch_size);
+            let mut policy = dynamic_batching::batch_policy(config, spec.max_batch_size);
             // Padded calls carry only the buckets' row counts: sessions (and CUDA graphs,
             // where the other dims are fixed too) can be made per count.
             let fixed_shapes = spec.inputs.iter().all(|i| i.dims.iter().all(|d| *d > 0));
             model.plan_calls(&batch_buckets(config, &policy), fixed_shapes);
             let candidates = candidate_rows(&policy, spec.max_batch_size);
             let budgeted = config.memory_budget().is_some();
-            let profile = if model.warms() {
+            let profile = if model.traits().warms {
                 warmup::run(&model, &spec, config, &candidates, budgeted)
                     .map_err(LoadError::Warmup)?
             } else {
@@ -342,7 +347,7 @@ fn load_version(
     } else {
         Vec::new()
     };
-    let warm = if context.model.warms() && context.model.warms_each_instance() {
+    let warm = if context.model.traits().warms && context.model.traits().warms_each_instance {
         warmup::instance_inputs(&spec, config, &warm_rows, padded).map_err(LoadError::Warmup)?
     } else {
         Vec::new()
@@ -407,13 +412,14 @@ fn load_version(
         stats,
         load_time,
         digest: task.digest,
-        runner: Runner::Engine(EngineRunner {
+        runner: Some(Runner::Engine(EngineRunner {
             scheduler,
             pool,
             work,
             profile,
             shared_bytes,
-        }),
+        })),
+        on_unloaded: Default::default(),
     })
 }
 
@@ -457,7 +463,8 @@ pub fn load_ensemble(
         stats,
         load_time,
         digest: task.digest,
-        runner: Runner::Ensemble(pipeline),
+        runner: Some(Runner::Ensemble(pipeline)),
+        on_unloaded: Default::default(),
     })
 }
 
@@ -540,7 +547,7 @@ mod tests {
     fn batches_are_padded_to_buckets_on_a_gpu_with_dynamic_batching_only() {
         let buckets = |yaml: &str| {
             let config = ModelConfig::from_yaml(yaml).unwrap();
-            batch_buckets(&config, &policy::batch_policy(&config, 8))
+            batch_buckets(&config, &dynamic_batching::batch_policy(&config, 8))
         };
         let gpu = "backend: onnxruntime\ninstance_group: [{kind: KIND_GPU}]\n";
         let param = |v: &str| format!("parameters: {{batch_buckets: {{string_value: \"{v}\"}}}}\n");

@@ -1,25 +1,28 @@
-//! The model repository: model folders and their versions, read from disk, loaded in
-//! parallel (`loader`), and recorded in the table requests read (`registry`).
+//! The model repository: model folders and their versions, read from disk, loaded
+//! (`loader`) and swapped (`lifecycle`), and recorded in the table requests read
+//! (`registry`).
 
 pub mod config;
-pub mod control;
+pub mod digest;
+pub mod dynamic_batching;
+pub mod engine;
 pub mod ensemble;
 pub mod gpu_budget;
+pub mod lifecycle;
 pub mod loader;
 pub mod parameters;
-pub mod policy;
+mod reaper;
 pub mod registry;
+mod serial;
 pub mod spec;
 mod warmup;
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
-
-use tracing::warn;
 
 use crate::{
     batching::{cost::WorkEstimate, Scheduler},
@@ -30,8 +33,8 @@ use crate::{
 };
 use config::ModelConfig;
 pub use ensemble::Pipeline;
-use gpu_budget::GpuClaim;
-use loader::{LoadError, LoadTask};
+pub use lifecycle::{LoadFailure, Wanted};
+pub use loader::LoadError;
 pub use registry::{IndexRow, ModelEntry, Registry, Status, VersionState};
 use spec::ModelSpec;
 pub use warmup::Profile;
@@ -46,7 +49,10 @@ pub struct ServedModel {
     pub load_time: Duration,
     /// Its folder's and config's content digest (`control::digest`).
     pub digest: u64,
-    pub runner: Runner,
+    /// None only while it is dropped (see `Drop`).
+    runner: Option<Runner>,
+    /// What to do once it is dropped (mark it UNLOADED), if anything.
+    on_unloaded: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 /// What answers a version's requests: its own engine instances, or a pipeline of other
@@ -72,9 +78,13 @@ pub struct EngineRunner {
 }
 
 impl ServedModel {
+    pub fn runner(&self) -> &Runner {
+        self.runner.as_ref().expect("taken only when dropped")
+    }
+
     /// The engine side of a model that runs one; None for an ensemble.
     pub fn engine(&self) -> Option<&EngineRunner> {
-        match &self.runner {
+        match self.runner() {
             Runner::Engine(engine) => Some(engine),
             Runner::Ensemble(_) => None,
         }
@@ -83,19 +93,47 @@ impl ServedModel {
     /// The most rows one request to this version may carry (0: it has no batch
     /// dimension): `max_batch_size`, or less where a memory budget allows less.
     pub fn max_rows(&self) -> usize {
-        match &self.runner {
+        match self.runner() {
             Runner::Engine(engine) if self.spec.max_batch_size > 0 => {
                 engine.scheduler.policy().max_rows
             }
             _ => self.spec.max_batch_size as usize,
         }
     }
+
+    /// Runs `then` once this version is dropped and its workers joined.
+    fn when_unloaded(&self, then: Box<dyn FnOnce() + Send>) {
+        *self
+            .on_unloaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(then);
+    }
+}
+
+impl Drop for ServedModel {
+    /// Hands the engine side to the reaper: dropping it joins the worker threads, and the
+    /// last holder of a version is often a request on an async thread.
+    fn drop(&mut self) {
+        let runner = self.runner.take();
+        let then = self
+            .on_unloaded
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        reaper::reap(move || {
+            drop(runner);
+            if let Some(then) = then {
+                then();
+            }
+        });
+    }
 }
 
 pub struct Repository {
     settings: Arc<LoadConfig>,
     root: PathBuf,
-    registry: Registry,
+    registry: Arc<Registry>,
+    serial: serial::Serial,
 }
 
 impl Repository {
@@ -137,7 +175,8 @@ impl Repository {
         Ok(Repository {
             settings: Arc::new(settings),
             root: root.to_owned(),
-            registry: Registry::new(models, metrics),
+            registry: Arc::new(Registry::new(models, metrics)),
+            serial: serial::Serial::default(),
         })
     }
 
@@ -154,151 +193,6 @@ impl Repository {
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.registry.metrics()
     }
-
-    /// Loads and warms every LOADING version, `parallelism` at a time, on the calling
-    /// thread and helpers (blocking). A failure marks its own version only.
-    pub fn load_all(&self, parallelism: usize, runtime: &tokio::runtime::Handle) {
-        let (ensembles, tasks): (Vec<LoadTask>, Vec<LoadTask>) = self
-            .registry
-            .loading()
-            .into_iter()
-            .map(|(name, version, config)| {
-                let dir = self.root.join(&name);
-                LoadTask {
-                    digest: control::digest(&dir, version, &config),
-                    dir,
-                    name,
-                    version,
-                    config,
-                }
-            })
-            .partition(|t| t.config.is_ensemble());
-        let (tasks, refused) = self.split_by_gpu_budget(Vec::new(), tasks);
-        for (task, reason) in refused {
-            self.record(&task.name, task.version, Err(LoadError::GpuBudget(reason)));
-        }
-        // Filled once with the fixed task list, then only drained.
-        let (tx, rx) = crossbeam_channel::bounded::<LoadTask>(tasks.len().max(1));
-        for task in tasks {
-            tx.send(task).expect("receiver alive");
-        }
-        drop(tx);
-        std::thread::scope(|scope| {
-            for _ in 0..parallelism.max(1) {
-                let rx = rx.clone();
-                scope.spawn(move || {
-                    for task in rx {
-                        let (name, version) = (task.name.clone(), task.version);
-                        let loaded =
-                            loader::load_isolated(task, &self.settings, self.metrics(), runtime);
-                        self.record(&name, version, loaded);
-                    }
-                });
-            }
-        });
-        self.load_ensembles(ensembles);
-    }
-
-    /// Loads ensembles once their step models have settled: in rounds, so that an
-    /// ensemble whose step is another ensemble follows it. Ensembles that wait on each
-    /// other never settle, and are marked UNAVAILABLE saying so.
-    fn load_ensembles(&self, mut waiting: Vec<LoadTask>) {
-        let lookup = |name: &str, version: &str| {
-            self.registry
-                .lookup(name, version)
-                .map_err(|e| e.to_string())
-        };
-        while !waiting.is_empty() {
-            let (ready, rest): (Vec<LoadTask>, Vec<LoadTask>) =
-                waiting.into_iter().partition(|task| {
-                    task.config
-                        .ensemble_scheduling
-                        .iter()
-                        .flat_map(|s| &s.step)
-                        .all(|step| !self.registry.is_loading(&step.model_name))
-                });
-            if ready.is_empty() {
-                let names: Vec<&str> = rest.iter().map(|t| t.name.as_str()).collect();
-                for task in &rest {
-                    let reason = format!(
-                        "ensembles {} are steps of each other: none can load first",
-                        names.join(", ")
-                    );
-                    self.record(&task.name, task.version, Err(LoadError::Ensemble(reason)));
-                }
-                return;
-            }
-            for task in ready {
-                let loaded = loader::load_ensemble(&task, &lookup, &self.settings, self.metrics());
-                self.record(&task.name, task.version, loaded);
-            }
-            waiting = rest;
-        }
-    }
-
-    fn record(&self, name: &str, version: u64, loaded: Result<ServedModel, LoadError>) {
-        let state = match loaded {
-            Ok(model) => VersionState::Ready(Arc::new(model)),
-            Err(error) => {
-                let reason = error.to_string();
-                warn!(model = %name, version, %reason, "model failed to load");
-                VersionState::Unavailable { reason }
-            }
-        };
-        self.registry.set_state(name, version, state);
-    }
-
-    /// The tasks whose GPU claims fit their device beside `serving` (every version
-    /// serving, the one a task replaces included: both are held while they overlap), and
-    /// the others with why not. The one budget check, for start-up and for swaps.
-    fn split_by_gpu_budget(
-        &self,
-        serving: Vec<GpuClaim>,
-        tasks: Vec<LoadTask>,
-    ) -> (Vec<LoadTask>, Vec<(LoadTask, String)>) {
-        if !tasks.iter().any(|t| t.config.on_gpu()) {
-            return (tasks, Vec::new());
-        }
-        let memory = match self.settings.gpu_memory_bytes() {
-            configured if configured.is_empty() => gpu_budget::device_memory_from_driver(),
-            configured => configured,
-        };
-        split_by_gpu_budget(
-            serving,
-            tasks,
-            &memory,
-            self.settings.gpu_context_memory.as_u64(),
-        )
-    }
-
-    /// Stops every worker pool, joining its threads once queued work is done (blocking).
-    pub fn unload_all(&self) {
-        drop(self.registry.take_all());
-    }
-}
-
-/// `tasks` split by whether their claims fit `memory` (bytes per device) beside `serving`.
-fn split_by_gpu_budget(
-    serving: Vec<GpuClaim>,
-    tasks: Vec<LoadTask>,
-    memory: &BTreeMap<u32, u64>,
-    context: u64,
-) -> (Vec<LoadTask>, Vec<(LoadTask, String)>) {
-    let mut claims = serving;
-    claims.extend(
-        tasks
-            .iter()
-            .filter_map(|t| GpuClaim::of(&t.name, t.version, &t.config)),
-    );
-    let mut refused = gpu_budget::over_budget(&claims, memory, context);
-    let (mut fitting, mut failed) = (Vec::new(), Vec::new());
-    for task in tasks {
-        match refused.remove(&(task.name.clone(), task.version)) {
-            Some(reason) => failed.push((task, reason)),
-            None => fitting.push(task),
-        }
-    }
-    (fitting, failed)
 }
 
 /// Whether a repository entry is a folder, following a link as Triton does (a model

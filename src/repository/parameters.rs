@@ -5,7 +5,16 @@ use std::{collections::BTreeMap, time::Duration};
 
 use crate::backend::onnxruntime::{options, OrtParameters};
 
-use super::config::{BackendKind, ParameterValue};
+use serde::Deserialize;
+
+use super::engine::BackendKind;
+
+/// One entry of a `parameters` block as Triton writes it: `key: { string_value: "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParameterValue {
+    pub string_value: String,
+}
 
 /// How formed batches are padded (`batch_buckets`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The table of models and their versions' states (LOADING, READY, UNLOADING, UNAVAILABLE
-//! with its reason): what requests, health and the repository index read. Loading is
-//! elsewhere (`loader`, `control`); this only records its outcome.
+//! with its reason): what requests, health and the repository index read. Only the
+//! repository's `lifecycle` changes it.
 
 use std::{
     collections::BTreeMap,
@@ -207,17 +207,6 @@ impl Registry {
         self.models.read().expect("registry lock")
     }
 
-    pub fn set_state(&self, name: &str, version: u64, state: VersionState) {
-        let ready = matches!(state, VersionState::Ready(_));
-        self.metrics.set_ready(name, &version.to_string(), ready);
-        let mut models = self.models.write().expect("registry lock");
-        if let Some(entry) = models.get_mut(name) {
-            entry.versions.insert(version, state);
-        }
-        drop(models);
-        self.changes.send_modify(|n| *n += 1);
-    }
-
     /// Every version still LOADING, with its model's config.
     pub fn loading(&self) -> Vec<(String, u64, ModelConfig)> {
         self.read()
@@ -296,16 +285,6 @@ impl Registry {
                 ),
             }),
         }
-    }
-
-    /// Whether any version of `name` is still LOADING.
-    pub fn is_loading(&self, name: &str) -> bool {
-        self.read().get(name).is_some_and(|entry| {
-            entry
-                .versions
-                .values()
-                .any(|s| matches!(s, VersionState::Loading))
-        })
     }
 
     /// Whether a request for this name and version would be served now.
@@ -402,7 +381,7 @@ impl Registry {
     /// Changes one model's entry under the lock, announcing the change; what `change`
     /// returns (versions taken out of service, say) is handed back, to be dropped
     /// outside the lock.
-    pub fn update<T>(&self, name: &str, change: impl FnOnce(&mut ModelEntry) -> T) -> T {
+    pub(super) fn update<T>(&self, name: &str, change: impl FnOnce(&mut ModelEntry) -> T) -> T {
         let mut models = self.models.write().expect("registry lock");
         let entry = models.entry(name.to_owned()).or_default();
         let result = change(entry);
@@ -425,7 +404,7 @@ impl Registry {
 
     /// Removes every model and returns them, for the caller to drop outside the lock
     /// (dropping a served model joins its workers once queued work is done).
-    pub fn take_all(&self) -> BTreeMap<String, ModelEntry> {
+    pub(super) fn take_all(&self) -> BTreeMap<String, ModelEntry> {
         let taken = std::mem::take(&mut *self.models.write().expect("registry lock"));
         for (name, entry) in &taken {
             for version in entry.versions.keys() {

@@ -89,7 +89,7 @@ pub fn run(
         // The first sample's is the instance that ran it, later ones a fresh one each.
         let first_sample = profile.curves.by_shape.is_empty();
         let mut fresh;
-        let mut books = if model.counts_host_memory() {
+        let mut books = if model.traits().counts_host_memory {
             None
         } else if first_sample {
             Some(&mut instance)
@@ -262,7 +262,7 @@ enum Clock {
 
 impl Clock {
     fn for_model(model: &dyn Model) -> Clock {
-        if model.computes_on_calling_thread() && thread_cpu().is_some() {
+        if model.traits().computes_on_calling_thread && thread_cpu().is_some() {
             Clock::ThreadCpu
         } else {
             Clock::Wall

@@ -1,6 +1,7 @@
 //! Faults contained where they happen, on a real server: an engine that panics or answers
 //! with the wrong shape costs only the request that caused it; a load that panics or hangs
-//! ends UNAVAILABLE while the others load; abandoned callers free their queue slots; a
+//! ends UNAVAILABLE while the others load, and a load asked for by RPC answers with its
+//! cause's code; abandoned callers free their queue slots; a
 //! drain answers every stream request read; request bytes in flight are budgeted; a
 //! connection that sends half a preface is closed.
 
@@ -167,6 +168,71 @@ async fn loads_that_panic_or_hang_end_unavailable_and_healthy_models_still_load(
         )
     );
     assert_eq!(state("healthy").0, "READY");
+    let answer = t
+        .client
+        .model_infer(raw_request("healthy", "INPUT0", &[1, 2], &[1.0, 2.0]))
+        .await;
+    assert!(answer.is_ok(), "{answer:?}");
+    t.server.shutdown().await.unwrap();
+}
+
+/// A load asked for by RPC that fails answers with the code of its cause, and its message
+/// names it: a panicking engine is INTERNAL, the load timeout DEADLINE_EXCEEDED, a GPU
+/// budget that does not fit RESOURCE_EXHAUSTED, a missing model file NOT_FOUND, a config
+/// that does not read INVALID_ARGUMENT. What serves keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_load_gets_the_code_of_its_cause() {
+    let gpu = "backend: onnxruntime\ninstance_group: [{kind: KIND_GPU, gpus: [0], count: 1, memory_budget: 4GiB}]\n";
+    let dir = repository(&[
+        ("panics", faulty("load_gather"), "max_batch_size: 0\n"),
+        (
+            "slow_to_load",
+            test_models().join("slow/1/model.onnx"),
+            "max_batch_size: 0\nmodel_warmup:\n  - { name: long, batch_size: 1, count: 8, inputs: { x: { data_type: TYPE_FP32, dims: [1024, 1024], zero_data: true } } }\n",
+        ),
+        ("too_big", test_models().join("identity_fp32/1/model.onnx"), gpu),
+        ("no_file", test_models().join("identity_fp32/1/model.onnx"), "max_batch_size: 8\n"),
+        ("bad_config", test_models().join("identity_fp32/1/model.onnx"), "max_batch_size: four\n"),
+        ("healthy", test_models().join("identity_fp32/1/model.onnx"), "max_batch_size: 8\n"),
+    ]);
+    std::fs::remove_file(dir.path().join("no_file/1/model.onnx")).unwrap();
+    let mut config = ServerConfig::local(dir.path());
+    config.control.model_control_mode = wharf::config::ControlMode::Explicit;
+    config.control.load_model = vec!["healthy".into()];
+    config.load.model_load_timeout = Duration::from_secs(1);
+    config.load.gpu_memory = vec![(0, bytesize::ByteSize::gib(1))];
+    let mut t = TestServer::start(config).await;
+    let cases = [
+        ("panics", Code::Internal, "version 1: loading panicked: "),
+        (
+            "slow_to_load",
+            Code::DeadlineExceeded,
+            "did not finish within 1s",
+        ),
+        ("too_big", Code::ResourceExhausted, "more than its 1.0 GiB"),
+        (
+            "no_file",
+            Code::NotFound,
+            "no_file/1/model.onnx: no such model file",
+        ),
+        ("bad_config", Code::InvalidArgument, "key `max_batch_size`"),
+    ];
+    for (name, code, says) in cases {
+        let request = pb::RepositoryModelLoadRequest {
+            model_name: name.into(),
+            ..Default::default()
+        };
+        let status = t.client.repository_model_load(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{name}: {}", status.message());
+        assert!(
+            status
+                .message()
+                .starts_with(&format!("failed to load '{name}': "))
+                && status.message().contains(says),
+            "{name}: {}",
+            status.message()
+        );
+    }
     let answer = t
         .client
         .model_infer(raw_request("healthy", "INPUT0", &[1, 2], &[1.0, 2.0]))

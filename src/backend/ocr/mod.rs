@@ -18,7 +18,7 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use bytes::Bytes;
 
-use super::{BackendError, Instance, Model, Signature, TensorSignature};
+use super::{BackendError, EngineTraits, Instance, Model, Signature, TensorSignature};
 use crate::tensor::{le_chunks, DataType, Tensor, TensorData};
 use params::Params;
 
@@ -36,8 +36,11 @@ impl<S: Step> Model for Processing<S> {
         self.0.signature()
     }
 
-    fn warms(&self) -> bool {
-        false
+    fn traits(&self) -> EngineTraits {
+        EngineTraits {
+            warms: false,
+            ..EngineTraits::default()
+        }
     }
 
     fn new_instance(self: Arc<Self>) -> Result<Box<dyn Instance>, BackendError> {

@@ -11,11 +11,11 @@ use ort::{
 };
 
 use super::{
-    session::OrtModel,
+    session::{gpu_guard, OrtModel, CAPTURE},
     values::{element_type, from_ort, to_ort},
 };
 use crate::{
-    backend::{BackendError, Instance},
+    backend::{BackendError, EngineTraits, Instance, Model, Signature},
     tensor::{le_chunks as le, DataType, Tensor, TensorData},
 };
 
@@ -44,6 +44,35 @@ struct Bound {
     inputs: Vec<DynTensor>,
     /// Made the device buffers (the binding holds the output buffers).
     _allocator: Allocator,
+}
+
+/// The model's side as the workers see it; its instances are made here.
+impl Model for OrtModel {
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn traits(&self) -> EngineTraits {
+        EngineTraits {
+            counts_host_memory: false,
+            ..EngineTraits::default()
+        }
+    }
+
+    fn plan_calls(&self, batch_sizes: &[usize], fixed_shapes: bool) {
+        let _ = self.plan.set((batch_sizes.to_vec(), fixed_shapes));
+    }
+
+    fn new_instance(self: Arc<Self>) -> Result<Box<dyn Instance>, BackendError> {
+        let sizes = self.plan.get().map(|p| p.0.clone()).unwrap_or_default();
+        let keys: Vec<Option<usize>> = if sizes.len() > 1 {
+            sizes.into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let share = keys.len();
+        Ok(Box::new(OrtInstance::new(self, keys, share)?))
+    }
 }
 
 impl OrtInstance {
@@ -163,18 +192,6 @@ fn run_plain(
         .run(values)
         .map_err(|e| BackendError::Execution(e.to_string()))?;
     read_outputs(model, &outputs)
-}
-
-/// Held for writing while a CUDA graph is captured, for reading around every other GPU
-/// run and copy: CUDA refuses work on other streams of the process during a capture.
-static CAPTURE: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-pub(super) fn gpu_guard(model: &OrtModel) -> Option<std::sync::RwLockReadGuard<'static, ()>> {
-    model
-        .options
-        .gpu
-        .is_some()
-        .then(|| CAPTURE.read().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// A run through IoBinding. The first call of a shape binds input buffers of that shape,

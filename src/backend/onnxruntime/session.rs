@@ -16,11 +16,8 @@ use ort::{
 };
 use tract_onnx::{pb, prelude::Framework};
 
-use super::{
-    instance::{gpu_guard, OrtInstance},
-    options::OrtOptions,
-};
-use crate::backend::{BackendError, Instance, Model, Signature};
+use super::options::OrtOptions;
+use crate::backend::{BackendError, Signature};
 
 /// The ONNX Runtime release this build is made against (ort's `api-31`).
 pub const WANTED_VERSION: &str = super::WANTED_VERSION_TEXT;
@@ -285,31 +282,6 @@ fn shared_initializers(proto: &pb::ModelProto) -> Result<Vec<(String, Arc<DynVal
     Ok(shared)
 }
 
-impl Model for OrtModel {
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn counts_host_memory(&self) -> bool {
-        false
-    }
-
-    fn plan_calls(&self, batch_sizes: &[usize], fixed_shapes: bool) {
-        let _ = self.plan.set((batch_sizes.to_vec(), fixed_shapes));
-    }
-
-    fn new_instance(self: Arc<Self>) -> Result<Box<dyn Instance>, BackendError> {
-        let sizes = self.plan.get().map(|p| p.0.clone()).unwrap_or_default();
-        let keys: Vec<Option<usize>> = if sizes.len() > 1 {
-            sizes.into_iter().map(Some).collect()
-        } else {
-            vec![None]
-        };
-        let share = keys.len();
-        Ok(Box::new(OrtInstance::new(self, keys, share)?))
-    }
-}
-
 impl OrtModel {
     pub(super) fn wants_graph(&self) -> bool {
         let fixed_calls = self
@@ -349,4 +321,16 @@ impl OrtModel {
             tracing::warn!(%reason, "CUDA graphs are off for this model; its sessions run plainly");
         }
     }
+}
+
+/// Held for writing while a CUDA graph is captured, for reading around every other GPU
+/// run and copy: CUDA refuses work on other streams of the process during a capture.
+pub(super) static CAPTURE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub(super) fn gpu_guard(model: &OrtModel) -> Option<std::sync::RwLockReadGuard<'static, ()>> {
+    model
+        .options
+        .gpu
+        .is_some()
+        .then(|| CAPTURE.read().unwrap_or_else(|e| e.into_inner()))
 }

@@ -1,5 +1,9 @@
 //! The `wharf` command: `serve` a model repository over gRPC, or `check` that it loads.
 
+mod bench;
+#[cfg(feature = "onnxruntime")]
+mod engine_calls;
+
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
@@ -36,10 +40,10 @@ enum Command {
     /// Serve the model repository over gRPC until SIGTERM or SIGINT.
     Serve(ServeArgs),
     /// Send load to a KServe v2 gRPC server and report throughput, latency and errors.
-    Bench(wharf::loadgen::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Time single ONNX Runtime calls in-process, batch sizes in a chosen order (JSON out).
     #[cfg(feature = "onnxruntime")]
-    EngineCalls(wharf::backend::probe::EngineCallsArgs),
+    EngineCalls(engine_calls::EngineCallsArgs),
     /// Load and warm every model, print each one's state, exit 1 if any failed.
     Check(LoadConfig),
 }
@@ -66,7 +70,7 @@ fn main() -> ExitCode {
         Command::Check(load) => check(load),
         Command::Bench(args) => bench(args),
         #[cfg(feature = "onnxruntime")]
-        Command::EngineCalls(args) => wharf::backend::probe::run(&args).map(|report| {
+        Command::EngineCalls(args) => engine_calls::run(&args).map(|report| {
             println!("{}", serde_json::to_string(&report).expect("serialisable"));
             ExitCode::SUCCESS
         }),
@@ -135,10 +139,10 @@ async fn shutdown_signal() {
     }
 }
 
-fn bench(args: wharf::loadgen::BenchArgs) -> anyhow::Result<ExitCode> {
+fn bench(args: bench::BenchArgs) -> anyhow::Result<ExitCode> {
     let json = args.json;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let report = runtime.block_on(wharf::loadgen::run(args))?;
+    let report = runtime.block_on(bench::run(args))?;
     report.print(json);
     Ok(ExitCode::SUCCESS)
 }

@@ -8,9 +8,12 @@ pub use crate::batching::policy::TimeoutAction;
 use bytesize::ByteSize;
 use serde::{Deserialize, Deserializer};
 
+pub use super::engine::BackendKind;
+pub use super::parameters::ParameterValue;
 use super::parameters::{ParameterOwner, Parameters};
-use crate::backend::ocr::StepKind;
 use crate::tensor::DataType;
+
+mod validate;
 
 /// The file as written; every key is optional so that a bare ONNX model needs no config.
 /// Read it through `from_file` or `from_yaml`, which validate it and fill `params`.
@@ -56,62 +59,6 @@ pub struct ModelConfig {
     /// `parameters`, parsed when the file is read.
     #[serde(skip)]
     pub params: Parameters,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ParameterValue {
-    pub string_value: String,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    #[default]
-    Tract,
-    Onnxruntime,
-    /// The built-in processing steps of OCR pipelines (`backend::ocr`): no model file.
-    #[serde(rename = "image_decode")]
-    ImageDecode,
-    #[serde(rename = "db_postprocess")]
-    DbPostprocess,
-    #[serde(rename = "text_crop")]
-    TextCrop,
-    #[serde(rename = "text_lines")]
-    TextLines,
-    #[serde(rename = "ctc_decode")]
-    CtcDecode,
-}
-
-impl BackendKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Tract => "tract",
-            BackendKind::Onnxruntime => "onnxruntime",
-            BackendKind::ImageDecode => "image_decode",
-            BackendKind::DbPostprocess => "db_postprocess",
-            BackendKind::TextCrop => "text_crop",
-            BackendKind::TextLines => "text_lines",
-            BackendKind::CtcDecode => "ctc_decode",
-        }
-    }
-
-    /// The processing step written in wharf itself that this names, if it names one: no
-    /// model file, no warmup to measure.
-    pub fn builtin_step(self) -> Option<StepKind> {
-        match self {
-            BackendKind::Tract | BackendKind::Onnxruntime => None,
-            BackendKind::ImageDecode => Some(StepKind::ImageDecode),
-            BackendKind::DbPostprocess => Some(StepKind::DbPostprocess),
-            BackendKind::TextCrop => Some(StepKind::TextCrop),
-            BackendKind::TextLines => Some(StepKind::TextLines),
-            BackendKind::CtcDecode => Some(StepKind::CtcDecode),
-        }
-    }
-
-    pub fn is_builtin(self) -> bool {
-        self.builtin_step().is_some()
-    }
 }
 
 /// `backend: tract` or `backend: [onnxruntime, tract]`.
@@ -457,190 +404,16 @@ impl ModelConfig {
         Ok(chosen)
     }
 
-    /// Checks what the types alone cannot.
-    fn validate(&self) -> Result<(), String> {
-        let key_err = |key: &str, what: String| Err(format!("key `{key}`: {what}"));
-        if let Some(split) = &self.version_traffic {
-            if split.values().all(|w| *w == 0) {
-                return key_err(
-                    "version_traffic",
-                    "expected a share above 0 for at least one version, such as {1: 90, 2: 10}"
-                        .into(),
-                );
-            }
-        }
-        for (list, key) in [(&self.input, "input"), (&self.output, "output")] {
-            for (i, t) in list.iter().flatten().enumerate() {
-                if t.name.is_empty() {
-                    return key_err(
-                        &format!("{key}[{i}].name"),
-                        "expected a non-empty name".into(),
-                    );
-                }
-                if let Some(d) = t.dims.iter().flatten().find(|d| **d < -1 || **d == 0) {
-                    return key_err(
-                        &format!("{key}[{i}].dims"),
-                        format!("expected sizes >= 1 or -1 (any size), found {d}"),
-                    );
-                }
-            }
-        }
-        if let Some(batching) = &self.dynamic_batching {
-            if let Some(0) = batching
-                .preferred_batch_size
-                .iter()
-                .copied()
-                .find(|s| *s == 0)
-            {
-                return key_err(
-                    "dynamic_batching.preferred_batch_size",
-                    "expected sizes >= 1, found 0".into(),
-                );
-            }
-            if let (Some(max), Some(big)) = (
-                self.max_batch_size,
-                batching.preferred_batch_size.iter().max(),
-            ) {
-                if *big > max {
-                    return key_err(
-                        "dynamic_batching.preferred_batch_size",
-                        format!("expected sizes <= max_batch_size ({max}), found {big}"),
-                    );
-                }
-            }
-        }
-        for (i, group) in self.instance_group.iter().flatten().enumerate() {
-            if group.kind == InstanceKind::Gpu && self.backend == BackendKind::Tract {
-                return key_err(
-                    &format!("instance_group[{i}].kind"),
-                    "tract runs on CPU only: expected KIND_CPU or KIND_AUTO, or backend onnxruntime for KIND_GPU".into(),
-                );
-            }
-            if group.memory_budget.is_some_and(|b| b.as_u64() == 0) {
-                return key_err(
-                    &format!("instance_group[{i}].memory_budget"),
-                    "expected a size above zero, such as 512MiB".into(),
-                );
-            }
-        }
-        if let Some(Warmup::Samples(samples)) = &self.model_warmup {
-            for (i, s) in samples.iter().enumerate() {
-                if s.inputs
-                    .values()
-                    .any(|inp| inp.zero_data && inp.random_data)
-                {
-                    return key_err(
-                        &format!("model_warmup[{i}].inputs"),
-                        "expected one of zero_data or random_data, not both".into(),
-                    );
-                }
-                if let Some((name, inp)) = s
-                    .inputs
-                    .iter()
-                    .find(|(_, inp)| inp.dims.iter().any(|d| *d < 1))
-                {
-                    return key_err(
-                        &format!("model_warmup[{i}].inputs.{name}.dims"),
-                        format!("expected concrete sizes >= 1, found {:?}", inp.dims),
-                    );
-                }
-            }
-        }
-        let kinds: Vec<InstanceKind> = self
-            .instance_group
-            .iter()
-            .flatten()
-            .map(|g| g.kind)
-            .collect();
-        if kinds
-            .windows(2)
-            .any(|w| (w[0] == InstanceKind::Gpu) != (w[1] == InstanceKind::Gpu))
-        {
-            return key_err(
-                "instance_group",
-                "groups of one model must all be KIND_GPU or all CPU".into(),
-            );
-        }
-        if let Some(f) = &self.default_model_filename {
-            if f.contains('/') || f.contains("..") || f.is_empty() {
-                return key_err(
-                    "default_model_filename",
-                    format!("expected a plain file name inside the version folder, found `{f}`"),
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// An ensemble needs its steps, and fully declared inputs and outputs (it has no model
-    /// file to read them from); it has no instances or queue of its own.
-    fn validate_ensemble(&self) -> Result<(), String> {
-        let key_err = |key: &str, what: String| Err(format!("key `{key}`: {what}"));
-        let Some(scheduling) = &self.ensemble_scheduling else {
-            return key_err(
-                "ensemble_scheduling",
-                "platform ensemble needs its steps: ensemble_scheduling: { step: [...] }".into(),
-            );
-        };
-        if scheduling.step.is_empty() {
-            return key_err(
-                "ensemble_scheduling.step",
-                "expected at least one step".into(),
-            );
-        }
-        for (key, list) in [("input", &self.input), ("output", &self.output)] {
-            let Some(list) = list.as_ref().filter(|l| !l.is_empty()) else {
-                return key_err(key, format!("an ensemble must declare its {key}s"));
-            };
-            for (i, t) in list.iter().enumerate() {
-                if t.data_type.is_none() || t.dims.is_none() {
-                    return key_err(
-                        &format!("{key}[{i}]"),
-                        format!("an ensemble's {key} '{}' needs data_type and dims", t.name),
-                    );
-                }
-            }
-        }
-        let own = [
-            ("dynamic_batching", self.dynamic_batching.is_some()),
-            ("instance_group", self.instance_group.is_some()),
-            ("model_warmup", self.model_warmup.is_some()),
-        ];
-        if let Some((key, _)) = own.iter().find(|(_, given)| *given) {
-            return key_err(
-                key,
-                "an ensemble has no instances or queue of its own: set it on the step models"
-                    .into(),
-            );
-        }
-        for (i, step) in scheduling.step.iter().enumerate() {
-            if step.model_name.is_empty() {
-                return key_err(
-                    &format!("ensemble_scheduling.step[{i}].model_name"),
-                    "expected a model name".into(),
-                );
-            }
-            if step.model_version < -1 {
-                return key_err(
-                    &format!("ensemble_scheduling.step[{i}].model_version"),
-                    format!(
-                        "expected a version, or -1 for the latest, found {}",
-                        step.model_version
-                    ),
-                );
-            }
-            if step.output_map.is_empty() {
-                return key_err(
-                    &format!("ensemble_scheduling.step[{i}].output_map"),
-                    "a step must write at least one tensor".into(),
-                );
-            }
-        }
-        Ok(())
-    }
-
     pub fn is_ensemble(&self) -> bool {
         self.platform == Some(Platform::Ensemble)
+    }
+
+    /// The models an ensemble's steps call, in step order (none for another model).
+    pub fn step_models(&self) -> impl Iterator<Item = &str> {
+        self.ensemble_scheduling
+            .iter()
+            .flat_map(|s| &s.step)
+            .map(|step| step.model_name.as_str())
     }
 
     /// What the `parameters` block is read for.

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
-use crate::{
+use wharf::{
     grpc::pb::{
         self, grpc_inference_service_client::GrpcInferenceServiceClient,
         model_infer_request::InferInputTensor, ModelInferRequest,
@@ -108,8 +108,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     for _ in 0..args.connections.max(1) {
         // Windows as wide as the server's: a connection carries many concurrent requests.
         let channel = Channel::from_shared(format!("http://{}", args.url))?
-            .initial_stream_window_size(Some(crate::app::HTTP2_STREAM_WINDOW))
-            .initial_connection_window_size(Some(crate::app::HTTP2_CONNECTION_WINDOW))
+            .initial_stream_window_size(Some(wharf::app::HTTP2_STREAM_WINDOW))
+            .initial_connection_window_size(Some(wharf::app::HTTP2_CONNECTION_WINDOW))
             .connect()
             .await
             .with_context(|| format!("connecting to {}", args.url))?;

@@ -7,11 +7,13 @@ use std::{path::PathBuf, sync::Arc, time::Instant};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use super::{
-    onnxruntime::{GpuOptions, OrtModel, OrtOptions},
-    Model,
+use wharf::{
+    backend::{
+        onnxruntime::{GpuOptions, OrtModel, OrtOptions},
+        Model,
+    },
+    tensor::{Tensor, TensorData},
 };
-use crate::tensor::{Tensor, TensorData};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
