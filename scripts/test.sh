@@ -25,7 +25,10 @@ ORT_DYLIB_PATH=$("$venv/bin/python" -c 'import glob, os, onnxruntime; print(glob
 export ORT_DYLIB_PATH
 [ -f models/ppocr_rec/1/model.onnx ] && [ -f models/ppocr_det/1/model.onnx ] || PATH="$PWD/$venv/bin:$PATH" scripts/fetch-ppocr-models.sh
 
-cargo build --release --locked
+# One build: the integration tests build the `wharf` binary (target/release/wharf) with the
+# test build's features, which the Python suite then runs. A separate `cargo build` would
+# build most of the tree a second time (the dev-dependencies add features to libc and
+# tokio, which nearly every crate sits on).
 cargo test --release --locked
 # Where a Docker engine runs, the container test packs a static binary (FROM scratch).
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
