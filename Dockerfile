@@ -30,6 +30,6 @@ FROM scratch
 COPY --from=binary /src/target/static/x86_64-unknown-linux-gnu/release/wharf /wharf
 COPY models/ppocr_cls /models/ppocr_cls
 USER 65532:65532
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 ENTRYPOINT ["/wharf"]
 CMD ["serve", "--model-repository", "/models", "--log-format", "json"]

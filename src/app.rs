@@ -23,6 +23,7 @@ use crate::{
         gate::Gate, pb, pb::grpc_inference_service_server::GrpcInferenceServiceServer,
         InferenceService,
     },
+    http::HttpApi,
     inference::Inference,
     listener,
     metrics::{endpoint, saturation, Metrics},
@@ -105,6 +106,9 @@ pub struct App {
     repository: Arc<Repository>,
     grpc: (TcpListener, SocketAddr),
     metrics: (TcpListener, SocketAddr),
+    /// None where TLS is on: the HTTP front end does not serve TLS yet, and must not
+    /// serve in the clear beside a TLS gRPC port.
+    http: Option<(TcpListener, SocketAddr)>,
     transport: tonic::transport::Server,
     /// Server reflection, v1 and v1alpha.
     reflection: Routes,
@@ -128,6 +132,13 @@ impl App {
             })?;
         let grpc = bind(config.listen.grpc_addr()).await?;
         let metrics = bind(config.listen.metrics_addr()).await?;
+        let http = match config.listen.tls() {
+            Some(_) => {
+                warn!("TLS is on: the HTTP front end is off (it does not serve TLS yet)");
+                None
+            }
+            None => Some(bind(config.listen.http_addr()).await?),
+        };
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -151,6 +162,7 @@ impl App {
             repository: Arc::new(repository),
             grpc,
             metrics,
+            http,
             transport,
             reflection,
         })
@@ -165,6 +177,7 @@ impl App {
             repository,
             grpc: (listener, grpc_addr),
             metrics: (metrics_listener, metrics_addr),
+            http,
             mut transport,
             reflection,
         } = self;
@@ -172,7 +185,10 @@ impl App {
         let metrics = Arc::clone(repository.metrics());
         // The runtime's own count, whoever built it (`wharf serve`, a test, an embedder).
         let runtime_threads = tokio::runtime::Handle::current().metrics().num_workers();
-        info!(%grpc_addr, %metrics_addr, runtime_threads, repository = %config.load.model_repository.display(), "listening");
+        let http_addr = http
+            .as_ref()
+            .map_or("off".to_owned(), |(_, addr)| addr.to_string());
+        info!(%grpc_addr, %metrics_addr, %http_addr, runtime_threads, repository = %config.load.model_repository.display(), "listening");
         let inference = Arc::new(Inference::new(Arc::clone(&repository), drain.clone()));
         let strict = config.control.strict_readiness;
         let exit_timeout = config.limits.exit_timeout;
@@ -252,6 +268,28 @@ impl App {
         // Room for the largest request wharf accepts plus protobuf framing, so that an
         // oversized tensor reaches validation and gets a message that names it.
         let max_message = max_request_bytes.saturating_mul(2).saturating_add(1 << 20);
+        let http_addr = http.map(|(listener, addr)| {
+            let api = Arc::new(HttpApi {
+                service: service.clone(),
+                key: RequireKey(config.listen.api_key.clone()),
+                budget: Arc::clone(&budget),
+            });
+            let last = Arc::clone(&inference);
+            // As gRPC: new requests are refused once the drain starts; connections close
+            // once the admitted ones are answered.
+            let stop = async move {
+                last.drain().signaled().await;
+                last.in_flight().drained(exit_timeout).await;
+            };
+            let serving =
+                axum::serve(listener, crate::http::router(api)).with_graceful_shutdown(stop);
+            drain.spawn(async move {
+                if let Err(e) = serving.await {
+                    warn!(error = %e, "the HTTP front end stopped");
+                }
+            });
+            addr
+        });
         let inference_server = Gate::new(
             InterceptedService::new(
                 GrpcInferenceServiceServer::new(service)
@@ -310,6 +348,7 @@ impl App {
         Server {
             grpc_addr,
             metrics_addr,
+            http_addr,
             inference,
             exit_timeout,
             serving,
@@ -321,6 +360,7 @@ impl App {
 pub struct Server {
     grpc_addr: SocketAddr,
     metrics_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     inference: Arc<Inference>,
     exit_timeout: Duration,
     serving: JoinHandle<Result<(), AppError>>,
@@ -339,6 +379,11 @@ impl Server {
     /// Where /metrics is served.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// Where HTTP/REST is served (None with TLS on).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Resolves once no model is LOADING any more.

@@ -52,26 +52,34 @@ impl ApiKey {
 #[derive(Clone, Default)]
 pub struct RequireKey(pub Option<ApiKey>);
 
-impl Interceptor for RequireKey {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+impl RequireKey {
+    /// Whether an `authorization` value (None: absent) lets a request through; the same
+    /// check for gRPC metadata and HTTP headers.
+    pub fn check(&self, authorization: Option<&[u8]>) -> Result<(), Status> {
         let Some(key) = &self.0 else {
-            return Ok(request);
+            return Ok(());
         };
-        let header = request.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("missing `authorization: Bearer <key>` metadata")
-        })?;
-        let presented = header
-            .to_str()
+        let header = authorization
+            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <key>`"))?;
+        let presented = std::str::from_utf8(header)
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("`authorization` metadata must be `Bearer <key>`")
-            })?;
+            .ok_or_else(|| Status::unauthenticated("`authorization` must be `Bearer <key>`"))?;
         if key.matches(presented.trim()) {
-            Ok(request)
+            Ok(())
         } else {
             Err(Status::unauthenticated("the API key is not valid"))
         }
+    }
+}
+
+impl Interceptor for RequireKey {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        self.check(header).map(|()| request)
     }
 }
 

@@ -71,6 +71,9 @@ pub struct ListenConfig {
     /// Port of /metrics, /live and /ready
     #[arg(long, env = "WHARF_METRICS_PORT", default_value_t = 8002)]
     pub metrics_port: u16,
+    /// HTTP/REST port (KServe v2 with Triton's routes); 0 picks a free one (logged)
+    #[arg(long, env = "WHARF_HTTP_PORT", default_value_t = 8000)]
+    pub http_port: u16,
     /// Seconds a new connection may take to send its first bytes (the HTTP/2 preface or
     /// a TLS hello) before it is closed
     #[arg(long = "handshake-timeout-secs", id = "handshake_timeout_secs", env = "WHARF_HANDSHAKE_TIMEOUT_SECS", default_value = "10", value_parser = parse_secs)]
@@ -216,6 +219,10 @@ impl ListenConfig {
         SocketAddr::new(self.host, self.metrics_port)
     }
 
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.http_port)
+    }
+
     /// The certificate and key files, where TLS is on.
     pub fn tls(&self) -> Option<TlsFiles> {
         Some(TlsFiles {
@@ -286,6 +293,7 @@ impl ServerConfig {
         config.listen.host = IpAddr::V4(Ipv4Addr::LOCALHOST);
         config.listen.grpc_port = 0;
         config.listen.metrics_port = 0;
+        config.listen.http_port = 0;
         config
     }
 

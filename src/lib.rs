@@ -47,6 +47,7 @@ pub mod validate;
 pub(crate) mod inference;
 
 pub mod grpc;
+pub mod http;
 pub(crate) mod listener;
 
 pub mod app;

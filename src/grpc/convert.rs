@@ -108,7 +108,9 @@ fn bool_param(
     }
 }
 
-fn decode_input(
+/// One input: its datatype and shape checked, its data from `raw` (little-endian bytes,
+/// BYTES elements length-prefixed) or else from its typed `contents`.
+pub fn decode_input(
     input: InferInputTensor,
     raw: Option<Bytes>,
     limit: usize,
@@ -347,7 +349,7 @@ fn chunks<const N: usize>(t: &Tensor) -> impl Iterator<Item = [u8; N]> + '_ {
     crate::tensor::le_chunks(bytes)
 }
 
-fn typed_contents(t: &Tensor) -> InferTensorContents {
+pub fn typed_contents(t: &Tensor) -> InferTensorContents {
     let mut c = InferTensorContents::default();
     match t.datatype {
         DataType::Bool => c.bool_contents = chunks::<1>(t).map(|b| b[0] != 0).collect(),

@@ -57,6 +57,16 @@ impl InferenceService {
         }
     }
 
+    /// The serving core, for the HTTP front end's inference calls.
+    pub fn inference(&self) -> &Arc<Inference> {
+        &self.inference
+    }
+
+    /// Tensor bytes one request may carry.
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_request_bytes
+    }
+
     async fn infer(
         &self,
         request: pb::ModelInferRequest,

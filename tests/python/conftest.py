@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 
 import pytest
 import tritonclient.grpc as grpcclient
@@ -55,9 +56,24 @@ def running_wharf(repo: pathlib.Path, *flags: str):
 @contextlib.contextmanager
 def running_wharf_and_metrics(repo: pathlib.Path, *flags: str):
     """As `running_wharf`: the gRPC address and the metrics address (host:port)."""
+    with running_wharf_addresses(repo, *flags) as addresses:
+        yield addresses["grpc"], addresses["metrics"]
+
+
+def http_ready(address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}/v2/health/ready", timeout=5) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_wharf_addresses(repo: pathlib.Path, *flags: str):
+    """As `running_wharf`: the gRPC, metrics and HTTP addresses (host:port), by name."""
     proc = subprocess.Popen(
         [WHARF, "--log-format", "json", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
-         "--metrics-port", "0", "--model-repository", str(repo), *flags],
+         "--metrics-port", "0", "--http-port", "0", "--model-repository", str(repo), *flags],
         stderr=subprocess.PIPE, text=True,
     )
     address = None
@@ -69,30 +85,41 @@ def running_wharf_and_metrics(repo: pathlib.Path, *flags: str):
         if "grpc_addr" in fields:
             address = fields["grpc_addr"]
             metrics_address = fields.get("metrics_addr")
+            http_address = fields.get("http_addr")
             break
     assert address, "wharf did not log its address"
     # Keep reading the log so the pipe never fills.
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    client = grpcclient.InferenceServerClient(address)
+    # Readiness over HTTP, which needs no API key.
     deadline = time.monotonic() + 60
-    while not client.is_server_ready():
+    while not http_ready(http_address):
         assert time.monotonic() < deadline, "wharf did not become ready"
         time.sleep(0.05)
     try:
-        yield address, metrics_address
+        yield {"grpc": address, "metrics": metrics_address, "http": http_address}
     finally:
-        client.close()
         proc.terminate()
         assert proc.wait(timeout=30) == 0
 
 
 @pytest.fixture(scope="session")
-def server():
+def servers():
+    """One wharf over the suite's repository: its addresses by front end."""
     with tempfile.TemporaryDirectory() as tmp:
         repo = pathlib.Path(tmp)
         make_repository(repo)
-        with running_wharf(repo) as address:
-            yield address
+        with running_wharf_addresses(repo) as addresses:
+            yield addresses
+
+
+@pytest.fixture(scope="session")
+def server(servers):
+    return servers["grpc"]
+
+
+@pytest.fixture(scope="session")
+def http_server(servers):
+    return servers["http"]
 
 
 @pytest.fixture

@@ -97,6 +97,11 @@ def test_deployment_is_hardened_probed_and_drains():
     assert container["livenessProbe"]["grpc"] == {"port": 8001, "service": "wharf.liveness"}
     assert container["readinessProbe"]["grpc"] == {"port": 8001, "service": ""}
     assert container["resources"]["requests"] and container["resources"]["limits"]
+    # The default image is the onnxruntime one, which serves the whole PP-OCR pipeline
+    # (tests/python/test_container.py reads a cheque through it); "" is the tract image.
+    assert container["image"] == "ghcr.io/wharf/wharf:0.1.0-onnxruntime", container["image"]
+    tract = by_kind(render({"image": {"variant": ""}}))["Deployment"]
+    assert tract["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/wharf/wharf:0.1.0"
     drain = int(next(a for a in container["args"] if a.startswith("--exit-timeout-secs="))
                 .split("=")[1])
     pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]

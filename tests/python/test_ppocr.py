@@ -4,11 +4,12 @@ character accuracy against the text each page was rendered with; then bad images
 
 The measured figures are printed (pytest -s) and written to $OCR_REPORT when it is set."""
 import json
-import re
 import os
 import pathlib
+import re
 import shutil
 import statistics
+import subprocess
 import tempfile
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, running_wharf
+from conftest import ROOT, running_wharf, running_wharf_addresses
 from ocr_images import render, render_varied
 
 PIPELINE = ["ppocr", "ppocr_image", "ppocr_det", "ppocr_db", "ppocr_cls_crops", "ppocr_cls",
@@ -51,10 +52,24 @@ def ocr():
     with tempfile.TemporaryDirectory() as tmp:
         repo = pathlib.Path(tmp)
         pipeline_repository(repo, "onnxruntime")
-        with running_wharf(repo, "--max-request-size", "8MiB") as address:
-            client = grpcclient.InferenceServerClient(address)
+        with running_wharf_addresses(repo, "--max-request-size", "8MiB") as addresses:
+            client = grpcclient.InferenceServerClient(addresses["grpc"])
+            client.http_address = addresses["http"]
             yield client
             client.close()
+
+
+def test_the_readmes_curl_command_reads_the_cheque(ocr):
+    """The README's curl example, as written there, against this server."""
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"```sh\n(curl [^\n]*/v2/models/ppocr/infer[^\n]*)\n```", readme).group(1)
+    command = command.replace("localhost:8000", ocr.http_address).replace(
+        "cheque.png", str(ROOT / "benches" / "data" / "cheque.png"))
+    out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (text,) = json.loads(out.stdout)["outputs"]
+    assert text["name"] == "text" and len(text["data"]) == 13, text
+    assert "Amount RMB 153,745.58" in text["data"], text
 
 
 def with_rapidocr_lines(pages):

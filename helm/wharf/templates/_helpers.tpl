@@ -23,7 +23,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "wharf.image" -}}
-{{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
+{{- $default := .Chart.AppVersion -}}
+{{- if .Values.image.variant -}}
+{{- $default = printf "%s-%s" .Chart.AppVersion .Values.image.variant -}}
+{{- end -}}
+{{- $tag := .Values.image.tag | default $default -}}
 {{- printf "%s:%s" .Values.image.repository $tag -}}
 {{- end -}}
 

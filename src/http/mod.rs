@@ -1,0 +1,579 @@
+//! KServe v2 over HTTP/REST with Triton's routes, status codes and binary tensor
+//! extension. Each route transcodes a call of the gRPC service (the same checks, errors
+//! and core); only inference bodies are read here (`infer`).
+
+mod error;
+mod infer;
+mod messages;
+
+use std::{io::Read, sync::Arc};
+
+use axum::{
+    extract::{Request, State},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    response::{IntoResponse, Response},
+    Router,
+};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tonic::Request as Call;
+
+pub use error::{http_status, HttpError};
+
+use crate::{
+    admission::ByteBudget,
+    auth::RequireKey,
+    grpc::{
+        pb::{self, grpc_inference_service_server::GrpcInferenceService},
+        InferenceService,
+    },
+    metrics::Refusal,
+};
+
+/// Triton's extensions that wharf's HTTP front end implements, in Triton's order.
+pub const EXTENSIONS: &[&str] = &[
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "model_configuration",
+    "binary_tensor_data",
+    "statistics",
+];
+
+/// What every route shares.
+pub struct HttpApi {
+    pub service: InferenceService,
+    pub key: RequireKey,
+    pub budget: Arc<ByteBudget>,
+}
+
+/// The router: every path goes through `route`, which answers unknown paths 404 and
+/// wrong methods 405, both with Triton's `{"error": ...}`.
+pub fn router(api: Arc<HttpApi>) -> Router {
+    Router::new().fallback(handle).with_state(api)
+}
+
+const INFER_HEADER_LENGTH: &str = "inference-header-content-length";
+
+async fn handle(State(api): State<Arc<HttpApi>>, request: Request) -> Response {
+    let accept = request
+        .headers()
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match route(&api, request).await {
+        Ok(answer) => answer.into_response(accept.as_deref()),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// A successful answer before it is written.
+enum Answer {
+    /// 200 with no body (health, ready, load, unload).
+    Empty,
+    Json(Value),
+    /// An inference answer: its JSON header and the bytes after it, if any.
+    Infer(Vec<u8>, Option<Bytes>),
+}
+
+impl Answer {
+    fn into_response(self, accept_encoding: Option<&str>) -> Response {
+        let (body, binary_after) = match self {
+            Answer::Empty => return StatusCode::OK.into_response(),
+            Answer::Json(value) => (serde_json::to_vec(&value).expect("JSON"), None),
+            Answer::Infer(header, binary) => (header, binary),
+        };
+        let header_len = body.len();
+        let (content_type, body) = match binary_after {
+            None => ("application/json", body),
+            Some(bytes) => {
+                let mut all = body;
+                all.extend_from_slice(&bytes);
+                ("application/octet-stream", all)
+            }
+        };
+        let encoding = response_encoding(accept_encoding);
+        let body = match encoding {
+            Some(encoding) => compress(encoding, &body).unwrap_or(body),
+            None => body,
+        };
+        let mut response = (StatusCode::OK, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if content_type == "application/octet-stream" {
+            headers.insert(INFER_HEADER_LENGTH, HeaderValue::from(header_len));
+        }
+        if let Some(encoding) = encoding {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
+        }
+        response
+    }
+}
+
+/// A route, from the path's segments (percent-decoded).
+enum Route {
+    Live,
+    Ready,
+    ServerMetadata,
+    /// `/v2/models/{m}[/versions/{v}]` and what follows.
+    Model {
+        name: String,
+        version: String,
+        action: ModelAction,
+    },
+    AllStats,
+    Index,
+    Load(String),
+    Unload(String),
+    /// Triton routes wharf does not serve yet: shared memory, trace, logging.
+    Unimplemented(&'static str),
+}
+
+enum ModelAction {
+    Metadata,
+    Ready,
+    Config,
+    Infer,
+    Stats,
+}
+
+impl Route {
+    /// The route of `path` and the one method it takes (GET, or POST for the others).
+    fn parse(path: &str) -> Option<(Route, Method)> {
+        let segments: Vec<String> = path
+            .trim_start_matches('/')
+            .split('/')
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let s: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let get = |route| Some((route, Method::GET));
+        let post = |route| Some((route, Method::POST));
+        match s.as_slice() {
+            ["v2"] => get(Route::ServerMetadata),
+            ["v2", "health", "live"] => get(Route::Live),
+            ["v2", "health", "ready"] => get(Route::Ready),
+            ["v2", "models", "stats"] => get(Route::AllStats),
+            ["v2", "repository", "index"] | ["v2", "repository", _, "index"] => post(Route::Index),
+            ["v2", "repository", "models", m, "load"] => post(Route::Load(m.to_string())),
+            ["v2", "repository", "models", m, "unload"] => post(Route::Unload(m.to_string())),
+            ["v2", "systemsharedmemory", ..] => get(Route::Unimplemented("system shared memory")),
+            ["v2", "cudasharedmemory", ..] => get(Route::Unimplemented("CUDA shared memory")),
+            ["v2", "trace", "setting"] | ["v2", "models", _, "trace", "setting"] => {
+                get(Route::Unimplemented("trace settings"))
+            }
+            ["v2", "logging"] => get(Route::Unimplemented("log settings")),
+            ["v2", "models", m, rest @ ..] => {
+                let (version, rest) = match rest {
+                    ["versions", v, rest @ ..]
+                        if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        (v.to_string(), rest)
+                    }
+                    ["versions", ..] => return None,
+                    rest => (String::new(), rest),
+                };
+                let (action, method) = match rest {
+                    [] => (ModelAction::Metadata, Method::GET),
+                    ["ready"] => (ModelAction::Ready, Method::GET),
+                    ["config"] => (ModelAction::Config, Method::GET),
+                    ["stats"] => (ModelAction::Stats, Method::GET),
+                    ["infer"] => (ModelAction::Infer, Method::POST),
+                    _ => return None,
+                };
+                let name = m.to_string();
+                Some((
+                    Route::Model {
+                        name,
+                        version,
+                        action,
+                    },
+                    method,
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+async fn route(api: &HttpApi, request: Request) -> Result<Answer, HttpError> {
+    let Some((route, method)) = Route::parse(request.uri().path()) else {
+        return Err(HttpError::new(StatusCode::NOT_FOUND, "Not Found"));
+    };
+    // Shared memory and trace take both; all of them answer 501 either way.
+    let unimplemented = matches!(route, Route::Unimplemented(_));
+    if request.method() != method && !(unimplemented && request.method() == Method::POST) {
+        return Err(HttpError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method Not Allowed",
+        ));
+    }
+    // Health stays open for probes; everything else wants the key, as gRPC's inference
+    // service does.
+    if !matches!(route, Route::Live | Route::Ready) {
+        let authorization = request.headers().get(header::AUTHORIZATION);
+        api.key.check(authorization.map(HeaderValue::as_bytes))?;
+    }
+    let service = &api.service;
+    match route {
+        Route::Live => Ok(Answer::Empty),
+        Route::Ready => {
+            let ready = service
+                .server_ready(Call::new(pb::ServerReadyRequest {}))
+                .await?
+                .into_inner()
+                .ready;
+            // Triton answers a server that is not ready 400 with no body.
+            if ready {
+                Ok(Answer::Empty)
+            } else {
+                Err(HttpError::empty(StatusCode::BAD_REQUEST))
+            }
+        }
+        Route::ServerMetadata => Ok(Answer::Json(json!({
+            "name": "wharf",
+            "version": env!("CARGO_PKG_VERSION"),
+            "extensions": EXTENSIONS,
+        }))),
+        Route::AllStats => {
+            let stats = service
+                .model_statistics(Call::new(pb::ModelStatisticsRequest::default()))
+                .await?;
+            Ok(Answer::Json(messages::to_json(
+                "ModelStatisticsResponse",
+                stats.get_ref(),
+            )))
+        }
+        Route::Index => {
+            let body = read_json_body(api, request).await?;
+            let ready = match body.get("ready") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(HttpError::bad(format!(
+                        "`ready` must be true or false, found {other}"
+                    )))
+                }
+            };
+            let index = service
+                .repository_index(Call::new(pb::RepositoryIndexRequest {
+                    repository_name: String::new(),
+                    ready,
+                }))
+                .await?;
+            let json = messages::to_json("RepositoryIndexResponse", index.get_ref());
+            Ok(Answer::Json(json["models"].clone()))
+        }
+        Route::Load(model_name) => {
+            let parameters = repository_parameters(read_json_body(api, request).await?)?;
+            service
+                .repository_model_load(Call::new(pb::RepositoryModelLoadRequest {
+                    model_name,
+                    parameters,
+                    ..Default::default()
+                }))
+                .await?;
+            Ok(Answer::Empty)
+        }
+        Route::Unload(model_name) => {
+            let parameters = repository_parameters(read_json_body(api, request).await?)?;
+            service
+                .repository_model_unload(Call::new(pb::RepositoryModelUnloadRequest {
+                    model_name,
+                    parameters,
+                    ..Default::default()
+                }))
+                .await?;
+            Ok(Answer::Empty)
+        }
+        Route::Unimplemented(what) => Err(HttpError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!("{what} are not implemented by wharf yet"),
+        )),
+        Route::Model {
+            name,
+            version,
+            action,
+        } => model_route(api, request, name, version, action).await,
+    }
+}
+
+async fn model_route(
+    api: &HttpApi,
+    request: Request,
+    name: String,
+    version: String,
+    action: ModelAction,
+) -> Result<Answer, HttpError> {
+    let service = &api.service;
+    match action {
+        ModelAction::Metadata => {
+            let metadata = service
+                .model_metadata(Call::new(pb::ModelMetadataRequest { name, version }))
+                .await?;
+            Ok(Answer::Json(messages::to_json(
+                "ModelMetadataResponse",
+                metadata.get_ref(),
+            )))
+        }
+        ModelAction::Ready => {
+            let inference = service.inference();
+            if inference.is_draining() {
+                return Err(HttpError::bad("the server is shutting down"));
+            }
+            match inference.repository().registry().lookup(&name, &version) {
+                Ok(_) => Ok(Answer::Empty),
+                Err(e) => Err(HttpError::bad(e.message())),
+            }
+        }
+        ModelAction::Config => {
+            let config = service
+                .model_config(Call::new(pb::ModelConfigRequest { name, version }))
+                .await?
+                .into_inner()
+                .config
+                .unwrap_or_default();
+            Ok(Answer::Json(messages::to_json("ModelConfig", &config)))
+        }
+        ModelAction::Stats => {
+            let stats = service
+                .model_statistics(Call::new(pb::ModelStatisticsRequest { name, version }))
+                .await?;
+            Ok(Answer::Json(messages::to_json(
+                "ModelStatisticsResponse",
+                stats.get_ref(),
+            )))
+        }
+        ModelAction::Infer => infer_route(api, request, name, version).await,
+    }
+}
+
+async fn infer_route(
+    api: &HttpApi,
+    request: Request,
+    name: String,
+    version: String,
+) -> Result<Answer, HttpError> {
+    let header_len = match request.headers().get(INFER_HEADER_LENGTH) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    HttpError::bad(format!(
+                        "Inference-Header-Content-Length must be a byte count, found {value:?}"
+                    ))
+                })?,
+        ),
+    };
+    let (body, _held) = read_body(api, request).await?;
+    let inference = Arc::clone(api.service.inference());
+    let limit = api.service.max_request_bytes();
+    let raw_spec = || {
+        inference
+            .repository()
+            .registry()
+            .lookup(&name, &version)
+            .map(|model| model.spec.clone())
+            .map_err(HttpError::from)
+    };
+    let decoded = infer::decode(&name, &version, body, header_len, raw_spec, limit)?;
+    let response = inference.infer(decoded.request).await?;
+    let (header, binary) = infer::encode(response, &decoded.binary);
+    Ok(Answer::Infer(header, binary))
+}
+
+/// Room for JSON's text around the tensor bytes one request may carry.
+fn body_limit(api: &HttpApi) -> usize {
+    api.service
+        .max_request_bytes()
+        .saturating_mul(2)
+        .saturating_add(1 << 20)
+}
+
+/// The request's body, decompressed, held against the in-flight byte budget until the
+/// answer is made. Declared sizes over the limit are refused before a byte is read, and
+/// a compressed body may not grow past it.
+async fn read_body(
+    api: &HttpApi,
+    request: Request,
+) -> Result<(Bytes, crate::admission::Held), HttpError> {
+    let limit = body_limit(api);
+    let too_large = |size: &dyn std::fmt::Display| {
+        HttpError::bad(format!(
+            "the request body ({size} bytes) exceeds the maximum allowed value of {limit} bytes \
+             (--max-request-size, twice over for JSON's text)"
+        ))
+    };
+    let headers: &HeaderMap = request.headers();
+    let declared = match headers.get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or_else(|| HttpError::bad(format!("a bad Content-Length: {value:?}")))?,
+        ),
+    };
+    if let Some(size) = declared.filter(|size| *size > limit) {
+        return Err(too_large(&size));
+    }
+    let encoding =
+        match headers.get(header::CONTENT_ENCODING) {
+            None => None,
+            Some(value) => match value
+                .to_str()
+                .map(|v| v.trim().to_ascii_lowercase())
+                .as_deref()
+            {
+                Ok("identity") | Ok("") => None,
+                Ok("gzip") => Some("gzip"),
+                Ok("deflate") => Some("deflate"),
+                _ => return Err(HttpError::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    format!(
+                        "unsupported Content-Encoding {value:?}: send gzip, deflate or identity"
+                    ),
+                )
+                .accepting_encodings()),
+            },
+        };
+    let held = api
+        .budget
+        .try_hold(declared.unwrap_or(0))
+        .inspect_err(|_| {
+            api.service
+                .inference()
+                .repository()
+                .metrics()
+                .refused(Refusal::InflightBytes)
+        })?;
+    let body = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|e| {
+            HttpError::bad(format!(
+                "cannot read the request body (at most {limit} bytes): {e}"
+            ))
+        })?;
+    let body = match encoding {
+        None => body,
+        Some(encoding) => tokio::task::spawn_blocking(move || decompress(encoding, &body, limit))
+            .await
+            .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??,
+    };
+    Ok((body, held))
+}
+
+fn decompress(encoding: &str, body: &[u8], limit: usize) -> Result<Bytes, HttpError> {
+    let mut out = Vec::new();
+    let reader: Box<dyn Read> = match encoding {
+        "gzip" => Box::new(flate2::read::GzDecoder::new(body)),
+        _ => Box::new(flate2::read::ZlibDecoder::new(body)),
+    };
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| HttpError::bad(format!("the {encoding} body does not decompress: {e}")))?;
+    if out.len() > limit {
+        return Err(HttpError::bad(format!(
+            "the request body decompresses to more than the maximum allowed value of {limit} bytes"
+        )));
+    }
+    Ok(out.into())
+}
+
+/// The encoding of the answer: the client's most wanted of gzip, deflate and identity.
+fn response_encoding(accept: Option<&str>) -> Option<&'static str> {
+    let mut best: Option<(&'static str, f32)> = None;
+    for item in accept?.split(',') {
+        let mut parts = item.split(';');
+        let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .find_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+            })
+            .unwrap_or(1.0);
+        let known = match name.as_str() {
+            "gzip" => "gzip",
+            "deflate" => "deflate",
+            "identity" => "identity",
+            _ => continue,
+        };
+        if q > 0.0 && best.is_none_or(|(_, b)| q > b) {
+            best = Some((known, q));
+        }
+    }
+    best.map(|(name, _)| name)
+        .filter(|name| *name != "identity")
+}
+
+/// `body` compressed, or None where compressing failed (it then goes out as it is).
+fn compress(encoding: &str, body: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let level = flate2::Compression::fast();
+    match encoding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), level);
+            e.write_all(body).ok()?;
+            e.finish().ok()
+        }
+        _ => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), level);
+            e.write_all(body).ok()?;
+            e.finish().ok()
+        }
+    }
+}
+
+/// A small JSON body (index, load, unload): `{}` where it is empty.
+async fn read_json_body(api: &HttpApi, request: Request) -> Result<Value, HttpError> {
+    let (body, _held) = read_body(api, request).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&body).map_err(|e| HttpError::bad(format!("the request's JSON: {e}")))
+}
+
+/// A load's or unload's `parameters` as the gRPC request carries them.
+fn repository_parameters(
+    body: Value,
+) -> Result<std::collections::HashMap<String, pb::ModelRepositoryParameter>, HttpError> {
+    use pb::model_repository_parameter::ParameterChoice;
+    let Some(parameters) = body.get("parameters") else {
+        return Ok(Default::default());
+    };
+    let Value::Object(parameters) = parameters else {
+        return Err(HttpError::bad("`parameters` must be an object"));
+    };
+    parameters
+        .iter()
+        .map(|(key, value)| {
+            let choice = match value {
+                Value::String(s) => ParameterChoice::StringParam(s.clone()),
+                Value::Bool(b) => ParameterChoice::BoolParam(*b),
+                Value::Number(n) if n.is_i64() => {
+                    ParameterChoice::Int64Param(n.as_i64().expect("i64"))
+                }
+                other => {
+                    return Err(HttpError::bad(format!(
+                        "parameter '{key}' must be a string, a bool or an integer (a config goes \
+                         as a string holding its JSON), found {other}"
+                    )))
+                }
+            };
+            Ok((
+                key.clone(),
+                pb::ModelRepositoryParameter {
+                    parameter_choice: Some(choice),
+                },
+            ))
+        })
+        .collect()
+}
