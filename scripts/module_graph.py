@@ -22,6 +22,7 @@ def top_level(path):
 
 # Files over the line limit that hold one concern, and which.
 LONG = {
+    "config.rs": "every server setting, each declared once with its flag, variable, key, doc and default",
     "repository/lifecycle.rs": "the version lifecycle: loads in dependency order, swaps, retires, unloads",
     "repository/loader.rs": "one version's load, step by step: engine, spec, warm-up, budget, workers",
 }

@@ -193,11 +193,13 @@ fn decode_raw(
         (None, [at]) if shape.len() == 1 || (spec.max_batch_size > 0 && shape.len() == 2) => {
             shape[*at] = 1;
         }
-        _ => return Err(HttpError::bad(format!(
+        _ => {
+            return Err(HttpError::bad(format!(
             "a raw request needs an input with at most one open dimension; input '{}' has shape {}",
             input.name,
             shape_string(&shape)
-        ))),
+        )))
+        }
     }
     let wire = InferInputTensor {
         name: input.name.clone(),

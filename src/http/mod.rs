@@ -2,15 +2,16 @@
 //! extension. Each route transcodes a call of the gRPC service (the same checks, errors
 //! and core); only inference bodies are read here (`infer`).
 
+mod body;
 mod error;
 mod infer;
 mod messages;
 
-use std::{io::Read, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     extract::{Request, State},
-    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    http::{header, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
     Router,
 };
@@ -27,8 +28,8 @@ use crate::{
         pb::{self, grpc_inference_service_server::GrpcInferenceService},
         InferenceService,
     },
-    metrics::Refusal,
 };
+use body::{compress, read_body, response_encoding};
 
 /// Triton's extensions that wharf's HTTP front end implements, in Triton's order.
 pub const EXTENSIONS: &[&str] = &[
@@ -385,151 +386,6 @@ async fn infer_route(
     let response = inference.infer(decoded.request).await?;
     let (header, binary) = infer::encode(response, &decoded.binary);
     Ok(Answer::Infer(header, binary))
-}
-
-/// Room for JSON's text around the tensor bytes one request may carry.
-fn body_limit(api: &HttpApi) -> usize {
-    api.service
-        .max_request_bytes()
-        .saturating_mul(2)
-        .saturating_add(1 << 20)
-}
-
-/// The request's body, decompressed, held against the in-flight byte budget until the
-/// answer is made. Declared sizes over the limit are refused before a byte is read, and
-/// a compressed body may not grow past it.
-async fn read_body(
-    api: &HttpApi,
-    request: Request,
-) -> Result<(Bytes, crate::admission::Held), HttpError> {
-    let limit = body_limit(api);
-    let too_large = |size: &dyn std::fmt::Display| {
-        HttpError::bad(format!(
-            "the request body ({size} bytes) exceeds the maximum allowed value of {limit} bytes \
-             (--max-request-size, twice over for JSON's text)"
-        ))
-    };
-    let headers: &HeaderMap = request.headers();
-    let declared = match headers.get(header::CONTENT_LENGTH) {
-        None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .ok_or_else(|| HttpError::bad(format!("a bad Content-Length: {value:?}")))?,
-        ),
-    };
-    if let Some(size) = declared.filter(|size| *size > limit) {
-        return Err(too_large(&size));
-    }
-    let encoding =
-        match headers.get(header::CONTENT_ENCODING) {
-            None => None,
-            Some(value) => match value
-                .to_str()
-                .map(|v| v.trim().to_ascii_lowercase())
-                .as_deref()
-            {
-                Ok("identity") | Ok("") => None,
-                Ok("gzip") => Some("gzip"),
-                Ok("deflate") => Some("deflate"),
-                _ => return Err(HttpError::new(
-                    StatusCode::NOT_IMPLEMENTED,
-                    format!(
-                        "unsupported Content-Encoding {value:?}: send gzip, deflate or identity"
-                    ),
-                )
-                .accepting_encodings()),
-            },
-        };
-    let held = api
-        .budget
-        .try_hold(declared.unwrap_or(0))
-        .inspect_err(|_| {
-            api.service
-                .inference()
-                .repository()
-                .metrics()
-                .refused(Refusal::InflightBytes)
-        })?;
-    let body = axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|e| {
-            HttpError::bad(format!(
-                "cannot read the request body (at most {limit} bytes): {e}"
-            ))
-        })?;
-    let body = match encoding {
-        None => body,
-        Some(encoding) => tokio::task::spawn_blocking(move || decompress(encoding, &body, limit))
-            .await
-            .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??,
-    };
-    Ok((body, held))
-}
-
-fn decompress(encoding: &str, body: &[u8], limit: usize) -> Result<Bytes, HttpError> {
-    let mut out = Vec::new();
-    let reader: Box<dyn Read> = match encoding {
-        "gzip" => Box::new(flate2::read::GzDecoder::new(body)),
-        _ => Box::new(flate2::read::ZlibDecoder::new(body)),
-    };
-    reader
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| HttpError::bad(format!("the {encoding} body does not decompress: {e}")))?;
-    if out.len() > limit {
-        return Err(HttpError::bad(format!(
-            "the request body decompresses to more than the maximum allowed value of {limit} bytes"
-        )));
-    }
-    Ok(out.into())
-}
-
-/// The encoding of the answer: the client's most wanted of gzip, deflate and identity.
-fn response_encoding(accept: Option<&str>) -> Option<&'static str> {
-    let mut best: Option<(&'static str, f32)> = None;
-    for item in accept?.split(',') {
-        let mut parts = item.split(';');
-        let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q = parts
-            .find_map(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-            })
-            .unwrap_or(1.0);
-        let known = match name.as_str() {
-            "gzip" => "gzip",
-            "deflate" => "deflate",
-            "identity" => "identity",
-            _ => continue,
-        };
-        if q > 0.0 && best.is_none_or(|(_, b)| q > b) {
-            best = Some((known, q));
-        }
-    }
-    best.map(|(name, _)| name)
-        .filter(|name| *name != "identity")
-}
-
-/// `body` compressed, or None where compressing failed (it then goes out as it is).
-fn compress(encoding: &str, body: &[u8]) -> Option<Vec<u8>> {
-    use std::io::Write;
-    let level = flate2::Compression::fast();
-    match encoding {
-        "gzip" => {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), level);
-            e.write_all(body).ok()?;
-            e.finish().ok()
-        }
-        _ => {
-            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), level);
-            e.write_all(body).ok()?;
-            e.finish().ok()
-        }
-    }
 }
 
 /// A small JSON body (index, load, unload): `{}` where it is empty.

@@ -95,7 +95,8 @@ def test_deployment_is_hardened_probed_and_drains():
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert container["livenessProbe"]["grpc"] == {"port": 8001, "service": "wharf.liveness"}
-    assert container["readinessProbe"]["grpc"] == {"port": 8001, "service": ""}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert {"name": "http", "containerPort": 8000, "protocol": "TCP"} in container["ports"]
     assert container["resources"]["requests"] and container["resources"]["limits"]
     # The default image is the onnxruntime one, which serves the whole PP-OCR pipeline
     # (tests/python/test_container.py reads a cheque through it); "" is the tract image.
@@ -114,7 +115,7 @@ def test_deployment_is_hardened_probed_and_drains():
     assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
         "kubernetes.io/hostname", "topology.kubernetes.io/zone"}
     ports = {p["name"]: p["port"] for p in objects["Service"]["spec"]["ports"]}
-    assert ports == {"grpc": 8001, "metrics": 8002}
+    assert ports == {"grpc": 8001, "metrics": 8002, "http": 8000}
     hpa = objects["HorizontalPodAutoscaler"]["spec"]
     print(yaml.safe_dump(objects["HorizontalPodAutoscaler"], sort_keys=False))
     pods_metric = next(m for m in hpa["metrics"] if m["type"] == "Pods")["pods"]

@@ -5,6 +5,7 @@ bodies, and hostile bodies, each answered with its code while the server serves 
 import gzip
 import http.client
 import json
+import time
 import zlib
 
 import numpy as np
@@ -262,6 +263,14 @@ def test_repository_load_unload_and_the_api_key(tmp_path):
         expect_error(lambda: client.load_model("add_sub", headers=auth, config='{"max_batch_size": "four"}'),
                      400, "max_batch_size")
         client.unload_model("add_sub", headers=auth)
-        index = {(m["name"], m["version"]): m for m in client.get_model_repository_index(headers=auth)}
-        assert index[("add_sub", "1")]["state"] == "UNAVAILABLE"
+        # UNLOADING until its workers are joined (on a thread of their own), then gone.
+        deadline = time.monotonic() + 30
+        while True:
+            index = {(m["name"], m["version"]): m for m in client.get_model_repository_index(headers=auth)}
+            if index[("add_sub", "1")]["state"] == "UNAVAILABLE":
+                break
+            assert index[("add_sub", "1")]["state"] == "UNLOADING", index
+            assert time.monotonic() < deadline, "add_sub never unloaded"
+            time.sleep(0.02)
+        assert index[("add_sub", "1")]["reason"] == "unloaded"
         client.close()
