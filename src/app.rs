@@ -281,13 +281,8 @@ impl App {
                 last.drain().signaled().await;
                 last.in_flight().drained(exit_timeout).await;
             };
-            let serving =
-                axum::serve(listener, crate::http::router(api)).with_graceful_shutdown(stop);
-            drain.spawn(async move {
-                if let Err(e) = serving.await {
-                    warn!(error = %e, "the HTTP front end stopped");
-                }
-            });
+            let handshake = config.listen.handshake_timeout;
+            drain.spawn(crate::http::serve(listener, crate::http::router(api), handshake, stop));
             addr
         });
         let inference_server = Gate::new(
@@ -329,7 +324,10 @@ impl App {
             .add_routes(reflection)
             .add_service(health)
             .add_service(inference_server)
-            .serve_with_incoming_shutdown(listener::incoming(listener, handshake_timeout), signal);
+            .serve_with_incoming_shutdown(
+                listener::incoming(listener, handshake_timeout, listener::PREFACE_BYTES),
+                signal,
+            );
         let serving = drain.spawn(async move {
             let result = tokio::select! {
                 result = serve => result.map_err(AppError::from),

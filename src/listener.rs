@@ -1,6 +1,7 @@
-//! Accepting gRPC connections: TCP_NODELAY on each, a back-off when accepting fails (file
-//! descriptors exhausted), and a deadline for a new connection's first bytes, so that a
-//! peer that opens connections and sends nothing (or half a preface) cannot hold them.
+//! Accepting connections (gRPC's and HTTP's): TCP_NODELAY on each, a back-off when
+//! accepting fails (file descriptors exhausted), and a deadline for a new connection's
+//! first bytes, so that a peer that opens connections and sends nothing (or half a
+//! preface) cannot hold them.
 
 use std::{io, time::Duration};
 
@@ -11,9 +12,11 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
-/// The HTTP/2 client preface is 24 bytes; a TLS ClientHello is longer. A connection is
-/// handed on once this much has arrived.
-const FIRST_BYTES: usize = 24;
+/// The HTTP/2 client preface is 24 bytes; a TLS ClientHello is longer. A gRPC connection
+/// is handed on once this much has arrived.
+pub const PREFACE_BYTES: usize = 24;
+/// The shortest HTTP/1.1 request line, `GET / HTTP/1.1\r\n`.
+pub const REQUEST_LINE_BYTES: usize = 16;
 /// Accepted connections waiting for the server to take them; the accept loop waits past
 /// it, which is the back-pressure a listener's own backlog would give.
 const HANDOFF: usize = 64;
@@ -22,20 +25,23 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often a connection that has sent part of its first bytes is looked at again.
 const PEEK_EVERY: Duration = Duration::from_millis(10);
 
-/// Connections from `listener`, each handed on only once it has sent its first bytes
-/// within `handshake`. Accepting stops when the returned stream is dropped.
+/// Connections from `listener`, each handed on only once it has sent its first `first`
+/// bytes (at most `PREFACE_BYTES`) within `handshake`. Accepting stops when the returned
+/// stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     handshake: Duration,
+    first: usize,
 ) -> ReceiverStream<io::Result<TcpStream>> {
     let (tx, rx) = mpsc::channel(HANDOFF);
-    tokio::spawn(accept(listener, handshake, tx));
+    tokio::spawn(accept(listener, handshake, first.min(PREFACE_BYTES), tx));
     ReceiverStream::new(rx)
 }
 
 async fn accept(
     listener: TcpListener,
     handshake: Duration,
+    first: usize,
     tx: mpsc::Sender<io::Result<TcpStream>>,
 ) {
     let mut backoff = MIN_BACKOFF;
@@ -57,7 +63,7 @@ async fn accept(
                 let _ = stream.set_nodelay(true);
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    if first_bytes(&stream, handshake).await {
+                    if first_bytes(&stream, first, handshake).await {
                         let _ = tx.send(Ok(stream)).await;
                     } else {
                         debug!(%peer, "closed a connection that sent no preface in time");
@@ -78,15 +84,16 @@ async fn accept(
     }
 }
 
-/// Whether the peer sent its first bytes within `limit` (false if it closed or was slow).
-async fn first_bytes(stream: &TcpStream, limit: Duration) -> bool {
+/// Whether the peer sent its first `wanted` bytes within `limit` (false if it closed or
+/// was slow).
+async fn first_bytes(stream: &TcpStream, wanted: usize, limit: Duration) -> bool {
     let arrived = async {
-        let mut buffer = [0u8; FIRST_BYTES];
+        let mut buffer = [0u8; PREFACE_BYTES];
         loop {
             stream.readable().await?;
             match stream.peek(&mut buffer).await? {
                 0 => return Ok::<bool, io::Error>(false),
-                n if n >= FIRST_BYTES => return Ok(true),
+                n if n >= wanted => return Ok(true),
                 // Part of it: readable() stays ready until more comes, so look again soon
                 // rather than spin.
                 _ => tokio::time::sleep(PEEK_EVERY).await,

@@ -10,6 +10,10 @@ use axum::{
 use bytes::Bytes;
 
 use super::{error::HttpError, HttpApi};
+
+/// How long a request's body may take to arrive once its headers have: a slow body
+/// holds its bytes against the in-flight budget, so it must end.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 use crate::metrics::Refusal;
 
 /// Room for JSON's text around the tensor bytes one request may carry.
@@ -79,8 +83,18 @@ pub async fn read_body(
                 .metrics()
                 .refused(Refusal::InflightBytes)
         })?;
-    let body = axum::body::to_bytes(request.into_body(), limit)
+    let reading = axum::body::to_bytes(request.into_body(), limit);
+    let body = tokio::time::timeout(BODY_READ_TIMEOUT, reading)
         .await
+        .map_err(|_| {
+            HttpError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            )
+        })?
         .map_err(|e| {
             HttpError::bad(format!(
                 "cannot read the request body (at most {limit} bytes): {e}"

@@ -6,6 +6,7 @@ mod body;
 mod error;
 mod infer;
 mod messages;
+mod serve;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use serde_json::{json, Value};
 use tonic::Request as Call;
 
 pub use error::{http_status, HttpError};
+pub use serve::serve;
 
 use crate::{
     admission::ByteBudget,

@@ -96,7 +96,7 @@ def running_wharf_addresses(repo: pathlib.Path, *flags: str):
         assert time.monotonic() < deadline, "wharf did not become ready"
         time.sleep(0.05)
     try:
-        yield {"grpc": address, "metrics": metrics_address, "http": http_address}
+        yield {"grpc": address, "metrics": metrics_address, "http": http_address, "pid": proc.pid}
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0

@@ -5,6 +5,8 @@ bodies, and hostile bodies, each answered with its code while the server serves 
 import gzip
 import http.client
 import json
+import pathlib
+import socket
 import time
 import zlib
 
@@ -274,3 +276,31 @@ def test_repository_load_unload_and_the_api_key(tmp_path):
             time.sleep(0.02)
         assert index[("add_sub", "1")]["reason"] == "unloaded"
         client.close()
+
+
+def rss_kib(pid):
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+def test_a_thousand_slow_connections_hold_little_and_the_server_serves_on(servers):
+    """Each sends its request line and part of its headers, then stalls (slowloris); the
+    header deadline will close them. Meanwhile requests are answered and memory stays
+    bounded."""
+    host, port = servers["http"].rsplit(":", 1)
+    before = rss_kib(servers["pid"])
+    slow = []
+    try:
+        for _ in range(1000):
+            s = socket.create_connection((host, int(port)))
+            s.sendall(b"POST /v2/models/identity_fp32/infer HTTP/1.1\r\nHost: x\r\nContent-Le")
+            slow.append(s)
+        got, _, data = raw(servers["http"], "POST", "/v2/models/identity_fp32/infer", json.dumps(IDENTITY).encode())
+        assert got == 200, data
+        during = rss_kib(servers["pid"])
+        print(f"RSS before 1,000 slow connections {before} KiB, with them {during} KiB")
+        assert during < before + 64 * 1024, (before, during)
+    finally:
+        for s in slow:
+            s.close()
+    assert raw(servers["http"], "GET", "/v2/health/ready")[0] == 200
