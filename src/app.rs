@@ -99,6 +99,29 @@ fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, AppError> {
     Ok(ServerTlsConfig::new().identity(identity))
 }
 
+/// HTTP's TLS from the same PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
+fn http_tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, AppError> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let bad = |what: &'static str, path: &std::path::Path, e: String| AppError::Tls {
+        what,
+        path: path.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    };
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad("certificate", &files.cert, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| bad("key", &files.key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| bad("certificate and key", &files.cert, e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// A server built and bound but not yet running: everything that can fail (reading the
 /// repository, binding, TLS files, reflection) has, and nothing has started.
 pub struct App {
@@ -106,9 +129,9 @@ pub struct App {
     repository: Arc<Repository>,
     grpc: (TcpListener, SocketAddr),
     metrics: (TcpListener, SocketAddr),
-    /// None where TLS is on: the HTTP front end does not serve TLS yet, and must not
-    /// serve in the clear beside a TLS gRPC port.
-    http: Option<(TcpListener, SocketAddr)>,
+    http: (TcpListener, SocketAddr),
+    /// HTTP's TLS, where TLS is on (gRPC's is in `transport`).
+    http_tls: Option<tokio_rustls::TlsAcceptor>,
     transport: tonic::transport::Server,
     /// Server reflection, v1 and v1alpha.
     reflection: Routes,
@@ -132,13 +155,7 @@ impl App {
             })?;
         let grpc = bind(config.listen.grpc_addr()).await?;
         let metrics = bind(config.listen.metrics_addr()).await?;
-        let http = match config.listen.tls() {
-            Some(_) => {
-                warn!("TLS is on: the HTTP front end is off (it does not serve TLS yet)");
-                None
-            }
-            None => Some(bind(config.listen.http_addr()).await?),
-        };
+        let http = bind(config.listen.http_addr()).await?;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -154,8 +171,10 @@ impl App {
             .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+        let mut http_tls = None;
         if let Some(tls) = config.listen.tls() {
             transport = transport.tls_config(tls_config(&tls)?)?;
+            http_tls = Some(http_tls_acceptor(&tls)?);
         }
         Ok(App {
             config,
@@ -163,6 +182,7 @@ impl App {
             grpc,
             metrics,
             http,
+            http_tls,
             transport,
             reflection,
         })
@@ -177,7 +197,8 @@ impl App {
             repository,
             grpc: (listener, grpc_addr),
             metrics: (metrics_listener, metrics_addr),
-            http,
+            http: (http_listener, http_addr),
+            http_tls,
             mut transport,
             reflection,
         } = self;
@@ -185,9 +206,6 @@ impl App {
         let metrics = Arc::clone(repository.metrics());
         // The runtime's own count, whoever built it (`wharf serve`, a test, an embedder).
         let runtime_threads = tokio::runtime::Handle::current().metrics().num_workers();
-        let http_addr = http
-            .as_ref()
-            .map_or("off".to_owned(), |(_, addr)| addr.to_string());
         info!(%grpc_addr, %metrics_addr, %http_addr, runtime_threads, repository = %config.load.model_repository.display(), "listening");
         let inference = Arc::new(Inference::new(Arc::clone(&repository), drain.clone()));
         let strict = config.control.strict_readiness;
@@ -268,23 +286,25 @@ impl App {
         // Room for the largest request wharf accepts plus protobuf framing, so that an
         // oversized tensor reaches validation and gets a message that names it.
         let max_message = max_request_bytes.saturating_mul(2).saturating_add(1 << 20);
-        let http_addr = http.map(|(listener, addr)| {
-            let api = Arc::new(HttpApi {
-                service: service.clone(),
-                key: RequireKey(config.listen.api_key.clone()),
-                budget: Arc::clone(&budget),
-            });
-            let last = Arc::clone(&inference);
-            // As gRPC: new requests are refused once the drain starts; connections close
-            // once the admitted ones are answered.
-            let stop = async move {
-                last.drain().signaled().await;
-                last.in_flight().drained(exit_timeout).await;
-            };
-            let handshake = config.listen.handshake_timeout;
-            drain.spawn(crate::http::serve(listener, crate::http::router(api), handshake, stop));
-            addr
+        let api = Arc::new(HttpApi {
+            service: service.clone(),
+            key: RequireKey(config.listen.api_key.clone()),
+            budget: Arc::clone(&budget),
         });
+        let last = Arc::clone(&inference);
+        // As gRPC: new requests are refused once the drain starts; connections close once
+        // the admitted ones are answered.
+        let stop = async move {
+            last.drain().signaled().await;
+            last.in_flight().drained(exit_timeout).await;
+        };
+        drain.spawn(crate::http::serve(
+            http_listener,
+            crate::http::router(api),
+            http_tls,
+            config.listen.handshake_timeout,
+            stop,
+        ));
         let inference_server = Gate::new(
             InterceptedService::new(
                 GrpcInferenceServiceServer::new(service)
@@ -358,7 +378,7 @@ impl App {
 pub struct Server {
     grpc_addr: SocketAddr,
     metrics_addr: SocketAddr,
-    http_addr: Option<SocketAddr>,
+    http_addr: SocketAddr,
     inference: Arc<Inference>,
     exit_timeout: Duration,
     serving: JoinHandle<Result<(), AppError>>,
@@ -379,8 +399,8 @@ impl Server {
         self.metrics_addr
     }
 
-    /// Where HTTP/REST is served (None with TLS on).
-    pub fn http_addr(&self) -> Option<SocketAddr> {
+    /// Where HTTP/REST is served.
+    pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
     }
 

@@ -84,7 +84,7 @@ pub struct ListenConfig {
     /// stay open
     #[arg(long, env = "WHARF_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
-    /// TLS certificate chain (PEM); with --tls-key, gRPC is served over TLS
+    /// TLS certificate chain (PEM); with --tls-key, gRPC and HTTP are served over TLS
     #[arg(long, env = "WHARF_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM)

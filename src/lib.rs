@@ -46,8 +46,9 @@ pub mod validate;
 
 pub(crate) mod inference;
 
+pub(crate) mod listener;
+
 pub mod grpc;
 pub mod http;
-pub(crate) mod listener;
 
 pub mod app;

@@ -1,6 +1,7 @@
-//! Serving the router on its port: connections that sent their request line in time, at
-//! most `MAX_CONNECTIONS` at once, a deadline for each request's headers (no slowloris),
-//! HTTP/1.1 keep-alive or h2c, and a graceful close once the drain's work is done.
+//! Serving the router on its port: connections that sent their first bytes in time, at
+//! most `MAX_CONNECTIONS` at once, TLS where it is on, a deadline for each request's
+//! headers (no slowloris), HTTP/1.1 keep-alive or HTTP/2, and a graceful close once the
+//! drain's work is done.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -11,7 +12,12 @@ use hyper_util::{
     server::{conn::auto::Builder, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::Semaphore,
+};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::listener;
@@ -22,15 +28,21 @@ pub const MAX_CONNECTIONS: usize = 4096;
 /// sent its first bytes.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `router` on `listener` until `stop` resolves, then lets each connection finish
-/// the request it is on and closes it.
+/// Serves `router` on `listener` (over TLS with `tls`) until `stop` resolves, then lets
+/// each connection finish the request it is on and closes it.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    tls: Option<TlsAcceptor>,
     handshake: Duration,
     stop: impl Future<Output = ()>,
 ) {
-    let mut incoming = listener::incoming(listener, handshake, listener::REQUEST_LINE_BYTES);
+    // A TLS hello is longer than an HTTP/2 preface; a plain request line is shorter.
+    let first = match tls {
+        Some(_) => listener::PREFACE_BYTES,
+        None => listener::REQUEST_LINE_BYTES,
+    };
+    let mut incoming = listener::incoming(listener, handshake, first);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let graceful = GracefulShutdown::new();
     let mut builder = Builder::new(TokioExecutor::new());
@@ -55,23 +67,50 @@ pub async fn serve(
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             if !refusing {
-                warn!(limit = MAX_CONNECTIONS, "HTTP connections at their limit: closing new ones");
+                warn!(
+                    limit = MAX_CONNECTIONS,
+                    "HTTP connections at their limit: closing new ones"
+                );
                 refusing = true;
             }
             continue;
         };
         refusing = false;
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
-            .into_owned();
-        let watched = graceful.watch(connection);
+        let (builder, service, watcher, tls) = (
+            builder.clone(),
+            service.clone(),
+            graceful.watcher(),
+            tls.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = watched.await {
-                debug!(error = %e, "an HTTP connection ended with an error");
+            match tls {
+                None => serve_io(&builder, stream, service, watcher).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_io(&builder, stream, service, watcher).await,
+                        Ok(Err(e)) => debug!(error = %e, "a TLS handshake failed"),
+                        Err(_) => debug!("a TLS handshake did not finish in time"),
+                    }
+                }
             }
             drop(slot);
         });
     }
     drop(incoming);
     graceful.shutdown().await;
+}
+
+/// One connection, until it ends or the shutdown closes it.
+async fn serve_io<I>(
+    builder: &Builder<TokioExecutor>,
+    io: I,
+    service: TowerToHyperService<Router>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        debug!(error = %e, "an HTTP connection ended with an error");
+    }
 }

@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import shutil
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -60,17 +61,21 @@ def running_wharf_and_metrics(repo: pathlib.Path, *flags: str):
         yield addresses["grpc"], addresses["metrics"]
 
 
-def http_ready(address: str) -> bool:
+def http_ready(address: str, ca: str | None = None) -> bool:
+    """Whether /v2/health/ready answers 200; over HTTPS trusting `ca` where it is given."""
+    scheme, context = ("https", ssl.create_default_context(cafile=ca)) if ca else ("http", None)
     try:
-        with urllib.request.urlopen(f"http://{address}/v2/health/ready", timeout=5) as answer:
+        with urllib.request.urlopen(f"{scheme}://{address}/v2/health/ready", timeout=5,
+                                    context=context) as answer:
             return answer.status == 200
     except OSError:
         return False
 
 
 @contextlib.contextmanager
-def running_wharf_addresses(repo: pathlib.Path, *flags: str):
-    """As `running_wharf`: the gRPC, metrics and HTTP addresses (host:port), by name."""
+def running_wharf_addresses(repo: pathlib.Path, *flags: str, ca: str | None = None):
+    """As `running_wharf`: the gRPC, metrics and HTTP addresses (host:port), by name; with
+    `ca`, the server is on TLS and readiness is asked over HTTPS trusting it."""
     proc = subprocess.Popen(
         [WHARF, "--log-format", "json", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
          "--metrics-port", "0", "--http-port", "0", "--model-repository", str(repo), *flags],
@@ -92,7 +97,7 @@ def running_wharf_addresses(repo: pathlib.Path, *flags: str):
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
     # Readiness over HTTP, which needs no API key.
     deadline = time.monotonic() + 60
-    while not http_ready(http_address):
+    while not http_ready(http_address, ca):
         assert time.monotonic() < deadline, "wharf did not become ready"
         time.sleep(0.05)
     try:

@@ -7,6 +7,8 @@ import http.client
 import json
 import pathlib
 import socket
+import ssl
+import subprocess
 import time
 import zlib
 
@@ -304,3 +306,23 @@ def test_a_thousand_slow_connections_hold_little_and_the_server_serves_on(server
         for s in slow:
             s.close()
     assert raw(servers["http"], "GET", "/v2/health/ready")[0] == 200
+
+
+def test_with_tls_on_http_is_https_with_the_same_certificate(tmp_path):
+    make_repository(tmp_path / "repo")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    flags = ("--tls-cert", str(cert), "--tls-key", str(key))
+    with running_wharf_addresses(tmp_path / "repo", *flags, ca=str(cert)) as addresses:
+        host, port = addresses["http"].rsplit(":", 1)
+        context = ssl.create_default_context(cafile=str(cert))
+        conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
+        conn.request("POST", "/v2/models/identity_fp32/infer", body=json.dumps(IDENTITY))
+        answer = conn.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["outputs"][0]["data"] == [1.0, 2.0]
+        conn.close()
+        # Plain HTTP on the TLS port gets no answer.
+        with pytest.raises((http.client.HTTPException, OSError)):
+            raw(addresses["http"], "GET", "/v2/health/ready")
