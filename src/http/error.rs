@@ -111,28 +111,19 @@ mod tests {
 
     #[test]
     fn codes_map_as_tritons_do() {
-        assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
-        assert_eq!(http_status(Code::NotFound), StatusCode::NOT_FOUND);
-        assert_eq!(
-            http_status(Code::Unavailable),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            http_status(Code::ResourceExhausted),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            http_status(Code::Internal),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
-        assert_eq!(
-            http_status(Code::Unimplemented),
-            StatusCode::NOT_IMPLEMENTED
-        );
-        assert_eq!(
-            http_status(Code::FailedPrecondition),
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(http_status(Code::DeadlineExceeded), StatusCode::BAD_REQUEST);
+        let table = [
+            (Code::InvalidArgument, StatusCode::BAD_REQUEST),
+            (Code::NotFound, StatusCode::NOT_FOUND),
+            (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+            (Code::ResourceExhausted, StatusCode::SERVICE_UNAVAILABLE),
+            (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
+            (Code::Unimplemented, StatusCode::NOT_IMPLEMENTED),
+            (Code::Unauthenticated, StatusCode::UNAUTHORIZED),
+            (Code::FailedPrecondition, StatusCode::BAD_REQUEST),
+            (Code::DeadlineExceeded, StatusCode::BAD_REQUEST),
+        ];
+        for (code, status) in table {
+            assert_eq!(http_status(code), status, "{code:?}");
+        }
     }
 }

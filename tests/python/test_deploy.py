@@ -212,3 +212,33 @@ def test_plain_manifests_are_the_chart_defaults_and_valid():
                            CHART / "values-gpu.yaml", CHART / "Chart.yaml"],
                           capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout
+
+
+def test_the_kserve_serving_runtime_is_a_valid_pod_of_wharf():
+    """deploy/kserve/servingruntime.yaml: KServe's own fields checked by hand (its CRD
+    schema is not reachable here); its pod part validated as a Kubernetes 1.30 Pod; its
+    flags ones `wharf serve` takes."""
+    text = (ROOT / "deploy" / "kserve" / "servingruntime.yaml").read_text()
+    runtime = yaml.safe_load(text)
+    assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1" and runtime["kind"] == "ServingRuntime"
+    spec = runtime["spec"]
+    assert spec["supportedModelFormats"] == [{"name": "onnx", "version": "1", "autoSelect": True}]
+    assert spec["protocolVersions"] == ["v2", "grpc-v2"]
+    (container,) = spec["containers"]
+    assert container["name"] == "kserve-container"
+    assert "--model-repository=/mnt/models" in container["args"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "wharf"},
+           "spec": {"containers": spec["containers"], "volumes": spec["volumes"]}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "pod.yaml"
+        path.write_text(yaml.safe_dump(pod))
+        result = subprocess.run([BIN / "kubernetes-validate", "--strict", "--quiet", "-k", KUBE_VERSION,
+                                 str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    lint = subprocess.run([BIN / "yamllint", "-c", ROOT / ".yamllint.yml",
+                           ROOT / "deploy" / "kserve" / "servingruntime.yaml"], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
+    flags = subprocess.run([WHARF, "serve", "--help"], capture_output=True, text=True).stdout
+    for arg in container["args"][1:]:
+        assert arg.split("=")[0] in flags, arg
