@@ -210,16 +210,11 @@ impl Repository {
             }
         }
         let (levels, stuck) = dependency_levels(&read);
+        let reason = format!(
+            "ensembles {} are steps of each other: none can load first",
+            stuck.join(", ")
+        );
         for name in stuck {
-            let names: Vec<&str> = read
-                .keys()
-                .filter(|n| !levels.iter().flatten().any(|l| l == *n))
-                .map(String::as_str)
-                .collect();
-            let reason = format!(
-                "ensembles {} are steps of each other: none can load first",
-                names.join(", ")
-            );
             let _serial = self.serial.lock(&name);
             let failures = read[&name]
                 .selected
