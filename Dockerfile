@@ -7,8 +7,8 @@
 # Where no registry is reachable (nothing to pull rust from), build the binary on the
 # host and pack it:
 #
-#   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
-#       --no-default-features --target x86_64-unknown-linux-gnu --target-dir target/static
+#   cargo rustc --release --locked --no-default-features --bin wharf -- -C target-feature=+crt-static
+#   mkdir -p target/static && cp target/release/wharf target/static/wharf
 #   docker build --build-arg BINARY=prebuilt -t wharf .
 #
 # /models is the model repository: mount a volume over it to serve your own models.
@@ -17,17 +17,17 @@ ARG BINARY=build
 FROM rust:1.91-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
-        --no-default-features --target x86_64-unknown-linux-gnu --target-dir target/static
+RUN cargo rustc --release --locked --no-default-features --bin wharf -- -C target-feature=+crt-static \
+    && mkdir -p target/static && cp target/release/wharf target/static/wharf
 
 FROM scratch AS prebuilt
-COPY target/static/x86_64-unknown-linux-gnu/release/wharf /src/target/static/x86_64-unknown-linux-gnu/release/wharf
+COPY target/static/wharf /src/target/static/wharf
 
 # hadolint ignore=DL3006
 FROM ${BINARY} AS binary
 
 FROM scratch
-COPY --from=binary /src/target/static/x86_64-unknown-linux-gnu/release/wharf /wharf
+COPY --from=binary /src/target/static/wharf /wharf
 COPY models/ppocr_cls /models/ppocr_cls
 USER 65532:65532
 EXPOSE 8000 8001 8002

@@ -8,6 +8,8 @@ the machine, and the server's CPU time per request read from /proc.
     .venv-test/bin/python benches/overhead.py --seconds 5 [--baseline OTHER_WHARF]
     .venv-test/bin/python benches/overhead.py --ppocr --seconds 8 --baseline OTHER_WHARF  # needs scripts/fetch-ppocr-models.sh
     .venv-test/bin/python benches/overhead.py --ensemble --seconds 5 --rounds 3  # one-step ensemble vs its model
+    cargo build --release --bin wharf --example http_echo   # and apt-get install wrk
+    .venv-test/bin/python benches/overhead.py --http --seconds 5 --rounds 3  # HTTP vs a bare hyper handler
 
 Prints a markdown table, and the raw figures as JSON with --json.
 """
@@ -20,6 +22,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 
 import onnx
 from onnx import TensorProto, helper
@@ -29,6 +33,8 @@ from serving import free_port, stop, wait_ready
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WHARF = ROOT / "target" / "release" / "wharf"
 ECHO = ROOT / "target" / "release" / "examples" / "echo_server"
+HTTP_ECHO = ROOT / "target" / "release" / "examples" / "http_echo"
+PERF_ANALYZER = pathlib.Path(os.environ.get("PA_DIR", "/tmp/wharf-perf-analyzer")) / "bin" / "perf_analyzer"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -100,6 +106,9 @@ def main():
     parser.add_argument("--baseline", help="another wharf binary (e.g. main's) to measure beside this one")
     parser.add_argument("--ensemble", action="store_true",
                         help="instead: `simple` called directly and through a one-step ensemble, in turn")
+    parser.add_argument("--http", action="store_true",
+                        help="instead: wharf's HTTP front end against a bare hyper handler (examples/http_echo.rs), "
+                             "JSON bodies from wrk and, where benches/perf_analyzer.sh fetched it, perf_analyzer's binary form")
     parser.add_argument("--ppocr", action="store_true",
                         help="instead: PP-OCR cls (c16) and rec (c8) from models/, this wharf and --baseline in turn, two rounds")
     args = parser.parse_args()
@@ -107,6 +116,8 @@ def main():
         return ppocr(args)
     if args.ensemble:
         return ensemble(args)
+    if args.http:
+        return http(args)
     levels = [int(c) for c in args.concurrency.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -231,6 +242,121 @@ def ensemble(args):
               f"{e['throughput_rps'] / d['throughput_rps']:.2f} | {d['p99_ms']:.2f} | {e['p99_ms']:.2f} | "
               f"{e['p99_ms'] / d['p99_ms']:.2f} | {d['server_cpu_us_per_request']:.0f} / "
               f"{e['server_cpu_us_per_request']:.0f} |")
+
+
+# Triton's `simple` as JSON: two INT32 [1, 16] inputs.
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": [%s]}, \
+{"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": [%s]}]}'
+""" % (",".join(str(i) for i in range(16)), ",".join("1" for _ in range(16)))
+
+
+def wrk(address, model, concurrency, seconds, pid, script):
+    """req/s, latency and the server's CPU per request for JSON infer bodies."""
+    url = f"http://{address}/v2/models/{model}/infer"
+    run = lambda secs: subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{secs}s", "--latency", "-s", str(script), url],
+        check=True, capture_output=True, text=True).stdout
+    run(1)  # warm connections and caches, unmeasured
+    before = cpu_seconds(pid)
+    out = run(seconds)
+    used = cpu_seconds(pid) - before
+    lines = out.splitlines()
+    field = lambda prefix: next(l.split()[-1] for l in lines if l.strip().startswith(prefix))
+    ms = lambda text: float(text[:-2]) if text.endswith("ms") else (
+        float(text[:-2]) / 1000 if text.endswith("us") else float(text[:-1]) * 1000)
+    requests = int(next(l.split()[0] for l in lines if "requests in" in l))
+    bad = sum(int(l.split()[-1]) for l in lines if l.strip().startswith("Non-2xx"))
+    return {"throughput_rps": float(field("Requests/sec:")), "p50_ms": ms(field("50%")),
+            "p99_ms": ms(field("99%")), "errors": bad, "requests": requests,
+            "server_cpu_us_per_request": used / max(requests, 1) * 1e6}
+
+
+def perf_analyzer(address, model, concurrency, seconds, pid):
+    """perf_analyzer -i http (binary tensors) at one concurrency: infer/s and latency."""
+    cuda = next(pathlib.Path(PERF_ANALYZER.parent.parent / "venv").rglob("libcudart.so.12"))
+    env = {**os.environ, "LD_LIBRARY_PATH": str(cuda.parent)}
+    before = cpu_seconds(pid)
+    out = subprocess.run(
+        [str(PERF_ANALYZER), "-m", model, "-i", "http", "-u", address, "--concurrency-range", str(concurrency),
+         "--measurement-interval", str(int(seconds * 1000)), "--percentile", "99"],
+        check=True, capture_output=True, text=True, env=env).stdout
+    used = cpu_seconds(pid) - before
+    line = next(l for l in out.splitlines() if l.startswith(f"Concurrency: {concurrency},"))
+    rps = float(line.split("throughput:")[1].split()[0])
+    p99 = float(line.split("latency")[1].split()[0].strip(",")) / 1000
+    counted = int(next(l for l in out.splitlines() if "Request count:" in l).split()[-1])
+    return {"throughput_rps": rps, "p50_ms": float("nan"), "p99_ms": p99, "errors": 0,
+            "requests": counted, "server_cpu_us_per_request": used / max(counted, 1) * 1e6}
+
+
+def wait_http_ready(address, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"server at {address} exited"
+        try:
+            with urllib.request.urlopen(f"http://{address}/v2/health/ready", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(address)
+
+
+def http(args):
+    """wharf's HTTP infer on `simple` (tract, no batching and with it) against a bare hyper
+    handler that parses the same JSON and echoes the inputs, each server alone in turn."""
+    levels = [int(c) for c in args.concurrency.split(",")]
+    loaders = [("wrk JSON", wrk)] + ([("perf_analyzer binary", None)] if PERF_ANALYZER.exists() else [])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = pathlib.Path(tmp)
+        simple_repo(repo)
+        script = repo / "simple.lua"
+        script.write_text(WRK_SCRIPT)
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        wharf = [str(WHARF), "serve", "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port",
+                 str(free_port()), "--metrics-port", str(free_port()), "--model-repository", str(repo)]
+        servers = [("bare hyper echo", [str(HTTP_ECHO), address], "simple"),
+                   ("wharf, no batching", wharf, "simple"),
+                   ("wharf, dynamic batching", None, "simple_batched")]
+        for rnd in range(1, args.rounds + 1):
+            proc = None
+            for name, cmd, model in servers:
+                if cmd is not None:
+                    if proc is not None:
+                        stop(proc)
+                    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    wait_http_ready(address, proc)
+                for loader, _ in loaders:
+                    for c in levels:
+                        if loader == "wrk JSON":
+                            r = wrk(address, model, c, args.seconds, proc.pid, script)
+                        else:
+                            r = perf_analyzer(address, model, c, args.seconds, proc.pid)
+                        r.update(server=name, loader=loader, concurrency=c, round=rnd)
+                        rows.append(r)
+                        print(f"round {rnd} {name:<24} {loader:<20} c{c:<3} {r['throughput_rps']:>9.0f} req/s  "
+                              f"p99 {r['p99_ms']:.2f} ms  {r['server_cpu_us_per_request']:.0f} us CPU/request  "
+                              f"errors {r['errors']}", file=sys.stderr, flush=True)
+            stop(proc)
+    print("| loader | server | concurrency | req/s (median) | req/s vs echo, each round | p99 ms | server CPU µs/request |")
+    print("|---|---|---|---|---|---|---|")
+    for loader, _ in loaders:
+        for name, _, _ in servers:
+            for c in levels:
+                mine = [r for r in rows if r["server"] == name and r["loader"] == loader and r["concurrency"] == c]
+                echo = {r["round"]: r for r in rows if r["server"] == "bare hyper echo"
+                        and r["loader"] == loader and r["concurrency"] == c}
+                ratios = ", ".join(f"{r['throughput_rps'] / echo[r['round']]['throughput_rps']:.2f}" for r in mine)
+                med = lambda k: statistics.median(r[k] for r in mine)
+                print(f"| {loader} | {name} | {c} | {med('throughput_rps'):,.0f} | {ratios} | "
+                      f"{med('p99_ms'):.2f} | {med('server_cpu_us_per_request'):.0f} |")
+    if args.json:
+        print(json.dumps(rows, indent=1))
 
 
 def ppocr(args):

@@ -11,6 +11,7 @@ use tokio::{sync::oneshot, time::Instant};
 
 use crate::{
     error::InferError,
+    metrics::Protocol,
     tensor::{DataType, Tensor},
 };
 
@@ -60,6 +61,7 @@ pub struct ValidRequest {
     pub arrived: Instant,
     /// The earlier of the queue timeout and the caller's deadline.
     pub deadline: Option<Instant>,
+    pub protocol: Protocol,
 }
 
 /// One request's inputs (in the model's input order) and the way back to its caller.
@@ -75,6 +77,8 @@ pub struct Job {
     /// Its place in the queue's count where instances take jobs straight from their
     /// channel (`BatchPolicy::direct`), given back as an instance takes it; else none.
     pub slot: WorkToken,
+    /// Its front end, for the metrics that count how it ends.
+    pub protocol: Protocol,
 }
 
 /// Requests that may run together; their inputs share every dim but the first, along

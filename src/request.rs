@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::tensor::Tensor;
+use crate::{metrics::Protocol, tensor::Tensor};
 
 /// A decoded request: inputs already checked against the protocol, not yet the model.
 #[derive(Debug)]
@@ -20,6 +20,8 @@ pub struct InferRequest {
     pub timeout: Option<Duration>,
     /// What is left of the caller's gRPC deadline on arrival.
     pub deadline: Option<Duration>,
+    /// The front end it came in on; an ensemble's steps carry their caller's.
+    pub protocol: Protocol,
 }
 
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     error::InferError,
-    metrics::{Backlog, ModelMetrics, Outcome},
+    metrics::{Backlog, ModelMetrics, Outcome, Protocol},
 };
 
 /// A count and the total time it took.
@@ -110,24 +110,24 @@ impl ModelStats {
     }
 
     /// Refused at the door: the queue was full.
-    pub fn record_rejected(&self) {
-        self.metrics.ended(Outcome::QueueFull, 1);
+    pub fn record_rejected(&self, protocol: Protocol) {
+        self.metrics.ended(protocol, Outcome::QueueFull, 1);
         self.backlog.refuse();
     }
 
-    pub fn record_expired(&self) {
+    pub fn record_expired(&self, protocol: Protocol) {
         self.with(|s| s.expired += 1);
-        self.metrics.ended(Outcome::Timeout, 1);
+        self.metrics.ended(protocol, Outcome::Timeout, 1);
     }
 
-    pub fn record_cancelled(&self) {
+    pub fn record_cancelled(&self, protocol: Protocol) {
         self.with(|s| s.cancelled += 1);
-        self.metrics.ended(Outcome::Cancelled, 1);
+        self.metrics.ended(protocol, Outcome::Cancelled, 1);
     }
 
-    /// The engine failed on a call carrying `requests` requests.
-    pub fn record_backend_error(&self, requests: usize) {
-        self.metrics.ended(Outcome::BackendError, requests as u64);
+    /// The engine failed on a call carrying this request.
+    pub fn record_backend_error(&self, protocol: Protocol) {
+        self.metrics.ended(protocol, Outcome::BackendError, 1);
     }
 
     /// An engine call panicked (its requests are counted where they end).
@@ -164,7 +164,7 @@ impl ModelStats {
         self.backlog.observe_row_cost(took / rows.max(1) as u32);
     }
 
-    pub fn record_success(&self, rows: usize, took: Duration) {
+    pub fn record_success(&self, protocol: Protocol, rows: usize, took: Duration) {
         self.with(|s| {
             s.inference_count += rows as u64;
             s.success.add(took);
@@ -172,13 +172,13 @@ impl ModelStats {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
         });
-        self.metrics.ended(Outcome::Success, 1);
-        self.metrics.request_duration.record(took.as_secs_f64());
+        self.metrics.ended(protocol, Outcome::Success, 1);
+        self.metrics.answered(protocol, took);
     }
 
     /// An ensemble's failure: no queue or worker counts its outcome, so it is counted
     /// here from the error, a step's by the step's own error.
-    pub fn record_pipeline_failure(&self, error: &InferError, took: Duration) {
+    pub fn record_pipeline_failure(&self, protocol: Protocol, error: &InferError, took: Duration) {
         self.with(|s| s.fail.add(took));
         let outcome = match error.root() {
             InferError::InvalidArgument(_) => Outcome::Invalid,
@@ -188,17 +188,17 @@ impl ModelStats {
             InferError::DeadlineExceeded { .. } => Outcome::Timeout,
             _ => Outcome::BackendError,
         };
-        self.metrics.ended(outcome, 1);
+        self.metrics.ended(protocol, outcome, 1);
     }
 
     /// Any failure, for Triton's tally. The outcome is counted here only for the errors
     /// decided by the request itself (validation, a worker that vanished); the queue and
     /// the workers count theirs where they decide them.
-    pub fn record_failure(&self, error: &InferError, took: Duration) {
+    pub fn record_failure(&self, protocol: Protocol, error: &InferError, took: Duration) {
         self.with(|s| s.fail.add(took));
         match error {
-            InferError::InvalidArgument(_) => self.metrics.ended(Outcome::Invalid, 1),
-            InferError::WorkerGone(_) => self.metrics.ended(Outcome::BackendError, 1),
+            InferError::InvalidArgument(_) => self.metrics.ended(protocol, Outcome::Invalid, 1),
+            InferError::WorkerGone(_) => self.metrics.ended(protocol, Outcome::BackendError, 1),
             _ => {}
         }
     }

@@ -49,6 +49,7 @@ pub fn admit(
         priority,
         arrived,
         deadline,
+        protocol: request.protocol,
     })
 }
 

@@ -178,15 +178,15 @@ fn serve(context: &WorkerContext, engine: &mut Engine, batch: Batch) {
     // A caller that has gone costs nothing more; one whose deadline passed while its batch
     // waited behind another is answered as the queue would have.
     let (live, gone): (Batch, Batch) = batch.into_iter().partition(|job| !job.reply.is_closed());
-    for _ in gone {
-        context.stats.record_cancelled();
+    for job in gone {
+        context.stats.record_cancelled(job.protocol);
     }
     let now = tokio::time::Instant::now();
     let (expired, live): (Batch, Batch) = live
         .into_iter()
         .partition(|job| job.deadline.is_some_and(|d| d <= now));
     for job in expired {
-        context.stats.record_expired();
+        context.stats.record_expired(job.protocol);
         let _ = job.reply.send(Err(InferError::DeadlineExceeded {
             model: context.model_name.clone(),
             waited: now.duration_since(job.arrived),
@@ -345,7 +345,8 @@ fn run_piece(context: &WorkerContext, engine: &mut Engine, jobs: Batch) {
             );
             for (job, outputs) in jobs.into_iter().zip(answers) {
                 if job.reply.send(Ok(outputs)).is_err() {
-                    context.stats.record_cancelled(); // the caller left during the call
+                    // The caller left during the call.
+                    context.stats.record_cancelled(job.protocol);
                 }
             }
         }
@@ -356,8 +357,8 @@ fn run_piece(context: &WorkerContext, engine: &mut Engine, jobs: Batch) {
             }
         }
         Err(source) => {
-            context.stats.record_backend_error(jobs.len());
             for job in jobs {
+                context.stats.record_backend_error(job.protocol);
                 let error = InferError::Backend {
                     model: context.model_name.clone(),
                     source: source.clone(),
@@ -562,6 +563,7 @@ mod tests {
                     deadline: None,
                     work: WorkToken::none(),
                     slot: WorkToken::none(),
+                    protocol: Default::default(),
                 };
                 (job, answer)
             })

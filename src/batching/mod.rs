@@ -259,7 +259,7 @@ impl Scheduler {
         let before = self.waiting.fetch_add(1, Ordering::AcqRel);
         if before >= self.policy.max_queue_size as u64 {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            self.stats.record_rejected();
+            self.stats.record_rejected(request.protocol);
             return Err(InferError::QueueFull {
                 model: self.model.clone(),
                 capacity: self.policy.max_queue_size,
@@ -281,6 +281,7 @@ impl Scheduler {
                 .filter(|_| self.policy.timeout_action == TimeoutAction::Reject),
             work,
             slot: WorkToken::none(),
+            protocol: request.protocol,
         };
         match &self.door {
             Door::Direct(batches) => {
@@ -352,14 +353,14 @@ async fn timers(shared: Arc<Shared>) {
 fn settle(model: &str, left: Left<Job>, now: Instant, stats: &ModelStats) {
     match left {
         Left::Expired(entry) => {
-            stats.record_expired();
+            stats.record_expired(entry.payload.protocol);
             let waited = now.duration_since(entry.enqueued);
             let _ = entry.payload.reply.send(Err(InferError::DeadlineExceeded {
                 model: model.to_owned(),
                 waited,
             }));
         }
-        Left::Cancelled(_) => stats.record_cancelled(),
+        Left::Cancelled(entry) => stats.record_cancelled(entry.payload.protocol),
     }
 }
 
@@ -436,6 +437,7 @@ mod tests {
             priority: 0,
             arrived: Instant::now(),
             deadline: None,
+            protocol: Default::default(),
         }
     }
 
@@ -464,6 +466,7 @@ mod tests {
                 priority,
                 arrived: now,
                 deadline: deadline_ms.map(|ms| now + Duration::from_millis(ms)),
+                protocol: Default::default(),
             };
             self.scheduler
                 .submit(request, reply, WorkToken::none())

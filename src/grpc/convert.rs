@@ -12,6 +12,7 @@ use super::pb::{
 };
 use crate::{
     error::InferError,
+    metrics::Protocol,
     request::{InferRequest, InferResponse},
     tensor::{parse_bytes_framing, shape_string, DataType, Tensor, TensorData},
 };
@@ -78,6 +79,7 @@ pub fn decode_request(
         priority: uint_param(&request.parameters, "priority")?,
         timeout: uint_param(&request.parameters, "timeout")?.map(std::time::Duration::from_micros),
         deadline: None,
+        protocol: Protocol::Grpc,
     };
     Ok((decoded, form))
 }

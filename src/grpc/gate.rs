@@ -20,7 +20,7 @@ use tonic::{
 
 use crate::{
     admission::{ByteBudget, Held},
-    metrics::{Metrics, Refusal},
+    metrics::{Metrics, Protocol, Refusal},
 };
 
 /// The one unary RPC that carries tensors; streams are charged per message instead.
@@ -120,7 +120,7 @@ impl http_body::Body for Charged {
                             *self.charge.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(held)
                         }
                         Err(refused) => {
-                            self.metrics.refused(Refusal::InflightBytes);
+                            self.metrics.refused(Protocol::Grpc, Refusal::InflightBytes);
                             return Poll::Ready(Some(Err(refused.into())));
                         }
                     }

@@ -20,7 +20,7 @@ use crate::{
     control::ModelControl,
     error::InferError,
     inference::Inference,
-    metrics::Refusal,
+    metrics::{Protocol, Refusal},
     repository::{ServedModel, Status as VersionStatus},
 };
 
@@ -92,7 +92,7 @@ impl InferenceService {
                 self.inference
                     .repository()
                     .metrics()
-                    .refused(Refusal::InflightBytes);
+                    .refused(Protocol::Grpc, Refusal::InflightBytes);
                 drop(request);
                 Err(refused)
             }

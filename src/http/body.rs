@@ -14,7 +14,7 @@ use super::{error::HttpError, HttpApi};
 /// How long a request's body may take to arrive once its headers have: a slow body
 /// holds its bytes against the in-flight budget, so it must end.
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-use crate::metrics::Refusal;
+use crate::metrics::{Protocol, Refusal};
 
 /// Room for JSON's text around the tensor bytes one request may carry.
 fn body_limit(api: &HttpApi) -> usize {
@@ -81,7 +81,7 @@ pub async fn read_body(
                 .inference()
                 .repository()
                 .metrics()
-                .refused(Refusal::InflightBytes)
+                .refused(Protocol::Http, Refusal::InflightBytes)
         })?;
     let reading = axum::body::to_bytes(request.into_body(), limit);
     let body = tokio::time::timeout(BODY_READ_TIMEOUT, reading)

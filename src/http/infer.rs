@@ -13,6 +13,7 @@ use crate::{
         convert::{decode_input, typed_contents},
         pb::{model_infer_request::InferInputTensor, InferTensorContents},
     },
+    metrics::Protocol,
     repository::spec::ModelSpec,
     request::{InferRequest, InferResponse},
     tensor::{shape_string, DataType, Tensor},
@@ -145,6 +146,7 @@ pub fn decode(
         priority: uint_param(parameters, "priority")?,
         timeout: uint_param(parameters, "timeout")?.map(std::time::Duration::from_micros),
         deadline: None,
+        protocol: Protocol::Http,
     };
     let all = bool_param(parameters, "binary_data_output", "the request")?.unwrap_or(false);
     Ok(Decoded {
@@ -218,6 +220,7 @@ fn decode_raw(
             priority: None,
             timeout: None,
             deadline: None,
+            protocol: Protocol::Http,
         },
         binary: Binary::Everything,
     })

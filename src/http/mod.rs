@@ -6,6 +6,7 @@ mod body;
 mod error;
 mod infer;
 mod messages;
+mod page;
 mod serve;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use crate::{
     },
 };
 use body::{compress, read_body, response_encoding};
+use page::Asset;
 
 /// Triton's extensions that wharf's HTTP front end implements, in Triton's order.
 pub const EXTENSIONS: &[&str] = &[
@@ -76,12 +78,15 @@ enum Answer {
     Json(Value),
     /// An inference answer: its JSON header and the bytes after it, if any.
     Infer(Vec<u8>, Option<Bytes>),
+    /// A file of the operator's page.
+    Page(Asset),
 }
 
 impl Answer {
     fn into_response(self, accept_encoding: Option<&str>) -> Response {
         let (body, binary_after) = match self {
             Answer::Empty => return StatusCode::OK.into_response(),
+            Answer::Page(asset) => return asset.into_response(),
             Answer::Json(value) => (serde_json::to_vec(&value).expect("JSON"), None),
             Answer::Infer(header, binary) => (header, binary),
         };
@@ -114,6 +119,8 @@ impl Answer {
 
 /// A route, from the path's segments (percent-decoded).
 enum Route {
+    /// The operator's page and its files.
+    Page(Asset),
     Live,
     Ready,
     ServerMetadata,
@@ -155,6 +162,9 @@ impl Route {
         let get = |route| Some((route, Method::GET));
         let post = |route| Some((route, Method::POST));
         match s.as_slice() {
+            [""] | ["index.html"] | ["page", _] => {
+                Asset::find(&s.join("/")).and_then(|a| get(Route::Page(a)))
+            }
             ["v2"] => get(Route::ServerMetadata),
             ["v2", "health", "live"] => get(Route::Live),
             ["v2", "health", "ready"] => get(Route::Ready),
@@ -213,14 +223,16 @@ async fn route(api: &HttpApi, request: Request) -> Result<Answer, HttpError> {
             "Method Not Allowed",
         ));
     }
-    // Health stays open for probes; everything else wants the key, as gRPC's inference
-    // service does.
-    if !matches!(route, Route::Live | Route::Ready) {
+    // Health stays open for probes, and the page's files (no data in them) for a browser
+    // whose user has yet to type the key; everything else wants the key, as gRPC's
+    // inference service does.
+    if !matches!(route, Route::Live | Route::Ready | Route::Page(_)) {
         let authorization = request.headers().get(header::AUTHORIZATION);
         api.key.check(authorization.map(HeaderValue::as_bytes))?;
     }
     let service = &api.service;
     match route {
+        Route::Page(asset) => Ok(Answer::Page(asset)),
         Route::Live => Ok(Answer::Empty),
         Route::Ready => {
             let ready = service

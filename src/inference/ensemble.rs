@@ -12,6 +12,7 @@ use super::{Answered, Inference};
 use crate::{
     backend::BackendError,
     error::InferError,
+    metrics::Protocol,
     repository::{ensemble::Step, Pipeline, ServedModel},
     request::InferRequest,
     tensor::{concat_rows, split_rows, Tensor},
@@ -25,6 +26,7 @@ struct Inherited {
     timeout: Option<std::time::Duration>,
     /// The caller's deadline, as an instant.
     deadline: Option<Instant>,
+    protocol: Protocol,
 }
 
 pub(super) async fn run(
@@ -46,6 +48,7 @@ pub(super) async fn run(
         priority: request.priority,
         timeout: request.timeout,
         deadline: request.deadline.and_then(|d| arrived.checked_add(d)),
+        protocol: request.protocol,
     };
     // Counts the steps a caller who leaves spares, when this future is dropped unfinished.
     let mut progress = Progress {
@@ -53,6 +56,7 @@ pub(super) async fn run(
         model,
         not_started: needed.iter().filter(|n| **n).count(),
         finished: false,
+        protocol: request.protocol,
     };
     let outputs = drive(
         core,
@@ -162,6 +166,7 @@ async fn run_step(
         deadline: inherited
             .deadline
             .map(|d| d.saturating_duration_since(Instant::now())),
+        protocol: inherited.protocol,
     };
     match rows {
         // Nothing to compute (a detector that found no text): the outputs are empty.
@@ -330,12 +335,13 @@ struct Progress<'a> {
     model: &'a ServedModel,
     not_started: usize,
     finished: bool,
+    protocol: Protocol,
 }
 
 impl Drop for Progress<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            self.model.stats.record_cancelled();
+            self.model.stats.record_cancelled(self.protocol);
             self.pipeline
                 .steps_cancelled
                 .increment(self.not_started as u64);

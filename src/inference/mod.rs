@@ -66,7 +66,7 @@ impl Inference {
         let _admitted = self.in_flight.admit();
         let metrics = self.repository.metrics();
         if self.is_draining() {
-            metrics.refused(Refusal::ShuttingDown);
+            metrics.refused(request.protocol, Refusal::ShuttingDown);
             return Err(InferError::ShuttingDown);
         }
         let model = self
@@ -74,10 +74,13 @@ impl Inference {
             .registry()
             .get(&request.model_name, &request.model_version)
             .inspect_err(|e| {
-                metrics.refused(match e {
-                    InferError::ModelUnavailable { .. } => Refusal::ModelUnavailable,
-                    _ => Refusal::UnknownModel,
-                })
+                metrics.refused(
+                    request.protocol,
+                    match e {
+                        InferError::ModelUnavailable { .. } => Refusal::ModelUnavailable,
+                        _ => Refusal::UnknownModel,
+                    },
+                )
             })?;
         self.serve(model, request).await
     }
@@ -92,6 +95,7 @@ impl Inference {
         let arrived = Instant::now();
         // Kept only when the per-request line is asked for: no copy on the hot path.
         let id = tracing::enabled!(tracing::Level::DEBUG).then(|| request.id.clone());
+        let protocol = request.protocol;
         let result = match model.runner() {
             Runner::Engine(engine) => Self::run(&model, engine, request, arrived).await,
             // Boxed: a pipeline's state would otherwise be part of every request's future,
@@ -102,11 +106,11 @@ impl Inference {
         };
         let took = arrived.elapsed();
         match &result {
-            Ok(response) => model.stats.record_success(response.rows, took),
+            Ok(response) => model.stats.record_success(protocol, response.rows, took),
             Err(e) if matches!(model.runner(), Runner::Ensemble(_)) => {
-                model.stats.record_pipeline_failure(e, took)
+                model.stats.record_pipeline_failure(protocol, e, took)
             }
-            Err(e) => model.stats.record_failure(e, took),
+            Err(e) => model.stats.record_failure(protocol, e, took),
         }
         debug!(
             model = %model.name,

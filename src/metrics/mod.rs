@@ -5,7 +5,7 @@
 pub mod endpoint;
 pub mod saturation;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{
@@ -91,6 +91,26 @@ impl Outcome {
     }
 }
 
+/// The front end a request came in on: every per-request series carries it, so a
+/// dashboard can tell a browser's traffic from the services'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Grpc,
+    Http,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Grpc, Protocol::Http];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::Http => "http",
+        }
+    }
+}
+
 /// Why a request never reached a model version. Not labelled by model: an unknown name
 /// comes from the caller, and would let any caller add series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,12 +145,12 @@ static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, 
 /// (name, help) for every metric, so each scrape carries HELP and TYPE lines.
 const HELP: [(&str, &str); 25] = [
     (BUILD_INFO, "Always 1; labels carry the wharf version and its compiled backends."),
-    (REQUESTS, "Requests that reached a model version, by how they ended."),
-    (REQUESTS_REFUSED, "Requests refused before reaching a model version, by reason."),
+    (REQUESTS, "Requests that reached a model version, by front end and how they ended."),
+    (REQUESTS_REFUSED, "Requests refused before reaching a model version, by front end and reason."),
     (INFERENCES, "Rows computed (a request of batch size n counts n)."),
     (EXECUTIONS, "Engine calls; with dynamic batching, fewer than requests."),
     (ENGINE_PANICS, "Engine calls that panicked; each instance is rebuilt and serves on."),
-    (REQUEST_DURATION, "Time from arrival to answer of successful requests."),
+    (REQUEST_DURATION, "Time from arrival to answer of successful requests, by front end."),
     (QUEUE_DURATION, "Time requests waited in the queue before an instance took them."),
     (COMPUTE_DURATION, "Time of one engine call, inputs joined to outputs split."),
     (BATCH_ROWS, "Rows per engine call."),
@@ -158,7 +178,7 @@ const HELP: [(&str, &str); 25] = [
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    refused: [Counter; 4],
+    refused: [[Counter; 4]; 2],
     saturation: Gauge,
 }
 
@@ -182,11 +202,14 @@ impl Metrics {
             }
         }
         let handle = recorder.handle();
-        let refused = Refusal::ALL.map(|r| {
-            recorder.register_counter(
-                &Key::from_parts(REQUESTS_REFUSED, vec![Label::new("reason", r.label())]),
-                &METADATA,
-            )
+        let refused = Protocol::ALL.map(|p| {
+            Refusal::ALL.map(|r| {
+                let labels = vec![
+                    Label::new("protocol", p.label()),
+                    Label::new("reason", r.label()),
+                ];
+                recorder.register_counter(&Key::from_parts(REQUESTS_REFUSED, labels), &METADATA)
+            })
         });
         let features = if cfg!(feature = "onnxruntime") {
             "tract,onnxruntime"
@@ -226,8 +249,8 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
-    pub fn refused(&self, why: Refusal) {
-        self.refused[why as usize].increment(1);
+    pub fn refused(&self, protocol: Protocol, why: Refusal) {
+        self.refused[protocol as usize][why as usize].increment(1);
     }
 
     /// One scan of the repository for changes done.
@@ -260,18 +283,23 @@ impl Metrics {
 
     /// Handles for one model version, registered once at load.
     pub fn model(&self, model: &str, version: &str) -> ModelMetrics {
-        let outcomes = Outcome::ALL.map(|o| {
-            self.recorder.register_counter(
-                &Key::from_parts(
-                    REQUESTS,
-                    vec![
-                        Label::new("model", model.to_owned()),
-                        Label::new("version", version.to_owned()),
-                        Label::new("outcome", o.label()),
-                    ],
-                ),
-                &METADATA,
-            )
+        let by_protocol = |name, p: Protocol| {
+            let (name, mut labels) = labelled(name, model, version).into_parts();
+            labels.push(Label::new("protocol", p.label()));
+            (name, labels)
+        };
+        let outcomes = Protocol::ALL.map(|p| {
+            Outcome::ALL.map(|o| {
+                let (name, mut labels) = by_protocol(REQUESTS, p);
+                labels.push(Label::new("outcome", o.label()));
+                self.recorder
+                    .register_counter(&Key::from_parts(name, labels), &METADATA)
+            })
+        });
+        let request_duration = Protocol::ALL.map(|p| {
+            let (name, labels) = by_protocol(REQUEST_DURATION, p);
+            self.recorder
+                .register_histogram(&Key::from_parts(name, labels), &METADATA)
         });
         let counter = |name| {
             self.recorder
@@ -287,7 +315,7 @@ impl Metrics {
             inferences: counter(INFERENCES),
             executions: counter(EXECUTIONS),
             engine_panics: counter(ENGINE_PANICS),
-            request_duration: histogram(REQUEST_DURATION),
+            request_duration,
             queue_duration: histogram(QUEUE_DURATION),
             compute_duration: histogram(COMPUTE_DURATION),
             batch_rows: histogram(BATCH_ROWS),
@@ -344,11 +372,11 @@ fn labelled(name: &'static str, model: &str, version: &str) -> Key {
 /// One model version's handles. `noop` ones (tests of parts below the server) record
 /// nothing.
 pub struct ModelMetrics {
-    outcomes: [Counter; 6],
+    outcomes: [[Counter; 6]; 2],
+    request_duration: [Histogram; 2],
     pub inferences: Counter,
     pub executions: Counter,
     pub engine_panics: Counter,
-    pub request_duration: Histogram,
     pub queue_duration: Histogram,
     pub compute_duration: Histogram,
     pub batch_rows: Histogram,
@@ -365,11 +393,11 @@ pub struct ModelMetrics {
 impl ModelMetrics {
     pub fn noop() -> ModelMetrics {
         ModelMetrics {
-            outcomes: std::array::from_fn(|_| Counter::noop()),
+            outcomes: std::array::from_fn(|_| std::array::from_fn(|_| Counter::noop())),
+            request_duration: std::array::from_fn(|_| Histogram::noop()),
             inferences: Counter::noop(),
             executions: Counter::noop(),
             engine_panics: Counter::noop(),
-            request_duration: Histogram::noop(),
             queue_duration: Histogram::noop(),
             compute_duration: Histogram::noop(),
             batch_rows: Histogram::noop(),
@@ -384,8 +412,13 @@ impl ModelMetrics {
         }
     }
 
-    pub fn ended(&self, outcome: Outcome, requests: u64) {
-        self.outcomes[outcome as usize].increment(requests);
+    pub fn ended(&self, protocol: Protocol, outcome: Outcome, requests: u64) {
+        self.outcomes[protocol as usize][outcome as usize].increment(requests);
+    }
+
+    /// A successful request's time from arrival to answer.
+    pub fn answered(&self, protocol: Protocol, took: Duration) {
+        self.request_duration[protocol as usize].record(took.as_secs_f64());
     }
 }
 
@@ -400,19 +433,23 @@ mod tests {
         }
         let m = Metrics::new();
         let model = m.model("m", "1");
-        model.ended(Outcome::QueueFull, 2);
+        model.ended(Protocol::Http, Outcome::QueueFull, 2);
         model.batch_rows.record(4.0);
-        model.request_duration.record(0.003);
-        m.refused(Refusal::ShuttingDown);
+        model.answered(Protocol::Grpc, Duration::from_millis(3));
+        m.refused(Protocol::Http, Refusal::ShuttingDown);
         let text = m.render();
-        assert!(
-            text.contains(r#"wharf_requests_total{model="m",version="1",outcome="queue_full"} 2"#)
-        );
-        assert!(text.contains(r#"wharf_requests_refused_total{reason="shutting_down"} 1"#));
-        assert!(text.contains(r#"wharf_batch_rows_bucket{model="m",version="1",le="4"} 1"#));
-        assert!(text.contains(
-            r#"wharf_request_duration_seconds_bucket{model="m",version="1",le="0.005"} 1"#
-        ));
+        let series = [
+            r#"wharf_requests_total{model="m",version="1",protocol="http",outcome="queue_full"} 2"#,
+            r#"wharf_requests_total{model="m",version="1",protocol="grpc",outcome="queue_full"} 0"#,
+            r#"wharf_requests_refused_total{protocol="http",reason="shutting_down"} 1"#,
+            r#"wharf_requests_refused_total{protocol="grpc",reason="shutting_down"} 0"#,
+            r#"wharf_batch_rows_bucket{model="m",version="1",le="4"} 1"#,
+            r#"wharf_request_duration_seconds_bucket{model="m",version="1",protocol="grpc",le="0.005"} 1"#,
+            r#"wharf_request_duration_seconds_count{model="m",version="1",protocol="http"} 0"#,
+        ];
+        for line in series {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
         assert!(text.contains("# TYPE wharf_requests_total counter"));
         assert!(text.contains("# HELP wharf_saturation_ratio "));
     }

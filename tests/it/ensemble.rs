@@ -232,14 +232,17 @@ async fn parallel_steps_feed_a_joining_step_and_a_subset_of_outputs_runs_only_it
         t.client.model_infer(pair_request(4, &[])).await.unwrap();
     }
     let scraped = samples(&scrape(&t.server).await);
-    let took = |model: &str| scraped[&series("wharf_request_duration_seconds_sum", model)];
-    let count = |model: &str| scraped[&series("wharf_request_duration_seconds_count", model)];
+    let over_grpc = |name: &str, model: &str| {
+        format!(r#"{name}{{model="{model}",version="1",protocol="grpc"}}"#)
+    };
+    let took = |model: &str| scraped[&over_grpc("wharf_request_duration_seconds_sum", model)];
+    let count = |model: &str| scraped[&over_grpc("wharf_request_duration_seconds_count", model)];
     assert_eq!(count("pair"), 22.0);
     assert_eq!(count("add_sub"), 42.0, "two steps of 21 full requests");
     // add_sub's two steps run one after the other within each request.
     assert!(took("add_sub") <= took("pair"), "{scraped:?}");
     assert!(took("identity") <= took("pair"));
-    let ok = r#"wharf_requests_total{model="pair",version="1",outcome="success"}"#;
+    let ok = r#"wharf_requests_total{model="pair",version="1",protocol="grpc",outcome="success"}"#;
     assert_eq!(scraped[ok], 22.0);
     // ModelStatistics answers for the ensemble itself: its own requests and rows.
     let stats = t
@@ -295,7 +298,8 @@ async fn a_failing_step_is_named_with_its_models_error_and_code() {
         "{}",
         status.message()
     );
-    let invalid = r#"wharf_requests_total{model="mismatch",version="1",outcome="invalid"}"#;
+    let invalid =
+        r#"wharf_requests_total{model="mismatch",version="1",protocol="grpc",outcome="invalid"}"#;
     assert_eq!(metric(&t.server, invalid).await, 1.0);
     // The step model serves on.
     t.client
@@ -321,7 +325,7 @@ async fn a_caller_who_leaves_mid_pipeline_cancels_the_steps_not_yet_run() {
         async || metric(&t.server, &cancelled).await >= 1.0,
     )
     .await;
-    let outcome = r#"wharf_requests_total{model="slow_chain",version="1",outcome="cancelled"}"#;
+    let outcome = r#"wharf_requests_total{model="slow_chain",version="1",protocol="grpc",outcome="cancelled"}"#;
     assert_eq!(metric(&t.server, outcome).await, 1.0);
     wait_until_slow_is_idle(&t.server).await;
     assert_eq!(
@@ -374,7 +378,8 @@ async fn bytes_held_between_steps_are_bounded_per_request() {
         .model_infer(raw_request("fan", "x", &[40, 4], &rows(40)))
         .await
         .unwrap();
-    let full = r#"wharf_requests_total{model="bounded",version="1",outcome="queue_full"}"#;
+    let full =
+        r#"wharf_requests_total{model="bounded",version="1",protocol="grpc",outcome="queue_full"}"#;
     assert_eq!(metric(&t.server, full).await, 2.0);
 }
 

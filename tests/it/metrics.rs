@@ -16,7 +16,9 @@ fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
 fn outcome(samples: &HashMap<String, f64>, outcome: &str) -> f64 {
     value(
         samples,
-        &format!(r#"wharf_requests_total{{model="slow",version="1",outcome="{outcome}"}}"#),
+        &format!(
+            r#"wharf_requests_total{{model="slow",version="1",protocol="grpc",outcome="{outcome}"}}"#
+        ),
     )
 }
 
@@ -142,7 +144,7 @@ async fn each_request_is_counted_once_under_how_it_ended() {
     assert_eq!(
         value(
             &after,
-            r#"wharf_requests_refused_total{reason="unknown_model"}"#
+            r#"wharf_requests_refused_total{protocol="grpc",reason="unknown_model"}"#
         ),
         1.0
     );
@@ -151,7 +153,10 @@ async fn each_request_is_counted_once_under_how_it_ended() {
     assert_eq!(value(&after, &series("wharf_executions_total")), successes);
     assert_eq!(value(&after, &series("wharf_inferences_total")), successes);
     assert_eq!(
-        value(&after, &series("wharf_request_duration_seconds_count")),
+        value(
+            &after,
+            r#"wharf_request_duration_seconds_count{model="slow",version="1",protocol="grpc"}"#
+        ),
         successes
     );
     assert_eq!(

@@ -89,7 +89,8 @@ async fn an_engine_panic_costs_only_the_request_that_caused_it() {
     let panics = scraped[r#"wharf_engine_panics_total{model="gather",version="1"}"#];
     assert!(panics >= 6.0, "each panic is counted: {panics}");
     assert_eq!(
-        scraped[r#"wharf_requests_total{model="gather",version="1",outcome="backend_error"}"#], 6.0,
+        scraped[r#"wharf_requests_total{model="gather",version="1",protocol="grpc",outcome="backend_error"}"#],
+        6.0,
         "only the bad requests failed"
     );
     t.server.shutdown().await.unwrap();
@@ -251,7 +252,8 @@ async fn a_caller_who_leaves_frees_its_queue_slot_while_the_instance_is_busy() {
     let slow = || raw_request("slow", "x", &[1024, 1024], &vec![0.001; 1024 * 1024]);
     let pending = r#"wharf_pending_requests{model="slow",version="1"}"#;
     let busy = r#"wharf_instances_busy{model="slow",version="1"}"#;
-    let cancelled = r#"wharf_requests_total{model="slow",version="1",outcome="cancelled"}"#;
+    let cancelled =
+        r#"wharf_requests_total{model="slow",version="1",protocol="grpc",outcome="cancelled"}"#;
     // One request on the only instance (a call takes a second or so), one more in the
     // queue's only slot, whose caller then leaves.
     let computing = tokio::spawn(infer(t.client.clone(), slow()));
@@ -407,7 +409,7 @@ async fn request_bytes_in_flight_are_budgeted() {
     holding.await.unwrap();
     let refusals = metric(
         &t.server,
-        r#"wharf_requests_refused_total{reason="inflight_bytes"}"#,
+        r#"wharf_requests_refused_total{protocol="grpc",reason="inflight_bytes"}"#,
     )
     .await;
     assert!(refusals >= 1.0);

@@ -214,12 +214,81 @@ def test_plain_manifests_are_the_chart_defaults_and_valid():
     assert lint.returncode == 0, lint.stdout
 
 
+def kserve_models():
+    """KServe's API types (`kserve.models`, generated from the Go types its CRDs are
+    generated from), loaded without the SDK's server half: the kserve wheel is installed
+    without its dependencies (scripts/test.sh)."""
+    import importlib.util
+    import sys
+    import types
+
+    if "kserve" not in sys.modules:
+        spec = importlib.util.find_spec("kserve")
+        package = types.ModuleType("kserve")
+        package.__path__, package.__spec__ = list(spec.submodule_search_locations), spec
+        sys.modules["kserve"] = package
+    import kserve.models
+    return kserve.models
+
+
+def kserve_problems(value, type_name, path="", models=None):
+    """What in `value` (a manifest's JSON) does not fit KServe's type `type_name`: unknown
+    fields, wrong types, missing required fields. Kubernetes' own types (V1Container...)
+    are left to kubernetes-validate."""
+    models = models or kserve_models()
+    if type_name.startswith("list["):
+        if not isinstance(value, list):
+            return [f"{path}: a list expected, found {value!r}"]
+        return [p for i, v in enumerate(value) for p in kserve_problems(v, type_name[5:-1], f"{path}[{i}]", models)]
+    if type_name.startswith("dict("):
+        if not isinstance(value, dict):
+            return [f"{path}: a map expected, found {value!r}"]
+        inner = type_name[5:-1].split(", ", 1)[1]
+        return [p for k, v in value.items() for p in kserve_problems(v, inner, f"{path}.{k}", models)]
+    scalars = {"str": str, "bool": bool, "int": int, "float": (int, float), "object": object}
+    if type_name in scalars:
+        ok = isinstance(value, scalars[type_name]) and not (type_name == "int" and isinstance(value, bool))
+        return [] if ok else [f"{path}: {type_name} expected, found {value!r}"]
+    kind = getattr(models, type_name, None)
+    if kind is None:
+        return []  # a Kubernetes type
+    if not isinstance(value, dict):
+        return [f"{path}: a {type_name} object expected, found {value!r}"]
+    by_key = {json_key: attr for attr, json_key in kind.attribute_map.items()}
+    problems = [f"{path}.{k}: no such field in {type_name}" for k in value if k not in by_key]
+    for key, v in value.items():
+        if key in by_key:
+            problems += kserve_problems(v, kind.openapi_types[by_key[key]], f"{path}.{key}", models)
+    try:  # the generated setters refuse a missing required field and values off an enum
+        kind(**{by_key[k]: v for k, v in value.items() if k in by_key})
+    except ValueError as e:
+        problems.append(f"{path}: {e}")
+    return problems
+
+
+def test_kserve_types_catch_what_a_runtime_gets_wrong():
+    """The check above can fail: a misspelt field, a wrong type, a missing container."""
+    good = {"apiVersion": "serving.kserve.io/v1alpha1", "kind": "ServingRuntime", "metadata": {"name": "x"},
+            "spec": {"containers": [{"name": "c", "image": "i"}], "protocolVersions": ["v2"]}}
+    assert kserve_problems(good, "V1alpha1ServingRuntime") == []
+    misspelt = {**good, "spec": {**good["spec"], "protocolVersion": ["v2"]}}
+    assert kserve_problems(misspelt, "V1alpha1ServingRuntime") == [
+        ".spec.protocolVersion: no such field in V1alpha1ServingRuntimeSpec"]
+    wrong = {**good, "spec": {**good["spec"], "multiModel": "no"}}
+    assert kserve_problems(wrong, "V1alpha1ServingRuntime") == [".spec.multiModel: bool expected, found 'no'"]
+    empty = {**good, "spec": {"protocolVersions": ["v2"]}}
+    (problem,) = kserve_problems(empty, "V1alpha1ServingRuntime")
+    assert problem.startswith(".spec: ") and "containers" in problem, problem
+
+
 def test_the_kserve_serving_runtime_is_a_valid_pod_of_wharf():
-    """deploy/kserve/servingruntime.yaml: KServe's own fields checked by hand (its CRD
-    schema is not reachable here); its pod part validated as a Kubernetes 1.30 Pod; its
-    flags ones `wharf serve` takes."""
+    """deploy/kserve/servingruntime.yaml: fits KServe's ServingRuntime types (kserve
+    0.21.0's generated models; KServe's CRD files are on no registry this machine
+    reaches); its pod part validated as a Kubernetes 1.30 Pod; its flags ones `wharf
+    serve` takes."""
     text = (ROOT / "deploy" / "kserve" / "servingruntime.yaml").read_text()
     runtime = yaml.safe_load(text)
+    assert kserve_problems(runtime, "V1alpha1ServingRuntime") == []
     assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1" and runtime["kind"] == "ServingRuntime"
     spec = runtime["spec"]
     assert spec["supportedModelFormats"] == [{"name": "onnx", "version": "1", "autoSelect": True}]

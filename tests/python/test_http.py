@@ -10,10 +10,12 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.request
 import zlib
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
@@ -159,6 +161,44 @@ def test_statistics_have_every_key_perf_analyzer_reads(client):
     assert stats["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 5
     names = {s["name"] for s in client.get_inference_statistics()["model_stats"]}
     assert names >= {"add_sub", "ppocr_cls"}
+
+
+def scrape(metrics_address):
+    """The server's Prometheus series, by their full text (name and labels)."""
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as answer:
+        lines = answer.read().decode().splitlines()
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in lines if line and line[0] != "#")}
+
+
+def test_per_request_metrics_carry_the_front_end(servers):
+    series = 'wharf_requests_total{{model="identity_fp32",version="1",protocol="{}",outcome="{}"}}'
+    timed = 'wharf_request_duration_seconds_count{{model="identity_fp32",version="1",protocol="{}"}}'
+    refused = 'wharf_requests_refused_total{{protocol="{}",reason="unknown_model"}}'
+    before = scrape(servers["metrics"])
+    data = np.ones((1, 3), np.float32)
+    http_in = httpclient.InferInput("INPUT0", [1, 3], "FP32")
+    http_in.set_data_from_numpy(data)
+    grpc_in = grpcclient.InferInput("INPUT0", [1, 3], "FP32")
+    grpc_in.set_data_from_numpy(data)
+    with httpclient.InferenceServerClient(servers["http"]) as h, \
+            grpcclient.InferenceServerClient(servers["grpc"]) as g:
+        h.infer("identity_fp32", [http_in])
+        wrong = httpclient.InferInput("INPUT0", [1, 3], "INT32")
+        wrong.set_data_from_numpy(np.ones((1, 3), np.int32))
+        with pytest.raises(InferenceServerException):
+            h.infer("identity_fp32", [wrong])
+        with pytest.raises(InferenceServerException):
+            h.infer("no_such_model", [http_in])
+        for _ in range(2):
+            g.infer("identity_fp32", [grpc_in])
+    after = scrape(servers["metrics"])
+    change = {k: after[k] - before.get(k, 0.0) for k in after}
+    assert change[series.format("http", "success")] == 1, change
+    assert change[series.format("http", "invalid")] == 1, change
+    assert change[series.format("grpc", "success")] == 2, change
+    assert change[series.format("grpc", "invalid")] == 0, change
+    assert change[timed.format("http")] == 1 and change[timed.format("grpc")] == 2, change
+    assert change[refused.format("http")] == 1 and change[refused.format("grpc")] == 0, change
 
 
 def infer_body(header, binary=b""):

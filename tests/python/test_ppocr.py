@@ -7,7 +7,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import statistics
 import subprocess
 import tempfile
@@ -17,46 +16,15 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, running_wharf, running_wharf_addresses
+from conftest import PIPELINE, ROOT, pipeline_repository, running_wharf
 from ocr_images import render, render_varied
 
-PIPELINE = ["ppocr", "ppocr_image", "ppocr_det", "ppocr_db", "ppocr_cls_crops", "ppocr_cls",
-            "ppocr_lines", "ppocr_rec", "ppocr_ctc"]
 PAGES = 12
 
 pytestmark = pytest.mark.skipif(
     not (ROOT / "models/ppocr_det/1/model.onnx").exists(),
     reason="PP-OCR det/rec not fetched (scripts/fetch-ppocr-models.sh; scripts/test.sh does it)",
 )
-
-
-def pipeline_repository(target: pathlib.Path, backend, group_size=None) -> None:
-    """The shipped pipeline copied into `target`; its engines set to `backend` (None: the
-    shipped preference) and ppocr_lines' `group_size` (None: the shipped one)."""
-    for name in PIPELINE:
-        shutil.copytree(ROOT / "models" / name, target / name)
-    for name in ("ppocr_det", "ppocr_rec", "ppocr_cls") if backend else ():
-        config = target / name / "config.yaml"
-        config.write_text(re.sub(r"(?m)^backend: .*$", f"backend: {backend}", config.read_text()))
-    if group_size is not None:
-        config = target / "ppocr_lines" / "config.yaml"
-        text = config.read_text()
-        shipped = 'group_size: { string_value: "6" }'
-        assert shipped in text
-        config.write_text(text.replace(shipped, f'group_size: {{ string_value: "{group_size}" }}'))
-
-
-@pytest.fixture(scope="module")
-def ocr():
-    """A client of wharf serving the pipeline with its models on onnxruntime."""
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = pathlib.Path(tmp)
-        pipeline_repository(repo, "onnxruntime")
-        with running_wharf_addresses(repo, "--max-request-size", "8MiB") as addresses:
-            client = grpcclient.InferenceServerClient(addresses["grpc"])
-            client.http_address = addresses["http"]
-            yield client
-            client.close()
 
 
 def test_the_readmes_curl_command_reads_the_cheque(ocr):
