@@ -11,9 +11,28 @@ use tokio::{sync::oneshot, time::Instant};
 
 use crate::{
     error::InferError,
-    metrics::Protocol,
     tensor::{DataType, Tensor},
 };
+
+/// The front end a request came in on: every per-request series carries it, so a
+/// dashboard can tell a browser's traffic from the services'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Grpc,
+    Http,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Grpc, Protocol::Http];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::Http => "http",
+        }
+    }
+}
 
 /// What can run together: every input's datatype and dims but the first (the rows).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]

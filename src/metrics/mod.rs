@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
+pub use crate::job::Protocol;
 pub use saturation::Backlog;
 
 pub const BUILD_INFO: &str = "wharf_build_info";
@@ -87,26 +88,6 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::Cancelled => "cancelled",
             Outcome::BackendError => "backend_error",
-        }
-    }
-}
-
-/// The front end a request came in on: every per-request series carries it, so a
-/// dashboard can tell a browser's traffic from the services'.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Protocol {
-    #[default]
-    Grpc,
-    Http,
-}
-
-impl Protocol {
-    pub const ALL: [Protocol; 2] = [Protocol::Grpc, Protocol::Http];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Protocol::Grpc => "grpc",
-            Protocol::Http => "http",
         }
     }
 }
