@@ -256,7 +256,7 @@ def wrk(address, model, concurrency, seconds, pid, script):
     """req/s, latency and the server's CPU per request for JSON infer bodies."""
     url = f"http://{address}/v2/models/{model}/infer"
     run = lambda secs: subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{secs}s", "--latency", "-s", str(script), url],
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(secs))}s", "--latency", "-s", str(script), url],
         check=True, capture_output=True, text=True).stdout
     run(1)  # warm connections and caches, unmeasured
     before = cpu_seconds(pid)
