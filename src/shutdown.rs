@@ -66,7 +66,11 @@ impl InFlight {
     /// Counts one request (or an open stream) until the guard drops (answered, failed
     /// or abandoned).
     pub fn admit(&self) -> Admitted {
-        self.count.send_modify(|n| *n += 1);
+        // Only `drained` waits, and only for zero: a rise wakes nobody.
+        self.count.send_if_modified(|n| {
+            *n += 1;
+            false
+        });
         Admitted(Arc::clone(&self.count))
     }
 
@@ -86,7 +90,10 @@ pub struct Admitted(Arc<watch::Sender<usize>>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
+        self.0.send_if_modified(|n| {
+            *n -= 1;
+            *n == 0
+        });
     }
 }
 

@@ -1,21 +1,21 @@
-//! An HTTP inference body to the core's request and back: the JSON header, tensors as
-//! JSON `data` (flat or nested) or as bytes after the header (Triton's binary tensor
-//! extension, `Inference-Header-Content-Length`), the raw one-input form, and the
-//! answer in the form each output asked for.
+//! An HTTP inference body to the core's request: the JSON header, tensors as JSON `data`
+//! (flat or nested) or as bytes after the header (Triton's binary tensor extension,
+//! `Inference-Header-Content-Length`), the raw one-input form, and which outputs the
+//! answer (`answer`) sends as bytes.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::error::HttpError;
 use crate::{
     grpc::{
-        convert::{decode_input, typed_contents},
+        convert::decode_input,
         pb::{model_infer_request::InferInputTensor, InferTensorContents},
     },
     metrics::Protocol,
     repository::spec::ModelSpec,
-    request::{InferRequest, InferResponse},
+    request::InferRequest,
     tensor::{shape_string, DataType, Tensor},
 };
 
@@ -427,75 +427,10 @@ fn uint_param(params: &Map<String, Value>, key: &str) -> Result<Option<u64>, Htt
     }
 }
 
-/// The answer: its JSON header, and the bytes of the outputs that travel as bytes (None
-/// when none does).
-pub fn encode(response: InferResponse, binary: &Binary) -> (Vec<u8>, Option<Bytes>) {
-    let mut blobs = BytesMut::new();
-    let mut any_binary = false;
-    let outputs: Vec<Value> = response
-        .outputs
-        .iter()
-        .map(|t| {
-            // FP16 and BF16 have no JSON form: they always travel as bytes.
-            let as_bytes = matches!(t.datatype, DataType::Fp16 | DataType::Bf16)
-                || match binary {
-                    Binary::Everything => true,
-                    Binary::Chosen { named, all } => named
-                        .iter()
-                        .find(|(n, _)| *n == t.name)
-                        .map_or(*all, |(_, b)| *b),
-                };
-            let mut out = json!({
-                "name": t.name,
-                "datatype": t.datatype.as_str(),
-                "shape": t.shape,
-            });
-            if as_bytes {
-                let raw = t.to_raw();
-                out["parameters"] = json!({ "binary_data_size": raw.len() });
-                blobs.put(raw);
-                any_binary = true;
-            } else {
-                out["data"] = json_data(t);
-            }
-            out
-        })
-        .collect();
-    let mut header = json!({
-        "model_name": response.model_name,
-        "model_version": response.model_version,
-        "outputs": outputs,
-    });
-    if !response.id.is_empty() {
-        header["id"] = json!(response.id);
-    }
-    let header = serde_json::to_vec(&header).expect("JSON values serialise");
-    (header, any_binary.then(|| blobs.freeze()))
-}
-
-/// An output's elements as a flat JSON array.
-fn json_data(t: &Tensor) -> Value {
-    let c = typed_contents(t);
-    match t.datatype {
-        DataType::Bool => json!(c.bool_contents),
-        DataType::Int8 | DataType::Int16 | DataType::Int32 => json!(c.int_contents),
-        DataType::Int64 => json!(c.int64_contents),
-        DataType::Uint8 | DataType::Uint16 | DataType::Uint32 => json!(c.uint_contents),
-        DataType::Uint64 => json!(c.uint64_contents),
-        DataType::Fp32 => json!(c.fp32_contents),
-        DataType::Fp64 => json!(c.fp64_contents),
-        DataType::Bytes => Value::Array(
-            c.bytes_contents
-                .iter()
-                .map(|b| Value::String(String::from_utf8_lossy(b).into_owned()))
-                .collect(),
-        ),
-        DataType::Fp16 | DataType::Bf16 => Value::Null,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn spec() -> Result<ModelSpec, HttpError> {

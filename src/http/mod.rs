@@ -1,7 +1,8 @@
 //! KServe v2 over HTTP/REST with Triton's routes, status codes and binary tensor
 //! extension. Each route transcodes a call of the gRPC service (the same checks, errors
-//! and core); only inference bodies are read here (`infer`).
+//! and core); only inference bodies are read (`infer`) and written (`answer`) here.
 
+mod answer;
 mod body;
 mod error;
 mod infer;
@@ -398,7 +399,7 @@ async fn infer_route(
     };
     let decoded = infer::decode(&name, &version, body, header_len, raw_spec, limit)?;
     let response = inference.infer(decoded.request).await?;
-    let (header, binary) = infer::encode(response, &decoded.binary);
+    let (header, binary) = answer::encode(response, &decoded.binary);
     Ok(Answer::Infer(header, binary))
 }
 
