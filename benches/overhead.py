@@ -9,7 +9,7 @@ the machine, and the server's CPU time per request read from /proc.
     .venv-test/bin/python benches/overhead.py --ppocr --seconds 8 --baseline OTHER_WHARF  # needs scripts/fetch-ppocr-models.sh
     .venv-test/bin/python benches/overhead.py --ensemble --seconds 5 --rounds 3  # one-step ensemble vs its model
     cargo build --release --bin wharf --example http_echo   # and apt-get install wrk
-    .venv-test/bin/python benches/overhead.py --http --seconds 5 --rounds 3  # HTTP vs a bare hyper handler
+    .venv-test/bin/python benches/overhead.py --http --seconds 5 --rounds 3 [--baseline OTHER_WHARF] [--wrk-only]  # HTTP vs a bare hyper handler
 
 Prints a markdown table, and the raw figures as JSON with --json.
 """
@@ -109,6 +109,7 @@ def main():
     parser.add_argument("--http", action="store_true",
                         help="instead: wharf's HTTP front end against a bare hyper handler (examples/http_echo.rs), "
                              "JSON bodies from wrk and, where benches/perf_analyzer.sh fetched it, perf_analyzer's binary form")
+    parser.add_argument("--wrk-only", action="store_true", help="with --http: leave perf_analyzer out")
     parser.add_argument("--ppocr", action="store_true",
                         help="instead: PP-OCR cls (c16) and rec (c8) from models/, this wharf and --baseline in turn, two rounds")
     args = parser.parse_args()
@@ -311,7 +312,8 @@ def http(args):
     """wharf's HTTP infer on `simple` (tract, no batching and with it) against a bare hyper
     handler that parses the same JSON and echoes the inputs, each server alone in turn."""
     levels = [int(c) for c in args.concurrency.split(",")]
-    loaders = [("wrk JSON", wrk)] + ([("perf_analyzer binary", None)] if PERF_ANALYZER.exists() else [])
+    loaders = [("wrk JSON", wrk)] + ([("perf_analyzer binary", None)]
+                                     if PERF_ANALYZER.exists() and not args.wrk_only else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = pathlib.Path(tmp)
@@ -325,6 +327,8 @@ def http(args):
         servers = [("bare hyper echo", [str(HTTP_ECHO), address], "simple"),
                    ("wharf, no batching", wharf, "simple"),
                    ("wharf, dynamic batching", None, "simple_batched")]
+        if args.baseline:
+            servers.append(("baseline wharf, no batching", [args.baseline] + wharf[1:], "simple"))
         for rnd in range(1, args.rounds + 1):
             proc = None
             for name, cmd, model in servers:
