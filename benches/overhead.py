@@ -96,6 +96,23 @@ def serve(cmd, address):
     return proc
 
 
+def in_turn(servers, start):
+    """Each (name, command, model) of `servers` as (name, process, model), one server on
+    the machine at a time: an entry with a command stops the last process and starts its
+    own; one without (None) measures another model on the process before it."""
+    proc = None
+    try:
+        for name, cmd, model in servers:
+            if cmd is not None:
+                if proc is not None:
+                    stop(proc)
+                proc = start(cmd)
+            yield name, proc, model
+    finally:
+        if proc is not None:
+            stop(proc)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5)
@@ -139,12 +156,7 @@ def main():
                 ("baseline, dynamic batching", None, "simple_batched"),
             ]
         for rnd in range(1, args.rounds + 1):
-            proc = None
-            for name, cmd, model in servers:
-                if cmd is not None:
-                    if proc is not None:
-                        stop(proc)
-                    proc = serve(cmd, address)
+            for name, proc, model in in_turn(servers, lambda cmd: serve(cmd, address)):
                 for c in levels:
                     r = bench(address, model, c, args.seconds, proc.pid)
                     r.update(server=name, concurrency=c, round=rnd)
@@ -152,7 +164,6 @@ def main():
                     print(f"round {rnd} {name:<24} c{c:<3} {r['throughput_rps']:>9.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
                           f"p99 {r['p99_ms']:.2f} ms  {r['server_cpu_us_per_request']:.0f} us CPU/request  "
                           f"errors {r['errors']}", file=sys.stderr, flush=True)
-            stop(proc)
     if args.rounds > 1:
         print_ratios(rows, args.rounds)
         rows = medians(rows)
@@ -329,14 +340,13 @@ def http(args):
                    ("wharf, dynamic batching", None, "simple_batched")]
         if args.baseline:
             servers.append(("baseline wharf, no batching", [args.baseline] + wharf[1:], "simple"))
+        def start(cmd):
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_http_ready(address, proc)
+            return proc
+
         for rnd in range(1, args.rounds + 1):
-            proc = None
-            for name, cmd, model in servers:
-                if cmd is not None:
-                    if proc is not None:
-                        stop(proc)
-                    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    wait_http_ready(address, proc)
+            for name, proc, model in in_turn(servers, start):
                 for loader, _ in loaders:
                     for c in levels:
                         if loader == "wrk JSON":
@@ -348,7 +358,6 @@ def http(args):
                         print(f"round {rnd} {name:<24} {loader:<20} c{c:<3} {r['throughput_rps']:>9.0f} req/s  "
                               f"p99 {r['p99_ms']:.2f} ms  {r['server_cpu_us_per_request']:.0f} us CPU/request  "
                               f"errors {r['errors']}", file=sys.stderr, flush=True)
-            stop(proc)
     print("| loader | server | concurrency | req/s (median) | req/s vs echo, each round | p99 ms | server CPU µs/request |")
     print("|---|---|---|---|---|---|---|")
     for loader, _ in loaders:

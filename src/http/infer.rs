@@ -80,6 +80,10 @@ pub fn decode(
     raw_spec: impl FnOnce() -> Result<ModelSpec, HttpError>,
     limit: usize,
 ) -> Result<Decoded, HttpError> {
+    // Only a declared length of 0 is the raw form; an empty body without one is empty JSON.
+    if header_len == Some(0) {
+        return decode_raw(model_name, model_version, body, raw_spec()?, limit);
+    }
     let header_len = header_len.unwrap_or(body.len());
     if header_len > body.len() {
         return Err(HttpError::bad(format!(
@@ -87,9 +91,6 @@ pub fn decode(
              the header length must lie within the body",
             body.len()
         )));
-    }
-    if header_len == 0 {
-        return decode_raw(model_name, model_version, body, raw_spec()?, limit);
     }
     let header: Header = serde_json::from_slice(&body[..header_len])
         .map_err(|e| HttpError::bad(format!("the request's JSON: {e}")))?;
@@ -487,6 +488,13 @@ mod tests {
             e.message
         );
         assert!(err(json!({"parameters": {"triton_x": 1}, "inputs": []})).contains("reserved"));
+        // No declared header length and no body: empty JSON, not the raw form.
+        let empty = decode("m", "", Bytes::new(), None, spec, 1 << 20).unwrap_err();
+        assert!(
+            empty.message.contains("the request's JSON"),
+            "{}",
+            empty.message
+        );
     }
 
     #[test]

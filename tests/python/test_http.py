@@ -209,6 +209,11 @@ def infer_body(header, binary=b""):
 IDENTITY = {"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
 
 
+def input_with(**changes):
+    """IDENTITY's body with its one input changed."""
+    return json.dumps({"inputs": [{**IDENTITY["inputs"][0], **changes}]}).encode()
+
+
 def test_hostile_bodies_get_their_codes_and_the_server_serves_on(http_server):
     infer = "/v2/models/identity_fp32/infer"
     one = np.array([1, 2], dtype=np.float32).tobytes()
@@ -244,6 +249,46 @@ def test_hostile_bodies_get_their_codes_and_the_server_serves_on(http_server):
         ("POST", infer, json.dumps({**IDENTITY, "parameters": {"priority": "high"}}).encode(), {}, 400,
          "parameter 'priority' must be a non-negative integer"),
         ("GET", "/v2/systemsharedmemory/status", b"", {}, 501, "not implemented"),
+        # A declared size over the limit is refused before the body is read.
+        ("POST", infer, b"x" * 10, {"Content-Length": str(4 << 30)}, 400, "exceeds the maximum allowed"),
+        ("POST", infer, b"", {}, 400, "the request's JSON"),
+        ("POST", infer, b"[1]", {}, 400, "the request's JSON"),
+        ("POST", infer, json.dumps({"inputs": {"name": "INPUT0"}}).encode(), {}, 400, "the request's JSON"),
+        ("POST", infer, json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "data": [1, 2]}]}).encode(),
+         {}, 400, "missing field `shape`"),
+        ("POST", "/v2/models/identity_fp32/versions/9/infer", json.dumps(IDENTITY).encode(), {}, 404,
+         "has no version 9"),
+        ("POST", infer, input_with(name="NOPE"), {}, 400, "no input named 'NOPE'"),
+        ("POST", infer, input_with(datatype="INT32"), {}, 400, "has datatype INT32 but model 'identity_fp32' expects FP32"),
+        ("POST", infer, input_with(datatype="FP128"), {}, 400, "unknown datatype 'FP128'"),
+        ("POST", infer, input_with(shape=[1, -2]), {}, 400, "negative dimension"),
+        ("POST", infer, input_with(shape=[9, 2], data=[1] * 18), {}, 400, "batch size 9"),
+        ("POST", infer, input_with(parameters={"binary_data_size": -8}), {}, 400,
+         "binary_data_size must be a non-negative integer"),
+        ("POST", infer, input_with(parameters={"binary_data_size": 8}), {}, 400, "send its data one way"),
+        ("POST", infer, json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32"}]}).encode(),
+         {}, 400, "neither `data` nor binary_data_size"),
+        ("POST", infer, input_with(parameters={"content_type": "base64"}), {}, 400, "content_type"),
+        ("POST", infer, input_with(parameters={"shared_memory_region": "r"}), {}, 400,
+         "shared memory is not supported yet"),
+        ("POST", infer, json.dumps({"inputs": IDENTITY["inputs"] * 2}).encode(), {}, 400, "given more than once"),
+        ("POST", infer, json.dumps({"inputs": []}).encode(), {}, 400, "missing input 'INPUT0'"),
+        ("POST", "/v2/models/identity_bool/infer", json.dumps(
+            {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "BOOL", "data": [2]}]}).encode(), {}, 400,
+         "expected true or false"),
+        ("POST", "/v2/models/identity_int8/infer", json.dumps(
+            {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "INT8", "data": [300]}]}).encode(), {}, 400,
+         "out of range for INT8"),
+        ("POST", infer, json.dumps({**IDENTITY, "outputs": [{"name": "NOPE"}]}).encode(), {}, 400,
+         "no output named 'NOPE'"),
+        ("POST", infer, json.dumps({**IDENTITY, "outputs": [{"name": "OUTPUT0", "parameters": {"classification": 2}}]})
+         .encode(), {}, 400, "parameter 'classification' is not supported"),
+        ("POST", infer, json.dumps({**IDENTITY, "parameters": {"timeout": "soon"}}).encode(), {}, 400,
+         "parameter 'timeout' must be a non-negative integer"),
+        ("POST", infer, json.dumps({**IDENTITY, "parameters": {"binary_data_output": "yes"}}).encode(), {}, 400,
+         "'binary_data_output' must be true or false"),
+        ("POST", infer, b"{}", {"Content-Encoding": "gzip, br"}, 501, "unsupported Content-Encoding"),
+        ("POST", "/v2/repository/models/identity_fp32/load", b"{bad", {}, 400, "the request's JSON"),
     ]
     for method, path, body, headers, status, says in cases:
         got, answer_headers, data = raw(http_server, method, path, body, headers)
