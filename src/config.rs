@@ -143,6 +143,10 @@ pub struct LoadConfig {
     /// MiB arenas held 846 MiB, about 140 MiB of it per session)
     #[arg(long, env = "WHARF_GPU_CONTEXT_MEMORY", default_value = "640MiB")]
     pub gpu_context_memory: ByteSize,
+    /// Read each model's config from configs/<NAME>.pbtxt in its folder where that file
+    /// exists, else its config.pbtxt or config.yaml (Triton's --model-config-name)
+    #[arg(long, env = "WHARF_MODEL_CONFIG_NAME")]
+    pub model_config_name: Option<String>,
 }
 
 /// What changes the loaded models while serving, and when the server is ready.

@@ -79,8 +79,8 @@ impl ModelControl {
         Some(control.load_model.iter().cloned().collect())
     }
 
-    /// RepositoryModelLoad: loads or reloads `name` (with `config`, JSON or YAML in
-    /// Triton's field names, in place of its config.yaml), with the step models of an
+    /// RepositoryModelLoad: loads or reloads `name` (with `config`: Triton's ModelConfig
+    /// as protobuf JSON, or wharf's keys in JSON or YAML, in place of its config file), with the step models of an
     /// ensemble that do not serve yet. Returns once it is READY, or with why it is not
     /// (a step's failure first).
     pub async fn load(&self, name: &str, config: Option<&str>) -> Result<(), ControlError> {
@@ -89,9 +89,17 @@ impl ModelControl {
         }
         let given = config
             .map(|text| {
-                ModelConfig::from_yaml(text).map_err(|reason| ControlError::BadConfig {
-                    model: name.to_owned(),
-                    reason,
+                // Triton's form first (protobuf JSON: quoted numbers are valid), then
+                // wharf's YAML keys, which JSON is also written in.
+                ModelConfig::from_protobuf_json(text).or_else(|as_triton| {
+                    ModelConfig::from_yaml(text).map_err(|as_yaml| ControlError::BadConfig {
+                        model: name.to_owned(),
+                        reason: if text.trim_start().starts_with('{') {
+                            format!("as Triton's ModelConfig JSON: {as_triton}; as wharf's keys: {as_yaml}")
+                        } else {
+                            as_yaml
+                        },
+                    })
                 })
             })
             .transpose()?;

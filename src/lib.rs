@@ -11,8 +11,10 @@
 // The allocator, and what loads and first calls are measured by.
 pub mod heap;
 
-// Data and engines.
+// Data and engines, and the protocol's and model config's generated messages.
 pub mod tensor;
+
+pub mod proto;
 
 pub mod backend;
 

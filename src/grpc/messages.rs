@@ -191,8 +191,10 @@ pub fn model_config(model: &ServedModel) -> pb::ModelConfig {
                             model_version: s.model_version,
                             input_map: s.input_map.clone().into_iter().collect(),
                             output_map: s.output_map.clone().into_iter().collect(),
+                            ..Default::default()
                         })
                         .collect(),
+                    ..Default::default()
                 },
             ))
         }

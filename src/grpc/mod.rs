@@ -8,12 +8,5 @@ pub mod status;
 
 pub use service::InferenceService;
 
-/// Code generated from `proto/` (KServe v2 with Triton's extensions).
-#[allow(clippy::all, clippy::pedantic, missing_docs)]
-pub mod pb {
-    tonic::include_proto!("inference");
-
-    /// For server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("inference_descriptor");
-}
+/// Code generated from `proto/`.
+pub use crate::proto as pb;

@@ -2,26 +2,15 @@
 //! in JSON with the proto's field names, every field present (perf_analyzer reads each
 //! statistics key), 64-bit integers as numbers and enums by name.
 
-use std::sync::OnceLock;
-
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use prost_reflect::{DynamicMessage, SerializeOptions};
 use serde_json::Value;
 
 use crate::grpc::pb;
 
-fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).expect("the build's own descriptors")
-    })
-}
-
 /// `message` (of protobuf type `inference.<name>`) as JSON.
 pub fn to_json<M: Message>(name: &str, message: &M) -> Value {
-    let descriptor = pool()
-        .get_message_by_name(&format!("inference.{name}"))
-        .expect("a message of the build's protos");
+    let descriptor = pb::message(name);
     let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
         .expect("a message this build encoded");
     let options = SerializeOptions::new()

@@ -159,9 +159,9 @@ impl Repository {
         let mut unread: Vec<String> = wanted.keys().cloned().collect();
         while let Some(name) = unread.pop() {
             let dir = self.root.join(&name);
-            let config = wanted[&name]
-                .clone()
-                .or_else(|| ModelConfig::from_file(&dir.join("config.yaml")).ok());
+            let config = wanted[&name].clone().or_else(|| {
+                ModelConfig::from_dir(&dir, self.settings.model_config_name.as_deref()).ok()
+            });
             let Some(config) = config else { continue };
             for step in config.step_models() {
                 let known = wanted.contains_key(step) || self.registry.lookup(step, "").is_ok();
@@ -198,7 +198,12 @@ impl Repository {
                 outcomes.insert(name, Err(error.into()));
                 continue;
             }
-            match read_model(&name, &dir, given) {
+            match read_model(
+                &name,
+                &dir,
+                given,
+                self.settings.model_config_name.as_deref(),
+            ) {
                 Ok((config, selected)) => {
                     read.insert(name, Read { config, selected });
                 }

@@ -139,9 +139,13 @@ fn candidate_rows(policy: &BatchPolicy, max_batch_size: u32) -> Vec<usize> {
 
 /// The config with the engine that serves it: the first of its preference whose runtime is
 /// present. Only ONNX Runtime can be absent (its library is opened at run time); where it
-/// is and a later engine is named, that one serves, with one line saying why.
+/// is and a later engine is named, that one serves, with one line saying why. The
+/// config's fields that wharf reads but does not act on are logged here, once a load.
 fn resolve_engine(task: &LoadTask, settings: &LoadConfig) -> Result<ModelConfig, LoadError> {
     let config = &task.config;
+    for warning in &config.warnings {
+        tracing::warn!(model = %task.name, version = task.version, "{warning}");
+    }
     if config.backend_fallbacks.is_empty() {
         return Ok(config.clone());
     }

@@ -166,7 +166,7 @@ impl Repository {
                 continue;
             }
             let model = if wanted(&name) {
-                scan_model(&name, &entry.path())
+                scan_model(&name, &entry.path(), settings.model_config_name.as_deref())
             } else {
                 ModelEntry::not_loaded()
             };
@@ -204,8 +204,8 @@ fn is_folder(entry: &std::fs::DirEntry) -> bool {
     }
 }
 
-fn scan_model(name: &str, dir: &Path) -> ModelEntry {
-    match read_model(name, dir, None) {
+fn scan_model(name: &str, dir: &Path, custom: Option<&str>) -> ModelEntry {
+    match read_model(name, dir, None, custom) {
         Ok((config, versions)) => ModelEntry {
             versions: versions
                 .into_iter()
@@ -221,18 +221,18 @@ fn scan_model(name: &str, dir: &Path) -> ModelEntry {
     }
 }
 
-/// A model folder's config (its config.yaml, or `given` in its place) and the versions
+/// A model folder's config (its config file, or `given` in its place) and the versions
 /// its version policy selects, or why it cannot load at all.
 fn read_model(
     name: &str,
     dir: &Path,
     given: Option<ModelConfig>,
+    custom: Option<&str>,
 ) -> Result<(ModelConfig, Vec<u64>), String> {
-    let config_path = dir.join("config.yaml");
+    let config_path = config::locate(dir, custom)?.unwrap_or_else(|| dir.join(config::YAML_FILE));
     let config = match given {
         Some(config) => config,
-        None if config_path.exists() => ModelConfig::from_file(&config_path)?,
-        None => ModelConfig::default(),
+        None => ModelConfig::from_dir(dir, custom)?,
     };
     if let Some(declared) = config.name.as_deref().filter(|n| *n != name) {
         return Err(format!(

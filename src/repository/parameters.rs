@@ -13,6 +13,8 @@ use super::engine::BackendKind;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParameterValue {
+    /// Protobuf leaves an empty string unwritten, so `{}` is `""`.
+    #[serde(default)]
     pub string_value: String,
 }
 

@@ -1,7 +1,12 @@
-//! A model's `config.yaml`: Triton's model-config field names in YAML, parsed strictly and
+//! A model's config: one typed `ModelConfig` with two readers, `config.yaml` (Triton's
+//! field names in YAML) and Triton's own `config.pbtxt` (`pbtxt`), parsed strictly and
 //! validated, with errors that name the file, the key and what was expected.
 
-use std::{collections::BTreeMap, num::NonZeroU32, path::Path};
+use std::{
+    collections::BTreeMap,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
 
 pub use crate::batching::policy::TimeoutAction;
 
@@ -13,6 +18,8 @@ pub use super::parameters::ParameterValue;
 use super::parameters::{ParameterOwner, Parameters};
 use crate::tensor::DataType;
 
+mod pbtxt;
+mod text_format;
 mod validate;
 
 /// The file as written; every key is optional so that a bare ONNX model needs no config.
@@ -59,6 +66,10 @@ pub struct ModelConfig {
     /// `parameters`, parsed when the file is read.
     #[serde(skip)]
     pub params: Parameters,
+    /// Fields of Triton's schema that were read but are not acted on, one line each,
+    /// logged when a version loads.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// `backend: tract` or `backend: [onnxruntime, tract]`.
@@ -85,10 +96,16 @@ fn engine_preference<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<BackendKind
     )
 }
 
+/// Triton's `platform`. Triton's other platforms (TensorRT, TensorFlow, PyTorch) name
+/// engines wharf does not have, so a config naming one is refused by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum Platform {
+    #[serde(rename = "ensemble")]
     Ensemble,
+    /// An ONNX model, on the engines of `backend` (ONNX Runtime, then tract where the
+    /// backend is not given).
+    #[serde(rename = "onnxruntime_onnx")]
+    OnnxruntimeOnnx,
 }
 
 /// An ensemble's steps, in Triton's form: each runs a model on tensors of the ensemble's
@@ -126,6 +143,33 @@ pub struct TensorConfig {
     pub data_type: Option<DataType>,
     /// Dims without the batch dimension when `max_batch_size > 0`; -1 for any size.
     pub dims: Option<Vec<i64>>,
+    /// Triton's image layout hint (`FORMAT_NCHW`, `FORMAT_NHWC`) for clients that
+    /// preprocess; it does not change how the tensor is read.
+    #[serde(default)]
+    pub format: Format,
+    /// The shape the model takes (inputs) or gives (outputs), where it differs from the
+    /// shape on the wire (`dims`): `{shape: [1, 3, 224, 224]}`. Batch dimension excluded.
+    pub reshape: Option<Reshape>,
+    /// An output's class labels, one per line, in a file of the model folder.
+    pub label_filename: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Format {
+    #[default]
+    #[serde(rename = "FORMAT_NONE")]
+    None,
+    #[serde(rename = "FORMAT_NHWC")]
+    Nhwc,
+    #[serde(rename = "FORMAT_NCHW")]
+    Nchw,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reshape {
+    #[serde(default)]
+    pub shape: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -331,12 +375,82 @@ fn version_keyed<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<u64,
         .map(Some)
 }
 
+/// The config files a model folder may hold, by reader.
+pub const YAML_FILE: &str = "config.yaml";
+pub const PBTXT_FILE: &str = "config.pbtxt";
+
+/// The config file of the model folder `dir`: `configs/<custom>.pbtxt` where a custom
+/// config name is set and that file exists (Triton's `--model-config-name`), else
+/// `config.pbtxt` or `config.yaml`. None: the folder has no config. Both is an error,
+/// since neither would be the obvious winner.
+pub fn locate(dir: &Path, custom: Option<&str>) -> Result<Option<PathBuf>, String> {
+    if let Some(custom) = custom {
+        let chosen = dir.join("configs").join(format!("{custom}.pbtxt"));
+        if chosen.is_file() {
+            return Ok(Some(chosen));
+        }
+    }
+    let (yaml, pbtxt) = (dir.join(YAML_FILE), dir.join(PBTXT_FILE));
+    match (yaml.is_file(), pbtxt.is_file()) {
+        (true, true) => Err(format!(
+            "{}: holds both {YAML_FILE} and {PBTXT_FILE}; keep one",
+            dir.display()
+        )),
+        (true, false) => Ok(Some(yaml)),
+        (false, true) => Ok(Some(pbtxt)),
+        (false, false) => Ok(None),
+    }
+}
+
 impl ModelConfig {
-    /// Reads and validates `path`; every error message starts with the file and the key.
+    /// The config of model folder `dir` (see `locate`), or the empty config where it has
+    /// none; errors start with the file.
+    pub fn from_dir(dir: &Path, custom: Option<&str>) -> Result<ModelConfig, String> {
+        match locate(dir, custom)? {
+            Some(path) => Self::from_file(&path),
+            None => Ok(ModelConfig::default()),
+        }
+    }
+
+    /// Reads and validates `path` (YAML, or text format where it ends in `.pbtxt`); every
+    /// error message starts with the file and the key.
     pub fn from_file(path: &Path) -> Result<ModelConfig, String> {
+        let size = std::fs::metadata(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?
+            .len();
+        if size > pbtxt::MAX_FILE_BYTES as u64 {
+            return Err(format!(
+                "{}: {size} bytes is over the limit of {} bytes for a model config",
+                path.display(),
+                pbtxt::MAX_FILE_BYTES
+            ));
+        }
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        Self::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let read = if path.extension().is_some_and(|e| e == "pbtxt") {
+            Self::from_pbtxt(&text)
+        } else {
+            Self::from_yaml(&text)
+        };
+        read.map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Triton's protobuf text format, against Triton's full schema.
+    pub fn from_pbtxt(text: &str) -> Result<ModelConfig, String> {
+        Self::from_triton(pbtxt::parse_text(text)?)
+    }
+
+    /// A load request's config override: protobuf JSON of Triton's `ModelConfig`, as
+    /// Triton parses it (`{"max_batch_size": "16"}` is valid).
+    pub fn from_protobuf_json(text: &str) -> Result<ModelConfig, String> {
+        Self::from_triton(pbtxt::parse_json(text)?)
+    }
+
+    fn from_triton(message: prost_reflect::DynamicMessage) -> Result<ModelConfig, String> {
+        let read = pbtxt::read(&message)?;
+        let mut config = Self::finish(serde_path_to_error::deserialize(read.fields))?;
+        config.warnings = read.warnings;
+        Ok(config)
     }
 
     pub fn from_yaml(text: &str) -> Result<ModelConfig, String> {
@@ -344,8 +458,16 @@ impl ModelConfig {
         if text.trim().is_empty() {
             return Ok(ModelConfig::default());
         }
-        let de = serde_yaml::Deserializer::from_str(text);
-        let mut config: ModelConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        Self::finish(serde_path_to_error::deserialize(
+            serde_yaml::Deserializer::from_str(text),
+        ))
+    }
+
+    /// The checks every reader shares, after its own parse.
+    fn finish<E: std::fmt::Display>(
+        parsed: Result<ModelConfig, serde_path_to_error::Error<E>>,
+    ) -> Result<ModelConfig, String> {
+        let mut config = parsed.map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             if key == "." {
@@ -368,7 +490,10 @@ impl ModelConfig {
 
     /// `backend` and `backend_fallbacks` from the preference as written.
     fn split_preference(&mut self) -> Result<(), String> {
-        let written = std::mem::take(&mut self.backend_preference);
+        let mut written = std::mem::take(&mut self.backend_preference);
+        if written.is_empty() && self.platform == Some(Platform::OnnxruntimeOnnx) {
+            written = vec![BackendKind::Onnxruntime, BackendKind::Tract];
+        }
         let Some((first, rest)) = written.split_first() else {
             return Ok(());
         };
