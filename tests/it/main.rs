@@ -14,3 +14,4 @@ mod onnxruntime;
 mod reliability;
 mod rpc;
 mod security;
+mod triton_configs;

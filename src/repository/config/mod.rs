@@ -74,26 +74,39 @@ pub struct ModelConfig {
 
 /// `backend: tract` or `backend: [onnxruntime, tract]`.
 fn engine_preference<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<BackendKind>, D::Error> {
+    use serde::de::{value::StrDeserializer, Error};
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
-        One(BackendKind),
-        Many(Vec<BackendKind>),
+        One(String),
+        Many(Vec<String>),
     }
-    Ok(
-        match OneOrMany::deserialize(de).map_err(|_| {
-            serde::de::Error::custom(
+    let names = match OneOrMany::deserialize(de).map_err(|_| {
+        D::Error::custom(
             "expected an engine (tract, onnxruntime, or a built-in step), or a list of engines \
              in order of preference such as [onnxruntime, tract]",
         )
-        })? {
-            OneOrMany::One(kind) => vec![kind],
-            OneOrMany::Many(kinds) if kinds.is_empty() => {
-                return Err(serde::de::Error::custom("expected at least one engine"))
-            }
-            OneOrMany::Many(kinds) => kinds,
-        },
-    )
+    })? {
+        OneOrMany::One(name) => vec![name],
+        OneOrMany::Many(names) if names.is_empty() => {
+            return Err(D::Error::custom("expected at least one engine"))
+        }
+        OneOrMany::Many(names) => names,
+    };
+    names
+        .iter()
+        .map(|name| {
+            BackendKind::deserialize(StrDeserializer::<serde::de::value::Error>::new(name)).map_err(
+                |_| {
+                    D::Error::custom(format!(
+                        "`{name}` is not one of wharf's engines: wharf serves ONNX models on \
+                         tract or onnxruntime, and runs its built-in steps (image_decode, \
+                         db_postprocess, text_crop, text_lines, ctc_decode)"
+                    ))
+                },
+            )
+        })
+        .collect()
 }
 
 /// Triton's `platform`. Triton's other platforms (TensorRT, TensorFlow, PyTorch) name
