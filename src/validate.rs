@@ -190,6 +190,7 @@ mod tests {
             name: name.into(),
             datatype: DataType::Fp32,
             dims: vec![2, -1],
+            reshape: None,
         };
         ModelSpec {
             max_batch_size: 4,

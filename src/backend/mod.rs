@@ -4,6 +4,7 @@
 pub mod ocr;
 pub mod onnx;
 pub mod onnxruntime;
+pub mod reshape;
 pub mod tract;
 
 use std::sync::Arc;

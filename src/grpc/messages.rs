@@ -2,7 +2,7 @@
 
 use super::pb;
 use crate::repository::{
-    config::{BackendKind, ModelConfig},
+    config::{BackendKind, ModelConfig, TensorConfig},
     spec::TensorSpec,
     Runner, ServedModel,
 };
@@ -80,10 +80,15 @@ pub fn statistics(model: &ServedModel) -> pb::ModelStatistics {
     }
 }
 
+/// The config's entry for tensor `name`, where it has one.
+fn configured<'a>(side: &'a Option<Vec<TensorConfig>>, name: &str) -> Option<&'a TensorConfig> {
+    side.iter().flatten().find(|t| t.name == name)
+}
+
 /// Triton's ModelConfig message for a served version: the config as resolved.
 /// ModelConfig as Triton's tools read it, from the config and what loading resolved.
 pub fn model_config(model: &ServedModel) -> pb::ModelConfig {
-    use crate::repository::config::{InstanceKind, VersionPolicy};
+    use crate::repository::config::{Format, InstanceKind, VersionPolicy};
     let c = &model.config;
     let dtype = |t: crate::tensor::DataType| {
         pb::DataType::from_str_name(&t.config_name()).unwrap_or(pb::DataType::TypeInvalid) as i32
@@ -146,6 +151,11 @@ pub fn model_config(model: &ServedModel) -> pb::ModelConfig {
                 versions: versions.iter().map(|v| *v as i64).collect(),
             })
         }
+    };
+    let reshape = |t: &TensorSpec| {
+        t.reshape
+            .clone()
+            .map(|shape| pb::ModelTensorReshape { shape })
     };
     let mut parameters = std::collections::HashMap::new();
     let param = |v: String| pb::ModelParameter { string_value: v };
@@ -230,6 +240,12 @@ pub fn model_config(model: &ServedModel) -> pb::ModelConfig {
                 name: t.name.clone(),
                 data_type: dtype(t.datatype),
                 dims: t.dims.clone(),
+                format: match configured(&c.input, &t.name).map(|c| c.format) {
+                    Some(Format::Nchw) => pb::model_input::Format::Nchw,
+                    Some(Format::Nhwc) => pb::model_input::Format::Nhwc,
+                    _ => pb::model_input::Format::None,
+                } as i32,
+                reshape: reshape(t),
                 ..Default::default()
             })
             .collect(),
@@ -241,6 +257,10 @@ pub fn model_config(model: &ServedModel) -> pb::ModelConfig {
                 name: t.name.clone(),
                 data_type: dtype(t.datatype),
                 dims: t.dims.clone(),
+                reshape: reshape(t),
+                label_filename: configured(&c.output, &t.name)
+                    .and_then(|c| c.label_filename.clone())
+                    .unwrap_or_default(),
                 ..Default::default()
             })
             .collect(),

@@ -20,7 +20,11 @@ use super::{
     EngineRunner, Runner, ServedModel,
 };
 use crate::{
-    backend::{tract::TractModel, BackendError, Model},
+    backend::{
+        reshape::{Reshaped, Shapes},
+        tract::TractModel,
+        BackendError, Model,
+    },
     batching::{cost::WorkEstimate, BatchPolicy, Scheduler},
     config::LoadConfig,
     metrics::{saturation::Backlog, Metrics, ModelMetrics},
@@ -180,6 +184,32 @@ fn resolve_engine(task: &LoadTask, settings: &LoadConfig) -> Result<ModelConfig,
     )))
 }
 
+/// Each output's `label_filename` is a readable text file of at least one label, in the
+/// model's folder (the classification answers of Triton's protocol read it).
+fn check_labels(config: &ModelConfig, dir: &Path) -> Result<(), LoadError> {
+    for output in config.output.iter().flatten() {
+        let Some(file) = &output.label_filename else {
+            continue;
+        };
+        let path = dir.join(file);
+        let labels = std::fs::read_to_string(&path).map_err(|e| {
+            LoadError::Config(format!(
+                "output '{}': label_filename {}: {e}",
+                output.name,
+                path.display()
+            ))
+        })?;
+        if labels.lines().all(|l| l.trim().is_empty()) {
+            return Err(LoadError::Config(format!(
+                "output '{}': label_filename {} holds no labels",
+                output.name,
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Opens the model file with the engine its config names.
 fn open_model(
     path: &Path,
@@ -265,6 +295,7 @@ fn load_version(
     if !path.is_file() && !config.backend.is_builtin() {
         return Err(LoadError::NoModelFile(path));
     }
+    check_labels(config, &task.dir)?;
     // What loading and warming keep allocated on this thread is what every instance shares.
     let mut loaded: Option<Result<_, LoadError>> = None;
     let mut opened = Duration::ZERO;
@@ -291,6 +322,22 @@ fn load_version(
                     reason,
                 }
             })?;
+            let shapes = |side: &[crate::repository::spec::TensorSpec]| {
+                side.iter()
+                    .map(|t| {
+                        t.reshape.clone().map(|model| Shapes {
+                            wire: t.dims.clone(),
+                            model,
+                        })
+                    })
+                    .collect()
+            };
+            let model = Reshaped::wrap(
+                model,
+                shapes(&spec.inputs),
+                shapes(&spec.outputs),
+                spec.max_batch_size > 0,
+            );
             let mut policy = dynamic_batching::batch_policy(config, spec.max_batch_size);
             // Padded calls carry only the buckets' row counts: sessions (and CUDA graphs,
             // where the other dims are fixed too) can be made per count.

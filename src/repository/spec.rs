@@ -17,6 +17,9 @@ pub struct TensorSpec {
     pub datatype: DataType,
     /// Without the batch dimension when the model batches; -1 for any size.
     pub dims: Vec<i64>,
+    /// The graph's own shape where the config's `reshape` says it differs from `dims`
+    /// (the wire's), batch dimension excluded.
+    pub reshape: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -172,10 +175,35 @@ fn resolve_tensor(
         },
         (None, _) => None,
     };
+    let reshape = configured
+        .and_then(|c| c.reshape.as_ref())
+        .map(|r| r.shape.clone());
+    if let Some(model) = &reshape {
+        // The graph is checked against the model's shape; requests against `dims`.
+        let Some(dims) = configured.and_then(|c| c.dims.clone()) else {
+            return Err(format!(
+                "{key} '{name}': reshape needs dims, the shape on the wire"
+            ));
+        };
+        if let Some(g) = &graph_dims {
+            if !agree(model, g) {
+                return Err(format!(
+                    "{key} '{name}': reshape {} disagrees with the graph's {}",
+                    shape_string(model),
+                    shape_string(g),
+                ));
+            }
+        }
+        return Ok(TensorSpec {
+            name: name.clone(),
+            datatype,
+            dims,
+            reshape,
+        });
+    }
     let dims = match (configured.and_then(|c| c.dims.clone()), graph_dims) {
         (Some(c), Some(g)) => {
-            let agree = c.len() == g.len() && c.iter().zip(&g).all(|(c, g)| *g == -1 || c == g);
-            if !agree {
+            if !agree(&c, &g) {
                 return Err(format!(
                     "{key} '{name}': config dims {} disagree with the graph's {}{}",
                     shape_string(&c),
@@ -200,7 +228,13 @@ fn resolve_tensor(
         name: name.clone(),
         datatype,
         dims,
+        reshape: None,
     })
+}
+
+/// Whether a configured shape fits the graph's, where the graph's -1 takes any size.
+fn agree(config: &[i64], graph: &[i64]) -> bool {
+    config.len() == graph.len() && config.iter().zip(graph).all(|(c, g)| *g == -1 || c == g)
 }
 
 #[cfg(test)]

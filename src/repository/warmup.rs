@@ -378,8 +378,19 @@ fn build(inputs: &[InputTemplate], rows: Option<usize>) -> Vec<Tensor> {
         .collect()
 }
 
-/// Zeros, or for FP32 a fixed pseudo-random pattern in [0, 1) (`random_data`).
+/// Zeros, or for FP32 a fixed pseudo-random pattern in [0, 1) (`random_data`). BYTES
+/// elements are the text "0", not empty: models that read numbers from strings (Triton's
+/// `simple_string` casts them) fail on an empty one, and text models take it as a word.
 fn filled(name: &str, datatype: DataType, shape: Vec<usize>, random: bool) -> Tensor {
+    if datatype == DataType::Bytes {
+        let count = shape.iter().product();
+        return Tensor {
+            name: name.to_owned(),
+            datatype,
+            shape,
+            data: crate::tensor::TensorData::Bytes(vec![bytes::Bytes::from_static(b"0"); count]),
+        };
+    }
     if !(random && matches!(datatype, DataType::Fp32)) {
         return Tensor::zeros(name, datatype, shape);
     }

@@ -38,7 +38,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the model repository over gRPC until SIGTERM or SIGINT.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Send load to a KServe v2 gRPC server and report throughput, latency and errors.
     Bench(bench::BenchArgs),
     /// Time single ONNX Runtime calls in-process, batch sizes in a chosen order (JSON out).
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Check(load) => check(load),
         Command::Bench(args) => bench(args),
         #[cfg(feature = "onnxruntime")]

@@ -30,6 +30,37 @@ impl ModelConfig {
                         format!("expected sizes >= 1 or -1 (any size), found {d}"),
                     );
                 }
+                if let Some(reshape) = &t.reshape {
+                    let at = format!("{key}[{i}].reshape.shape");
+                    if let Some(d) = reshape.shape.iter().find(|d| **d < -1 || **d == 0) {
+                        return key_err(&at, format!("expected sizes >= 1 or -1, found {d}"));
+                    }
+                    let Some(dims) = &t.dims else {
+                        return key_err(&at, "needs dims, the shape on the wire".into());
+                    };
+                    let count = |shape: &[i64]| -> Option<i64> {
+                        shape.iter().all(|d| *d > 0).then(|| shape.iter().product())
+                    };
+                    if let (Some(wire), Some(model)) = (count(dims), count(&reshape.shape)) {
+                        if wire != model {
+                            return key_err(
+                                &at,
+                                format!(
+                                    "holds {model} elements but dims {dims:?} hold {wire}; a \
+                                     reshape keeps the element count"
+                                ),
+                            );
+                        }
+                    }
+                }
+                if t.label_filename.as_deref().is_some_and(|f| {
+                    f.is_empty() || Path::new(f).components().count() != 1 || f.starts_with('.')
+                }) {
+                    return key_err(
+                        &format!("{key}[{i}].label_filename"),
+                        "expected a file name in the model's folder".into(),
+                    );
+                }
             }
         }
         if let Some(batching) = &self.dynamic_batching {

@@ -1,0 +1,206 @@
+"""A Triton model repository served as it is: Triton's own config.pbtxt files, byte for
+byte (tests/fixtures/triton), over ONNX models generated here; and config.pbtxt mistakes,
+each refused at load with the file, line and field named while the rest serve."""
+import pathlib
+import shutil
+import urllib.request
+import json
+
+import numpy as np
+import onnx
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import ROOT, running_wharf_addresses
+
+EXAMPLES = ROOT / "tests" / "fixtures" / "triton" / "docs" / "examples" / "model_repository"
+
+ENSEMBLE = """\
+# Two calls of `simple`: (a, b) -> (a + b, a - b) -> (2a, 2b).
+name: "simple_twice"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "A" data_type: TYPE_INT32 dims: [ 16 ] },
+        { name: "B" data_type: TYPE_INT32 dims: [ 16 ] } ]
+output [ { name: "TWICE_A" data_type: TYPE_INT32 dims: [ 16 ] },
+         { name: "TWICE_B" data_type: TYPE_INT32 dims: [ 16 ] } ]
+ensemble_scheduling {
+  step [
+    { model_name: "simple" model_version: -1
+      input_map { key: "INPUT0" value: "A" } input_map { key: "INPUT1", value: "B" }
+      output_map { key: "OUTPUT0" value: "sum" } output_map { key: "OUTPUT1" value: "diff" } },
+    { model_name: "simple" model_version: -1
+      input_map [ { key: "INPUT0" value: "sum" }, { key: "INPUT1" value: "diff" } ]
+      output_map { key: "OUTPUT0" value: "TWICE_A" } output_map { key: "OUTPUT1" value: "TWICE_B" } }
+  ]
+}
+"""
+
+
+def save(folder: pathlib.Path, graph, opset=13):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    onnx.save(model, folder / "1" / "model.onnx")
+
+
+def simple_graph(elem, name):
+    """Triton's `simple` and `simple_string`: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1
+    (strings holding integers are cast, added and cast back, as Triton's model does)."""
+    nodes, a, b = [], "INPUT0", "INPUT1"
+    if elem == TensorProto.STRING:
+        nodes += [helper.make_node("Cast", ["INPUT0"], ["a"], to=TensorProto.INT32),
+                  helper.make_node("Cast", ["INPUT1"], ["b"], to=TensorProto.INT32)]
+        a, b = "a", "b"
+    sums = ("OUTPUT0", "OUTPUT1") if elem != TensorProto.STRING else ("s", "d")
+    nodes += [helper.make_node("Add", [a, b], [sums[0]]), helper.make_node("Sub", [a, b], [sums[1]])]
+    if elem == TensorProto.STRING:
+        nodes += [helper.make_node("Cast", ["s"], ["OUTPUT0"], to=TensorProto.STRING),
+                  helper.make_node("Cast", ["d"], ["OUTPUT1"], to=TensorProto.STRING)]
+    tensor = lambda n: helper.make_tensor_value_info(n, elem, ["batch", 16])
+    return helper.make_graph(nodes, name, [tensor("INPUT0"), tensor("INPUT1")],
+                             [tensor("OUTPUT0"), tensor("OUTPUT1")])
+
+
+def densenet_weights():
+    return (np.arange(1000 * 3, dtype=np.float32).reshape(1000, 3, 1, 1) % 7) - 3
+
+
+def densenet_graph():
+    """densenet_onnx's interface, not its weights: [1, 3, 224, 224] -> the channel means ->
+    a 1x1 convolution to [1, 1000, 1, 1]."""
+    weights = numpy_helper.from_array(densenet_weights(), "w")
+    nodes = [helper.make_node("ReduceMean", ["data_0"], ["mean"], axes=[2, 3], keepdims=1),
+             helper.make_node("Conv", ["mean", "w"], ["fc6_1"])]
+    return helper.make_graph(
+        nodes, "densenet_like",
+        [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("fc6_1", TensorProto.FLOAT, [1, 1000, 1, 1])],
+        initializer=[weights])
+
+
+@pytest.fixture(scope="module")
+def triton_repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("triton_repo")
+    for name in ("simple", "simple_string", "densenet_onnx"):
+        shutil.copytree(EXAMPLES / name, repo / name)
+    save(repo / "simple", simple_graph(TensorProto.INT32, "simple"))
+    save(repo / "simple_string", simple_graph(TensorProto.STRING, "simple_string"))
+    save(repo / "densenet_onnx", densenet_graph())
+    (repo / "simple_twice").mkdir()
+    (repo / "simple_twice" / "config.pbtxt").write_text(ENSEMBLE)
+    (repo / "simple_twice" / "1").mkdir()
+    with running_wharf_addresses(repo) as addresses:
+        yield addresses
+
+
+def test_the_config_files_are_triton_s_byte_for_byte(triton_repo):
+    for name in ("simple", "simple_string", "densenet_onnx"):
+        text = (EXAMPLES / name / "config.pbtxt").read_bytes()
+        assert b"input [" in text, name  # the colon-less list Triton writes everywhere
+
+
+def test_simple_and_simple_string_answer_over_grpc_and_http(triton_repo):
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    b = np.ones((1, 16), dtype=np.int32)
+    grpc = grpcclient.InferenceServerClient(triton_repo["grpc"])
+    inputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"), grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    result = grpc.infer("simple", inputs)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+
+    http = httpclient.InferenceServerClient(triton_repo["http"])
+    words = [httpclient.InferInput("INPUT0", [1, 16], "BYTES"), httpclient.InferInput("INPUT1", [1, 16], "BYTES")]
+    words[0].set_data_from_numpy(np.array([[str(x).encode() for x in a[0]]], dtype=np.object_))
+    words[1].set_data_from_numpy(np.array([[b"1"] * 16], dtype=np.object_))
+    result = http.infer("simple_string", words)
+    assert [int(x) for x in result.as_numpy("OUTPUT0")[0]] == list(a[0] + 1)
+    assert [int(x) for x in result.as_numpy("OUTPUT1")[0]] == list(a[0] - 1)
+
+
+def test_densenet_takes_the_wire_shape_and_the_model_its_reshape(triton_repo):
+    image = np.random.default_rng(7).random((3, 224, 224), dtype=np.float32)
+    client = grpcclient.InferenceServerClient(triton_repo["grpc"])
+    metadata = client.get_model_metadata("densenet_onnx", as_json=True)
+    assert metadata["inputs"][0]["shape"] == ["3", "224", "224"]
+    assert metadata["outputs"][0]["shape"] == ["1000"]
+    request = grpcclient.InferInput("data_0", [3, 224, 224], "FP32")
+    request.set_data_from_numpy(image)
+    scores = client.infer("densenet_onnx", [request]).as_numpy("fc6_1")
+    assert scores.shape == (1000,)
+    expected = densenet_weights()[:, :, 0, 0] @ image.mean(axis=(1, 2))
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
+    # The config answered as Triton renders it: enum names, int64 as numbers, the reshape
+    # and the label file.
+    with urllib.request.urlopen(f"http://{triton_repo['http']}/v2/models/densenet_onnx/config") as answer:
+        config = json.load(answer)
+    assert config["max_batch_size"] == 0
+    assert config["input"][0]["format"] == "FORMAT_NCHW"
+    assert config["input"][0]["reshape"] == {"shape": [1, 3, 224, 224]}
+    assert config["output"][0]["reshape"] == {"shape": [1, 1000, 1, 1]}
+    assert config["output"][0]["label_filename"] == "densenet_labels.txt"
+
+
+def test_an_ensemble_written_in_text_format_serves(triton_repo):
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    b = np.full((1, 16), 5, dtype=np.int32)
+    client = httpclient.InferenceServerClient(triton_repo["http"])
+    inputs = [httpclient.InferInput("A", [1, 16], "INT32"), httpclient.InferInput("B", [1, 16], "INT32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    result = client.infer("simple_twice", inputs)
+    np.testing.assert_array_equal(result.as_numpy("TWICE_A"), 2 * a)
+    np.testing.assert_array_equal(result.as_numpy("TWICE_B"), 2 * b)
+
+
+SIMPLE_HEAD = 'name: "{name}"\nmax_batch_size: 8\n'
+GOOD_IO = ('input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] },'
+           ' { name: "INPUT1" data_type: TYPE_INT32 dims: [ 16 ] } ]\n')
+
+# Each broken config, and what its load error must say (file, line and field where the
+# parse knows them).
+BROKEN = {
+    "truncated": ("input [ { name: \"INPUT0\" data_type: TYPE_INT32", ["config.pbtxt", "line 3", "end of input"]),
+    "open_string": ("platform: \"onnxruntime_onnx\n", ["config.pbtxt", "line 3", "string is not closed"]),
+    "unknown_enum": (GOOD_IO.replace("TYPE_INT32", "TYPE_FLOAT", 1), ["config.pbtxt", "line 3, column 37", "TYPE_FLOAT"]),
+    "wrong_type": ("default_model_filename: 7\n", ["config.pbtxt", "line 3, column 25", "string"]),
+    "duplicate_scalar": ("max_batch_size: 4\n", ["config.pbtxt", "line 3", "'max_batch_size' is already set"]),
+    "two_schedulers": ("dynamic_batching { }\nsequence_batching { }\n", ["config.pbtxt", "line 4", "oneof"]),
+    "negative_dims": (GOOD_IO.replace("[ 16 ]", "[ -4 ]", 1), ["config.pbtxt", "input[0].dims", "found -4"]),
+    "dims_disagree": (GOOD_IO.replace("[ 16 ]", "[ 15 ]", 1), ["input 'INPUT0'", "[15]", "disagree with the graph"]),
+    "unknown_field": ("colour: \"red\"\n", ["config.pbtxt", "line 3, column 1", "'colour'"]),
+    "sequence": ("sequence_batching { }\n", ["config.pbtxt", "`sequence_batching` cannot be served"]),
+    "huge": ("# " + "x" * (11 << 20) + "\n", ["config.pbtxt", "over the limit"]),
+    "deep": ("optimization " + "{ " * 10_000 + "}" * 10_000 + "\n", ["config.pbtxt", "line 3", "deeper than 100"]),
+}
+
+
+def test_config_pbtxt_mistakes_are_named_and_the_rest_serve(tmp_path):
+    save(tmp_path / "good", simple_graph(TensorProto.INT32, "good"))
+    (tmp_path / "good" / "config.pbtxt").write_text(SIMPLE_HEAD.format(name="good") + GOOD_IO)
+    for name, (body, _) in BROKEN.items():
+        save(tmp_path / name, simple_graph(TensorProto.INT32, name))
+        (tmp_path / name / "config.pbtxt").write_text(SIMPLE_HEAD.format(name=name) + body)
+    # Both kinds of file in one folder is refused too.
+    save(tmp_path / "both", simple_graph(TensorProto.INT32, "both"))
+    (tmp_path / "both" / "config.pbtxt").write_text("")
+    (tmp_path / "both" / "config.yaml").write_text("")
+    with running_wharf_addresses(tmp_path, "--strict-readiness", "false") as addresses:
+        client = grpcclient.InferenceServerClient(addresses["grpc"])
+        index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
+        assert index["good"]["state"] == "READY"
+        for name, (_, words) in BROKEN.items():
+            assert index[name]["state"] == "UNAVAILABLE", (name, index[name])
+            for word in words:
+                assert word in index[name]["reason"], (name, word, index[name]["reason"])
+        assert "holds both config.yaml and config.pbtxt" in index["both"]["reason"]
+        a = np.ones((1, 16), dtype=np.int32)
+        inputs = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        for i in inputs:
+            i.set_data_from_numpy(a)
+        np.testing.assert_array_equal(client.infer("good", inputs).as_numpy("OUTPUT0"), 2 * a)
