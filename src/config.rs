@@ -147,6 +147,11 @@ pub struct LoadConfig {
     /// exists, else its config.pbtxt or config.yaml (Triton's --model-config-name)
     #[arg(long, env = "WHARF_MODEL_CONFIG_NAME")]
     pub model_config_name: Option<String>,
+    /// Serve each model as its config declares it, with nothing filled from the ONNX graph:
+    /// every input and output must be listed, and max_batch_size is 0 unless given
+    /// (Triton's --disable-auto-complete-config)
+    #[arg(long, env = "WHARF_DISABLE_AUTO_COMPLETE_CONFIG")]
+    pub disable_auto_complete_config: bool,
 }
 
 /// What changes the loaded models while serving, and when the server is ready.

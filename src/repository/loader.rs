@@ -12,6 +12,7 @@ use thiserror::Error;
 use tracing::info;
 
 use super::{
+    autocomplete,
     config::{BackendKind, ModelConfig},
     dynamic_batching,
     ensemble::{Lookup, Pipeline},
@@ -304,6 +305,18 @@ fn load_version(
         loaded = Some((|| {
             let model = open_model(&path, &task.dir, config, settings)?;
             opened = started.elapsed();
+            let completed;
+            let config = if config.backend.is_builtin() {
+                config
+            } else {
+                completed = autocomplete::complete(
+                    config,
+                    model.signature(),
+                    !settings.disable_auto_complete_config,
+                )
+                .map_err(LoadError::Config)?;
+                &completed
+            };
             // A built-in step takes one request's data as it is: its leading open dims are
             // counts of boxes or pixels, not a batch to split.
             let unbatched;
@@ -359,10 +372,11 @@ fn load_version(
                 .fallback
                 .padded_to(&batch_buckets(config, &policy));
             policy.cap_form_rows(padded.efficient_rows(policy.max_rows));
-            Ok((model, spec, policy, profile))
+            Ok((model, spec, policy, profile, config.clone()))
         })());
     });
-    let (model, spec, policy, profile) = loaded.expect("the measured closure ran")?;
+    let (model, spec, policy, profile, completed) = loaded.expect("the measured closure ran")?;
+    let config = &completed;
     let shared_bytes = kept.bytes_current.max(0) as u64;
 
     let instances = config.instance_count();

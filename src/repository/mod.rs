@@ -2,6 +2,7 @@
 //! (`loader`) and swapped (`lifecycle`), and recorded in the table requests read
 //! (`registry`).
 
+pub mod autocomplete;
 pub mod config;
 pub mod digest;
 pub mod dynamic_batching;

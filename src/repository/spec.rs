@@ -8,8 +8,9 @@ use crate::{
 };
 
 /// `max_batch_size` for a model whose graph has an open first dimension and whose config
-/// does not say: Triton users expect batching to be on for such models.
-pub const DEFAULT_MAX_BATCH_SIZE: u32 = 8;
+/// does not say: Triton's `default-max-batch-size`, so that a model batches as it would
+/// under Triton.
+pub const DEFAULT_MAX_BATCH_SIZE: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorSpec {
@@ -100,7 +101,7 @@ impl ModelSpec {
 }
 
 /// Every graph input and output has an open (or -1) leading dimension.
-fn batchable(graph: &Signature) -> bool {
+pub fn batchable(graph: &Signature) -> bool {
     graph
         .inputs
         .iter()

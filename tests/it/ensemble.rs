@@ -165,7 +165,8 @@ async fn an_ensemble_is_served_like_a_model_and_fans_rows_out_to_its_steps_limit
     assert_eq!(steps.step[0].model_name, "identity");
     assert_eq!(steps.step[0].input_map["INPUT0"], "x");
 
-    // identity takes at most 8 rows a call: 0 rows call nothing, 60 rows take 8 calls.
+    // identity (no config: Triton's default max_batch_size 4) takes at most 4 rows a
+    // call: 0 rows call nothing, 60 rows take 15 calls.
     let executions = series("wharf_executions_total", "identity");
     let batch_rows = series("wharf_batch_rows_count", "identity");
     for n in [0usize, 1, 7, 8, 9, 17, 60] {
@@ -183,12 +184,12 @@ async fn an_ensemble_is_served_like_a_model_and_fans_rows_out_to_its_steps_limit
             "{n} rows come back in order"
         );
         let calls = metric(&t.server, &executions).await - before;
-        assert_eq!(calls as usize, n.div_ceil(8), "{n} rows");
+        assert_eq!(calls as usize, n.div_ceil(4), "{n} rows");
     }
     let scraped = samples(&scrape(&t.server).await);
     let sum = scraped[&series("wharf_batch_rows_sum", "identity")];
     assert_eq!(sum, 102.0, "every row computed once");
-    assert_eq!(scraped[&batch_rows], 16.0, "calls of at most 8 rows");
+    assert_eq!(scraped[&batch_rows], 28.0, "calls of at most 4 rows");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
