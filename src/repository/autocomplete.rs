@@ -35,13 +35,11 @@ pub fn complete(
     if config.input.is_some() && config.output.is_some() {
         return Ok(completed);
     }
-    let max = *completed
-        .max_batch_size
-        .get_or_insert(if batchable(graph) {
-            DEFAULT_MAX_BATCH_SIZE
-        } else {
-            0
-        });
+    let max = *completed.max_batch_size.get_or_insert(if batchable(graph) {
+        DEFAULT_MAX_BATCH_SIZE
+    } else {
+        0
+    });
     if max > 1 && completed.dynamic_batching.is_none() {
         completed.dynamic_batching = Some(DynamicBatching {
             preferred_batch_size: vec![max],

@@ -6,6 +6,7 @@ pub mod autocomplete;
 pub mod config;
 pub mod digest;
 pub mod dynamic_batching;
+pub mod effective;
 pub mod engine;
 pub mod ensemble;
 pub mod gpu_budget;
@@ -224,7 +225,7 @@ fn scan_model(name: &str, dir: &Path, custom: Option<&str>) -> ModelEntry {
 
 /// A model folder's config (its config file, or `given` in its place) and the versions
 /// its version policy selects, or why it cannot load at all.
-fn read_model(
+pub(crate) fn read_model(
     name: &str,
     dir: &Path,
     given: Option<ModelConfig>,

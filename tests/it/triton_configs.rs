@@ -79,7 +79,10 @@ const REFUSALS: [(&str, &str); 15] = [
         "a zero dimension (Triton: dimension must be integer >= 1, or -1)",
     ),
     ("expected u32", "a negative max_batch_size or GPU id"),
-    ("a reshape keeps the element count", "a reshape of another element count (Triton: different size for dims and reshape)"),
+    (
+        "a reshape keeps the element count",
+        "a reshape of another element count (Triton: different size for dims and reshape)",
+    ),
 ];
 
 /// Ensembles that Triton's tests write wrong on purpose, each with its `expected` error.

@@ -9,6 +9,7 @@ import pathlib
 import re
 import statistics
 import subprocess
+import shutil
 import tempfile
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import PIPELINE, ROOT, pipeline_repository, running_wharf
+from conftest import PIPELINE, ROOT, WHARF, pipeline_repository, running_wharf, running_wharf_addresses
 from ocr_images import render, render_varied
 
 PAGES = 12
@@ -346,3 +347,23 @@ def test_resampling_is_opencv_to_the_bit(ocr):
             want = rapidocr_cls_input(bgr, box)
             differ = int((crops[i].view(np.uint32) != want.view(np.uint32)).sum())
             assert differ == 0, (name, i, box, differ, "of", want.size)
+
+
+def test_the_pipeline_converted_to_config_pbtxt_reads_the_cheque_the_same(ocr, tmp_path):
+    """`wharf config --format pbtxt` converts the shipped repository to Triton's format;
+    served from config.pbtxt files alone, the cheque reads as it does from the YAML."""
+    yaml_repo, pbtxt_repo = tmp_path / "yaml", tmp_path / "pbtxt"
+    pipeline_repository(yaml_repo, "onnxruntime")
+    subprocess.run([WHARF, "config", "--model-repository", str(yaml_repo), "--format", "pbtxt",
+                    "--write-to", str(pbtxt_repo)], check=True)
+    for name in PIPELINE:
+        shutil.copytree(yaml_repo / name, pbtxt_repo / name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("config.yaml"))
+    assert not list(pbtxt_repo.rglob("config.yaml"))
+    assert "ensemble_scheduling {" in (pbtxt_repo / "ppocr" / "config.pbtxt").read_text()
+    cheque = (ROOT / "benches" / "data" / "cheque.png").read_bytes()
+    with running_wharf_addresses(pbtxt_repo, "--max-request-size", "8MiB") as addresses:
+        client = grpcclient.InferenceServerClient(addresses["grpc"])
+        from_pbtxt = lines_of(read(client, cheque))
+    assert len(from_pbtxt) > 10
+    assert from_pbtxt == lines_of(read(ocr, cheque))

@@ -257,3 +257,32 @@ def test_auto_complete_off_serves_only_declared_configs(tmp_path):
         assert "auto-complete is off" in index["no_config"]["reason"], index["no_config"]
         config = client.get_model_config("simple", as_json=True)["config"]
         assert config["max_batch_size"] == 8 and "dynamic_batching" not in config
+
+
+def test_wharf_config_converts_and_lists_every_problem(tmp_path):
+    from conftest import WHARF
+    import subprocess
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLES / "simple", repo / "simple")
+    save(repo / "simple", simple_graph(TensorProto.INT32, "simple"))
+    for name, (body, _) in list(BROKEN.items())[:2]:
+        save(repo / name, simple_graph(TensorProto.INT32, name))
+        (repo / name / "config.pbtxt").write_text(SIMPLE_HEAD.format(name=name) + body)
+    run = lambda *args: subprocess.run([WHARF, "config", "--model-repository", *args],
+                                       capture_output=True, text=True)
+    checked = run(str(repo))
+    assert checked.returncode == 1
+    for name in list(BROKEN)[:2]:
+        assert f"{name}: " in checked.stderr and "config.pbtxt: line" in checked.stderr, checked.stderr
+    assert '# simple\nname: "simple"' in checked.stdout
+    assert "input [\n  {\n    name: \"INPUT0\"" in checked.stdout
+
+    # Triton's file to wharf's YAML and back: the same effective config each way.
+    yaml_dir = tmp_path / "yaml"
+    converted = run(str(repo), "--format", "yaml", "--write-to", str(yaml_dir), "simple")
+    assert converted.returncode == 0, converted.stderr
+    shutil.copytree(repo / "simple" / "1", yaml_dir / "simple" / "1")
+    assert not (yaml_dir / "simple" / "config.pbtxt").exists()
+    as_json = lambda root: json.loads(run(str(root), "--format", "json", "simple").stdout)
+    assert as_json(yaml_dir) == as_json(repo)
+    assert as_json(repo)["max_batch_size"] == 8 and as_json(repo)["input"][0]["dims"] == [16]

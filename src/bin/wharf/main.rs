@@ -1,6 +1,8 @@
-//! The `wharf` command: `serve` a model repository over gRPC, or `check` that it loads.
+//! The `wharf` command: `serve` a model repository, `check` that it loads, or print its
+//! effective `config`.
 
 mod bench;
+mod config_cmd;
 #[cfg(feature = "onnxruntime")]
 mod engine_calls;
 
@@ -46,6 +48,9 @@ enum Command {
     EngineCalls(engine_calls::EngineCallsArgs),
     /// Load and warm every model, print each one's state, exit 1 if any failed.
     Check(LoadConfig),
+    /// Print each model's effective config (Triton's text format, YAML or JSON), or write
+    /// them out to convert a repository; exit 1 listing every config that cannot serve.
+    Config(config_cmd::ConfigArgs),
 }
 
 #[derive(Args)]
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Check(load) => check(load),
+        Command::Config(args) => config_cmd::run(&args),
         Command::Bench(args) => bench(args),
         #[cfg(feature = "onnxruntime")]
         Command::EngineCalls(args) => engine_calls::run(&args).map(|report| {

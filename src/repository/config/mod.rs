@@ -16,7 +16,8 @@ use crate::tensor::DataType;
 
 mod pbtxt;
 mod read;
-mod text_format;
+pub mod text_format;
+mod triton;
 mod validate;
 
 pub use read::{locate, PBTXT_FILE, YAML_FILE};

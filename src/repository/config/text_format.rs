@@ -2,7 +2,9 @@
 //! prost-reflect's parser: a list of messages without a colon (`input [ {..} ]`) gets one,
 //! and nesting past protobuf's own recursion limit is refused before the recursive parser
 //! could overflow the stack. Strings and `#` comments are skipped as the lexer skips them,
-//! so a `[` inside either is never touched.
+//! so a `[` inside either is never touched. `write` gives a message back in the same style.
+
+use prost_reflect::{DynamicMessage, Kind, ReflectMessage, Value};
 
 /// protobuf's default recursion limit (C++ `TextFormat::Parser`), which Triton's parse uses.
 pub const MAX_NESTING: usize = 100;
@@ -106,6 +108,91 @@ pub fn prepare(text: &str) -> Result<Prepared, (usize, String)> {
         text: out,
         inserted,
     })
+}
+
+/// `message` in text format as Triton's own files write it: fields in declaration order,
+/// lists of messages as `input [ {..}, {..} ]`, scalar lists as `dims: [ 3, 224 ]`, map
+/// entries as `key`/`value` messages sorted by key, so the output is the same every time.
+pub fn write(message: &DynamicMessage) -> String {
+    let mut out = String::new();
+    write_fields(message, 0, &mut out);
+    out
+}
+
+fn write_fields(message: &DynamicMessage, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    for field in message.descriptor().fields() {
+        if !message.has_field(&field) {
+            continue;
+        }
+        let name = field.name();
+        match &*message.get_field(&field) {
+            Value::List(items) if matches!(field.kind(), Kind::Message(_)) => {
+                out.push_str(&format!("{pad}{name} [\n"));
+                for (i, item) in items.iter().enumerate() {
+                    out.push_str(&format!("{pad}  {{\n"));
+                    write_fields(item.as_message().expect("a message list"), indent + 4, out);
+                    let comma = if i + 1 < items.len() { "," } else { "" };
+                    out.push_str(&format!("{pad}  }}{comma}\n"));
+                }
+                out.push_str(&format!("{pad}]\n"));
+            }
+            Value::List(items) => {
+                let items: Vec<String> = items.iter().map(|v| scalar(v, &field.kind())).collect();
+                out.push_str(&format!("{pad}{name}: [ {} ]\n", items.join(", ")));
+            }
+            Value::Map(entries) => {
+                let Kind::Message(entry) = field.kind() else {
+                    unreachable!("a map field's kind is its entry message")
+                };
+                let value_kind = entry.map_entry_value_field().kind();
+                let mut sorted: Vec<_> = entries.iter().collect();
+                sorted.sort_by_key(|(key, _)| format!("{key:?}"));
+                for (key, value) in sorted {
+                    let key = scalar(
+                        &Value::from(key.clone()),
+                        &entry.map_entry_key_field().kind(),
+                    );
+                    out.push_str(&format!("{pad}{name} {{\n{pad}  key: {key}\n"));
+                    match value.as_message() {
+                        Some(inner) => {
+                            out.push_str(&format!("{pad}  value {{\n"));
+                            write_fields(inner, indent + 4, out);
+                            out.push_str(&format!("{pad}  }}\n"));
+                        }
+                        None => {
+                            out.push_str(&format!("{pad}  value: {}\n", scalar(value, &value_kind)))
+                        }
+                    }
+                    out.push_str(&format!("{pad}}}\n"));
+                }
+            }
+            Value::Message(inner) => {
+                out.push_str(&format!("{pad}{name} {{\n"));
+                write_fields(inner, indent + 2, out);
+                out.push_str(&format!("{pad}}}\n"));
+            }
+            value => out.push_str(&format!("{pad}{name}: {}\n", scalar(value, &field.kind()))),
+        }
+    }
+}
+
+/// A scalar as text format writes it: strings quoted and escaped, enums by name.
+fn scalar(value: &Value, kind: &Kind) -> String {
+    match (value, kind) {
+        (Value::String(s), _) => format!("{s:?}"),
+        (Value::EnumNumber(n), Kind::Enum(e)) => e
+            .get_value(*n)
+            .map_or_else(|| n.to_string(), |v| v.name().to_owned()),
+        (Value::Bool(b), _) => b.to_string(),
+        (Value::I32(n), _) => n.to_string(),
+        (Value::I64(n), _) => n.to_string(),
+        (Value::U32(n), _) => n.to_string(),
+        (Value::U64(n), _) => n.to_string(),
+        (Value::F32(n), _) => n.to_string(),
+        (Value::F64(n), _) => n.to_string(),
+        (other, _) => format!("{other:?}"),
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
