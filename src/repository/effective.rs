@@ -118,31 +118,4 @@ impl Effective {
         }
         serde_yaml::to_string(&json).expect("JSON values serialise to YAML")
     }
-
-    /// What Triton's format cannot say of this config (wharf's own keys), one line each.
-    pub fn lost_in_pbtxt(&self) -> Vec<String> {
-        let c = &self.config;
-        let mut lost = Vec::new();
-        if c.backend_fallbacks.is_empty() && c.backend == super::config::BackendKind::Onnxruntime {
-            lost.push(
-                "backend onnxruntime without a fallback: in config.pbtxt, onnxruntime falls back \
-                 to tract where ONNX Runtime is absent"
-                    .to_owned(),
-            );
-        }
-        if c.instance_group
-            .iter()
-            .flatten()
-            .any(|g| g.memory_budget.is_some())
-        {
-            lost.push("instance_group memory_budget: wharf's key, not Triton's".to_owned());
-        }
-        if c.version_traffic.is_some() {
-            lost.push("version_traffic: wharf's key, not Triton's".to_owned());
-        }
-        if matches!(c.model_warmup, Some(super::config::Warmup::Enabled(false))) {
-            lost.push("model_warmup: false: wharf's form, not Triton's".to_owned());
-        }
-        lost
-    }
 }

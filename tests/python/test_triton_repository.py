@@ -286,3 +286,48 @@ def test_wharf_config_converts_and_lists_every_problem(tmp_path):
     as_json = lambda root: json.loads(run(str(root), "--format", "json", "simple").stdout)
     assert as_json(yaml_dir) == as_json(repo)
     assert as_json(repo)["max_batch_size"] == 8 and as_json(repo)["input"][0]["dims"] == [16]
+
+
+def simple_inputs():
+    a = np.ones((1, 16), dtype=np.int32)
+    inputs = [grpcclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+    for i in inputs:
+        i.set_data_from_numpy(a)
+    return inputs
+
+
+def test_a_broken_config_pbtxt_in_poll_mode_leaves_the_old_version_serving(tmp_path):
+    from test_model_control import Polls
+    shutil.copytree(EXAMPLES / "simple", tmp_path / "simple")
+    save(tmp_path / "simple", simple_graph(TensorProto.INT32, "simple"))
+    flags = ("--model-control-mode", "poll", "--repository-poll-secs", "1")
+    with running_wharf_addresses(tmp_path, *flags) as addresses:
+        client = grpcclient.InferenceServerClient(addresses["grpc"])
+        polls = Polls(addresses["metrics"])
+        config = tmp_path / "simple" / "config.pbtxt"
+        good = config.read_text()
+        config.write_text(good[: good.index("output")] + "output [ { name: \"OUTPUT0\"")
+        polls.wait(3)
+        model = client.get_model_repository_index(as_json=True)["models"][0]
+        assert "config.pbtxt: line" in model.get("reason", ""), model
+        assert client.is_model_ready("simple")
+        assert client.infer("simple", simple_inputs()).as_numpy("OUTPUT0")[0, 0] == 2
+        config.write_text(good.replace("max_batch_size: 8", "max_batch_size: 4"))
+        polls.wait(3)
+        assert client.get_model_config("simple").config.max_batch_size == 4
+
+
+def test_model_config_name_and_a_triton_load_override(tmp_path):
+    shutil.copytree(EXAMPLES / "simple", tmp_path / "simple")
+    save(tmp_path / "simple", simple_graph(TensorProto.INT32, "simple"))
+    (tmp_path / "simple" / "configs").mkdir()
+    (tmp_path / "simple" / "configs" / "small.pbtxt").write_text(
+        (EXAMPLES / "simple" / "config.pbtxt").read_text().replace("max_batch_size: 8", "max_batch_size: 2"))
+    flags = ("--model-config-name", "small", "--model-control-mode", "explicit", "--load-model", "*")
+    with running_wharf_addresses(tmp_path, *flags) as addresses:
+        client = grpcclient.InferenceServerClient(addresses["grpc"])
+        assert client.get_model_config("simple").config.max_batch_size == 2
+        # Triton's model-control example: a quoted number is valid protobuf JSON.
+        client.load_model("simple", config='{"max_batch_size": "16", "backend": "onnxruntime"}')
+        assert client.get_model_config("simple").config.max_batch_size == 16
+        assert client.infer("simple", simple_inputs()).as_numpy("OUTPUT1")[0, 0] == 0

@@ -51,12 +51,7 @@ pub fn run(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
             eprintln!("{name}: warning: {warning}");
         }
         let (text, extension) = match args.format {
-            Format::Pbtxt => {
-                for lost in effective.lost_in_pbtxt() {
-                    eprintln!("{name}: warning: not in config.pbtxt: {lost}");
-                }
-                (effective.to_pbtxt(), "pbtxt")
-            }
+            Format::Pbtxt => (effective.to_pbtxt(), "pbtxt"),
             Format::Yaml => (effective.to_yaml(), "yaml"),
             Format::Json => (
                 serde_json::to_string_pretty(&effective.to_json())? + "\n",

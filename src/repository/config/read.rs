@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{pbtxt, ModelConfig, Parameters};
+use std::num::NonZeroU32;
+
+use super::{pbtxt, BackendKind, InstanceGroup, InstanceKind, ModelConfig, Parameters, Warmup};
 
 /// The config files a model folder may hold, by reader.
 pub const YAML_FILE: &str = "config.yaml";
@@ -106,6 +108,7 @@ impl ModelConfig {
                 format!("key `{key}`: {inner}")
             }
         })?;
+        config.lift_wharf_parameters()?;
         config.split_preference()?;
         config.validate()?;
         if config.is_ensemble() {
@@ -116,5 +119,112 @@ impl ModelConfig {
         config.params = Parameters::parse(&config.parameters, config.engine_kind())
             .map_err(|(key, what)| format!("key `{key}`: {what}"))?;
         Ok(config)
+    }
+}
+
+/// wharf's own settings, which Triton's schema has no field for, as `parameters` keys, so
+/// that a `config.pbtxt` stays valid Triton text format; YAML may use them too.
+pub const ENGINES_KEY: &str = "engines";
+pub const MEMORY_BUDGET_KEY: &str = "memory_budget";
+pub const VERSION_TRAFFIC_KEY: &str = "version_traffic";
+pub const MODEL_WARMUP_KEY: &str = "model_warmup";
+
+impl ModelConfig {
+    /// Takes wharf's own keys out of `parameters` into the fields they set: `engines`
+    /// ("onnxruntime,tract"), `memory_budget` (per instance, every group), `version_traffic`
+    /// ("1:90,2:10") and `model_warmup` ("false"). A key that contradicts its field is an
+    /// error naming both.
+    fn lift_wharf_parameters(&mut self) -> Result<(), String> {
+        use serde::Deserialize;
+        let mut take = |key: &str| self.parameters.remove(key).map(|v| v.string_value);
+        let (engines, budget, traffic, warmup) = (
+            take(ENGINES_KEY),
+            take(MEMORY_BUDGET_KEY),
+            take(VERSION_TRAFFIC_KEY),
+            take(MODEL_WARMUP_KEY),
+        );
+        let at = |key: &str, what: String| format!("key `parameters.{key}`: {what}");
+        if let Some(engines) = engines {
+            let names: Vec<&str> = engines.split(',').map(str::trim).collect();
+            let kinds = names
+                .iter()
+                .map(|n| {
+                    BackendKind::deserialize(serde::de::value::StrDeserializer::<
+                        serde::de::value::Error,
+                    >::new(n))
+                    .map_err(|_| at(ENGINES_KEY, format!("`{n}` is not one of wharf's engines")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if let (Some(first), Some(given)) = (kinds.first(), self.backend_preference.first()) {
+                if first != given {
+                    return Err(at(
+                        ENGINES_KEY,
+                        format!(
+                            "starts with {} but backend is {}; name the same engine first",
+                            first.as_str(),
+                            given.as_str()
+                        ),
+                    ));
+                }
+            }
+            self.backend_preference = kinds;
+        }
+        if let Some(budget) = budget {
+            let size: bytesize::ByteSize = budget.parse().map_err(|_| {
+                at(
+                    MEMORY_BUDGET_KEY,
+                    format!("expected a size such as 512MiB, found `{budget}`"),
+                )
+            })?;
+            let groups = self.instance_group.get_or_insert_with(|| {
+                vec![InstanceGroup {
+                    name: None,
+                    count: NonZeroU32::MIN,
+                    kind: InstanceKind::Auto,
+                    gpus: Vec::new(),
+                    memory_budget: None,
+                }]
+            });
+            for group in groups {
+                group.memory_budget.get_or_insert(size);
+            }
+        }
+        if let Some(traffic) = traffic {
+            let shares = traffic
+                .split(',')
+                .map(|pair| {
+                    let (version, share) = pair.split_once(':')?;
+                    Some((version.trim().parse().ok()?, share.trim().parse().ok()?))
+                })
+                .collect::<Option<_>>()
+                .ok_or_else(|| {
+                    at(
+                        VERSION_TRAFFIC_KEY,
+                        format!("expected shares such as 1:90,2:10, found `{traffic}`"),
+                    )
+                })?;
+            if self.version_traffic.replace(shares).is_some() {
+                return Err(at(
+                    VERSION_TRAFFIC_KEY,
+                    "version_traffic is given twice".into(),
+                ));
+            }
+        }
+        if let Some(warmup) = warmup {
+            let on: bool = warmup.parse().map_err(|_| {
+                at(
+                    MODEL_WARMUP_KEY,
+                    format!("expected true or false, found `{warmup}`"),
+                )
+            })?;
+            if matches!(self.model_warmup, Some(Warmup::Samples(_))) {
+                return Err(at(
+                    MODEL_WARMUP_KEY,
+                    "the config also lists warm-up samples".into(),
+                ));
+            }
+            self.model_warmup = Some(Warmup::Enabled(on));
+        }
+        Ok(())
     }
 }

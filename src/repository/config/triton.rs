@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 
-use super::{Format, InstanceKind, ModelConfig, TensorConfig, VersionPolicy, Warmup};
+use super::{
+    read::{ENGINES_KEY, MEMORY_BUDGET_KEY, MODEL_WARMUP_KEY, VERSION_TRAFFIC_KEY},
+    BackendKind, Format, InstanceKind, ModelConfig, TensorConfig, VersionPolicy, Warmup,
+};
 use crate::{
     proto as pb,
     repository::spec::{ModelSpec, TensorSpec},
@@ -31,14 +34,9 @@ impl ModelConfig {
         let parameters: HashMap<String, pb::ModelParameter> = self
             .parameters
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    pb::ModelParameter {
-                        string_value: v.string_value.clone(),
-                    },
-                )
-            })
+            .map(|(k, v)| (k.clone(), v.string_value.clone()))
+            .chain(self.wharf_parameters())
+            .map(|(k, string_value)| (k, pb::ModelParameter { string_value }))
             .collect();
         let (platform, backend, filename, groups, scheduling) = if self.is_ensemble() {
             let steps = self.ensemble_scheduling.iter().flat_map(|s| &s.step);
@@ -157,6 +155,35 @@ impl ModelConfig {
         }
     }
 
+    /// wharf's own settings as the `parameters` keys that carry them in Triton's format
+    /// (`read.rs` takes them back out).
+    fn wharf_parameters(&self) -> Vec<(String, String)> {
+        let mut keys = Vec::new();
+        // `backend: "onnxruntime"` alone means ONNX Runtime, else tract.
+        let implied = match self.backend {
+            BackendKind::Onnxruntime => vec![BackendKind::Tract],
+            _ => Vec::new(),
+        };
+        if !self.is_ensemble() && self.backend_fallbacks != implied {
+            let engines: Vec<&str> = std::iter::once(self.backend)
+                .chain(self.backend_fallbacks.iter().copied())
+                .map(BackendKind::as_str)
+                .collect();
+            keys.push((ENGINES_KEY.to_owned(), engines.join(",")));
+        }
+        if let Some(budget) = self.memory_budget() {
+            keys.push((MEMORY_BUDGET_KEY.to_owned(), budget.to_string()));
+        }
+        if let Some(traffic) = &self.version_traffic {
+            let shares: Vec<String> = traffic.iter().map(|(v, s)| format!("{v}:{s}")).collect();
+            keys.push((VERSION_TRAFFIC_KEY.to_owned(), shares.join(",")));
+        }
+        if let Some(Warmup::Enabled(false)) = self.model_warmup {
+            keys.push((MODEL_WARMUP_KEY.to_owned(), "false".to_owned()));
+        }
+        keys
+    }
+
     /// Triton's warm-up samples, where the config lists them (wharf's `true`, the default,
     /// and `false` have no Triton form).
     fn warmup_samples(&self) -> Vec<pb::ModelWarmup> {
@@ -218,5 +245,59 @@ impl ModelConfig {
                 ..Default::default()
             }],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    /// `config` written as config.pbtxt and read back.
+    fn through_pbtxt(config: &ModelConfig) -> ModelConfig {
+        let spec = ModelSpec {
+            max_batch_size: 0,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        };
+        let message = prost_reflect::DynamicMessage::decode(
+            pb::message("ModelConfig"),
+            config.to_triton("m", &spec).encode_to_vec().as_slice(),
+        )
+        .unwrap();
+        let text = super::super::text_format::write(&message);
+        ModelConfig::from_pbtxt(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    #[test]
+    fn wharf_s_own_keys_survive_triton_s_format() {
+        let yaml = ModelConfig::from_yaml(
+            "backend: onnxruntime\ninstance_group: [{count: 2, kind: KIND_CPU, memory_budget: 512MiB}]\n\
+             version_traffic: {1: 90, 2: 10}\nmodel_warmup: false\n\
+             parameters: {intra_op_thread_count: {string_value: \"2\"}}",
+        )
+        .unwrap();
+        let back = through_pbtxt(&yaml);
+        assert_eq!(back.backend, BackendKind::Onnxruntime);
+        assert!(back.backend_fallbacks.is_empty(), "strict stays strict");
+        assert_eq!(back.memory_budget(), Some(512 << 20));
+        assert_eq!(back.instance_count(), 2);
+        assert_eq!(back.version_traffic, yaml.version_traffic);
+        assert!(matches!(back.model_warmup, Some(Warmup::Enabled(false))));
+        assert_eq!(back.params, yaml.params);
+        // The shipped preference needs no key: backend "onnxruntime" means it.
+        let preferred = ModelConfig::from_yaml("backend: [onnxruntime, tract]").unwrap();
+        let back = through_pbtxt(&preferred);
+        assert_eq!(back.backend_fallbacks, vec![BackendKind::Tract]);
+        assert!(back.parameters.is_empty());
+        let err = ModelConfig::from_pbtxt(
+            "backend: \"tract\" parameters { key: \"engines\" value { string_value: \"onnxruntime\" } }",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("parameters.engines") && err.contains("backend is tract"),
+            "{err}"
+        );
     }
 }
