@@ -65,6 +65,43 @@ def simple_graph(elem, name):
                              [tensor("OUTPUT0"), tensor("OUTPUT1")])
 
 
+def add_sub_graph(name, inputs, outputs):
+    """Triton's qa `onnx_<in>_<out0>_<out1>` models: OUTPUT0 = INPUT0 + INPUT1 and OUTPUT1 =
+    INPUT0 - INPUT1, strings ("object") holding integers cast on the way in and out."""
+    nodes, a, b, kind = [], "INPUT0", "INPUT1", inputs
+    if inputs == TensorProto.STRING:
+        nodes += [helper.make_node("Cast", [n], [n + "_i"], to=TensorProto.INT32) for n in (a, b)]
+        a, b, kind = "INPUT0_i", "INPUT1_i", TensorProto.INT32
+    nodes += [helper.make_node("Add", [a, b], ["sum"]), helper.make_node("Sub", [a, b], ["diff"])]
+    for result, output in (("sum", "OUTPUT0"), ("diff", "OUTPUT1")):
+        nodes.append(helper.make_node("Cast", [result], [output], to=outputs) if outputs != kind
+                     else helper.make_node("Identity", [result], [output]))
+    tensor = lambda n, t: helper.make_tensor_value_info(n, t, ["batch", 16])
+    return helper.make_graph(nodes, name, [tensor("INPUT0", inputs), tensor("INPUT1", inputs)],
+                             [tensor("OUTPUT0", outputs), tensor("OUTPUT1", outputs)])
+
+
+QA_TYPES = {"int32": TensorProto.INT32, "float32": TensorProto.FLOAT, "object": TensorProto.STRING}
+QA_ENSEMBLE = ROOT / "tests" / "fixtures" / "triton" / "qa" / "ensemble_models" / "mix_type_int32_float32_float32"
+
+
+def qa_step_models(repo):
+    """The step models Triton's mix_type ensemble names, with configs as Triton's qa writes
+    them (max_batch_size 8, dims [16], version 1)."""
+    for name in ("int32_int32_int32", "int32_object_object", "object_int32_int32",
+                 "int32_float32_float32", "float32_float32_float32"):
+        kind_in, kind_out, _ = name.split("_")
+        folder = repo / f"onnx_{name}"
+        save(folder, add_sub_graph(f"onnx_{name}", QA_TYPES[kind_in], QA_TYPES[kind_out]))
+        dtype = lambda k: {"int32": "TYPE_INT32", "float32": "TYPE_FP32", "object": "TYPE_STRING"}[k]
+        tensors = lambda side, names, k: " ".join(
+            f'{side} {{ name: "{n}" data_type: {dtype(k)} dims: [ 16 ] }}' for n in names)
+        (folder / "config.pbtxt").write_text(
+            f'name: "onnx_{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+            f'{tensors("input", ("INPUT0", "INPUT1"), kind_in)}\n'
+            f'{tensors("output", ("OUTPUT0", "OUTPUT1"), kind_out)}\n')
+
+
 def densenet_weights():
     return (np.arange(1000 * 3, dtype=np.float32).reshape(1000, 3, 1, 1) % 7) - 3
 
@@ -90,6 +127,9 @@ def triton_repo(tmp_path_factory):
     save(repo / "simple", simple_graph(TensorProto.INT32, "simple"))
     save(repo / "simple_string", simple_graph(TensorProto.STRING, "simple_string"))
     save(repo / "densenet_onnx", densenet_graph())
+    qa_step_models(repo)
+    shutil.copytree(QA_ENSEMBLE, repo / QA_ENSEMBLE.name)
+    (repo / QA_ENSEMBLE.name / "1").mkdir()
     (repo / "simple_twice").mkdir()
     (repo / "simple_twice" / "config.pbtxt").write_text(ENSEMBLE)
     (repo / "simple_twice" / "1").mkdir()
@@ -144,6 +184,21 @@ def test_densenet_takes_the_wire_shape_and_the_model_its_reshape(triton_repo):
     assert config["input"][0]["reshape"] == {"shape": [1, 3, 224, 224]}
     assert config["output"][0]["reshape"] == {"shape": [1, 1000, 1, 1]}
     assert config["output"][0]["label_filename"] == "densenet_labels.txt"
+
+
+def test_triton_s_mix_type_ensemble_serves_as_written(triton_repo):
+    """qa/ensemble_models/mix_type_int32_float32_float32, byte for byte: seven steps through
+    INT32, strings and FP32 that come back to (a + b, a - b) as FP32."""
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    b = np.full((1, 16), 3, dtype=np.int32)
+    client = grpcclient.InferenceServerClient(triton_repo["grpc"])
+    inputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"), grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    result = client.infer(QA_ENSEMBLE.name, inputs)
+    assert result.as_numpy("OUTPUT0").dtype == np.float32
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), (a + b).astype(np.float32))
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), (a - b).astype(np.float32))
 
 
 def test_an_ensemble_written_in_text_format_serves(triton_repo):
