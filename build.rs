@@ -19,6 +19,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &["proto/grpc_service.proto", "proto/model_config.proto"],
             &["proto"],
         )?;
+    // Without the protos' comments (Triton's model_config.proto is mostly documentation):
+    // the set is compiled into the binary for reflection and the config reader, which
+    // need names and numbers only.
+    let descriptors = out.join("inference_descriptor.bin");
+    let mut set = <prost_types::FileDescriptorSet as prost::Message>::decode(
+        std::fs::read(&descriptors)?.as_slice(),
+    )?;
+    for file in &mut set.file {
+        file.source_code_info = None;
+    }
+    std::fs::write(&descriptors, prost::Message::encode_to_vec(&set))?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }
