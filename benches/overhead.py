@@ -53,8 +53,12 @@ def simple_repo(root):
         [helper.make_tensor_value_info(n, TensorProto.INT32, ["batch", 16]) for n in ("OUTPUT0", "OUTPUT1")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    # `simple` lists its tensors, as Triton's does: auto-complete would otherwise give a
+    # batching model without a scheduler dynamic batching, as Triton's does.
+    tensors = lambda names: "".join(f"  - {{ name: {n}, data_type: TYPE_INT32, dims: [16] }}\n" for n in names)
+    io = "input:\n" + tensors(["INPUT0", "INPUT1"]) + "output:\n" + tensors(["OUTPUT0", "OUTPUT1"])
     configs = {
-        "simple": "max_batch_size: 8\n",
+        "simple": "max_batch_size: 8\n" + io,
         "simple_batched": "max_batch_size: 8\ndynamic_batching: {}\n",
     }
     for name, config in configs.items():
