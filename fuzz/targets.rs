@@ -39,7 +39,7 @@ fn build_spec() -> ModelSpec {
 
 /// A decoded request through the protocol checks and then the model's.
 pub fn decode_and_validate(request: ModelInferRequest, spec: &ModelSpec) {
-    if let Ok((decoded, _form)) = decode_request(request, LIMIT) {
+    if let Ok(decoded) = decode_request(request, LIMIT) {
         let _ = validate::inputs("add_sub", spec, decoded.inputs);
     }
 }

@@ -17,20 +17,12 @@ use crate::{
     tensor::{parse_bytes_framing, shape_string, DataType, Tensor, TensorData},
 };
 
-/// How the response carries its outputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputForm {
-    Raw,
-    Typed,
-}
-
 /// Decodes a request, refusing anything malformed or larger than `limit` bytes of tensor
-/// data in all. Returns the form the outputs should take: raw when the request was raw (as
-/// Triton does) or when any requested output sets `binary_data: true`.
+/// data in all. Its answer is raw whatever form the request took, as Triton's is.
 pub fn decode_request(
     request: ModelInferRequest,
     limit: usize,
-) -> Result<(InferRequest, OutputForm), InferError> {
+) -> Result<InferRequest, InferError> {
     let raw = !request.raw_input_contents.is_empty();
     if raw {
         if let Some(mixed) = request.inputs.iter().find(|i| i.contents.is_some()) {
@@ -61,15 +53,6 @@ pub fn decode_request(
         }
         inputs.push(tensor);
     }
-    let wants_binary = request
-        .outputs
-        .iter()
-        .any(|o| bool_param(&o.parameters, "binary_data") == Some(true));
-    let form = if raw || wants_binary {
-        OutputForm::Raw
-    } else {
-        OutputForm::Typed
-    };
     let decoded = InferRequest {
         model_name: request.model_name,
         model_version: request.model_version,
@@ -81,7 +64,7 @@ pub fn decode_request(
         deadline: None,
         protocol: Protocol::Grpc,
     };
-    Ok((decoded, form))
+    Ok(decoded)
 }
 
 /// A reserved integer parameter (`priority`, `timeout` in microseconds); tritonclient
@@ -97,16 +80,6 @@ fn uint_param(
         Some(other) => Err(InferError::invalid(format!(
             "parameter '{key}' must be a non-negative integer, found {other:?}"
         ))),
-    }
-}
-
-fn bool_param(
-    params: &std::collections::HashMap<String, InferParameter>,
-    key: &str,
-) -> Option<bool> {
-    match params.get(key)?.parameter_choice {
-        Some(ParameterChoice::BoolParam(b)) => Some(b),
-        _ => None,
     }
 }
 
@@ -301,35 +274,21 @@ where
     Ok(TensorData::Fixed(out.into()))
 }
 
-pub fn encode_response(response: InferResponse, form: OutputForm) -> ModelInferResponse {
-    // FP16 and BF16 have no typed field: a response holding one travels raw.
-    let form = if response
-        .outputs
-        .iter()
-        .any(|o| typed_field(o.datatype).is_none())
-    {
-        OutputForm::Raw
-    } else {
-        form
-    };
-    let mut raw_output_contents = Vec::new();
+/// The answer with every output in `raw_output_contents`, as Triton always answers over
+/// gRPC (clients such as Triton's `grpc_explicit_*_content_client` read only that).
+pub fn encode_response(response: InferResponse) -> ModelInferResponse {
+    let mut raw_output_contents = Vec::with_capacity(response.outputs.len());
     let outputs = response
         .outputs
         .into_iter()
         .map(|t| {
-            let contents = match form {
-                OutputForm::Raw => {
-                    raw_output_contents.push(t.to_raw());
-                    None
-                }
-                OutputForm::Typed => Some(typed_contents(&t)),
-            };
+            raw_output_contents.push(t.to_raw());
             InferOutputTensor {
                 name: t.name,
                 datatype: t.datatype.as_str().to_owned(),
                 shape: t.shape.iter().map(|d| *d as i64).collect(),
                 parameters: Default::default(),
-                contents,
+                contents: None,
             }
         })
         .collect();
@@ -341,50 +300,6 @@ pub fn encode_response(response: InferResponse, form: OutputForm) -> ModelInferR
         outputs,
         raw_output_contents,
     }
-}
-
-fn chunks<const N: usize>(t: &Tensor) -> impl Iterator<Item = [u8; N]> + '_ {
-    let bytes: &[u8] = match &t.data {
-        TensorData::Fixed(b) => b,
-        TensorData::Bytes(_) => &[],
-    };
-    crate::tensor::le_chunks(bytes)
-}
-
-pub fn typed_contents(t: &Tensor) -> InferTensorContents {
-    let mut c = InferTensorContents::default();
-    match t.datatype {
-        DataType::Bool => c.bool_contents = chunks::<1>(t).map(|b| b[0] != 0).collect(),
-        DataType::Int8 => {
-            c.int_contents = chunks::<1>(t)
-                .map(|b| i8::from_le_bytes(b).into())
-                .collect()
-        }
-        DataType::Int16 => {
-            c.int_contents = chunks::<2>(t)
-                .map(|b| i16::from_le_bytes(b).into())
-                .collect()
-        }
-        DataType::Int32 => c.int_contents = chunks::<4>(t).map(i32::from_le_bytes).collect(),
-        DataType::Int64 => c.int64_contents = chunks::<8>(t).map(i64::from_le_bytes).collect(),
-        DataType::Uint8 => c.uint_contents = chunks::<1>(t).map(|b| b[0].into()).collect(),
-        DataType::Uint16 => {
-            c.uint_contents = chunks::<2>(t)
-                .map(|b| u16::from_le_bytes(b).into())
-                .collect()
-        }
-        DataType::Uint32 => c.uint_contents = chunks::<4>(t).map(u32::from_le_bytes).collect(),
-        DataType::Uint64 => c.uint64_contents = chunks::<8>(t).map(u64::from_le_bytes).collect(),
-        DataType::Fp32 => c.fp32_contents = chunks::<4>(t).map(f32::from_le_bytes).collect(),
-        DataType::Fp64 => c.fp64_contents = chunks::<8>(t).map(f64::from_le_bytes).collect(),
-        DataType::Bytes => {
-            if let TensorData::Bytes(items) = &t.data {
-                c.bytes_contents = items.iter().map(|b| b.to_vec()).collect();
-            }
-        }
-        DataType::Fp16 | DataType::Bf16 => {}
-    }
-    c
 }
 
 #[cfg(test)]
@@ -444,24 +359,28 @@ mod tests {
             ),
         ];
         for (dt, contents) in cases {
-            let (req, form) = decode_request(
+            let req = decode_request(
                 request(vec![input("x", dt, &[2], Some(contents.clone()))], vec![]),
                 1024,
             )
             .unwrap();
-            assert_eq!(form, OutputForm::Typed);
+            let raw = req.inputs[0].to_raw();
             let resp = InferResponse {
                 model_name: "m".into(),
                 model_version: "1".into(),
                 id: String::new(),
                 outputs: req.inputs,
             };
-            let encoded = encode_response(resp, form);
-            assert_eq!(
-                encoded.outputs[0].contents.as_ref(),
-                Some(&contents),
-                "{dt}"
-            );
+            // Answered raw, as Triton answers: the same bytes a raw request carries.
+            let encoded = encode_response(resp);
+            assert_eq!(encoded.raw_output_contents, vec![raw.clone()], "{dt}");
+            assert!(encoded.outputs[0].contents.is_none(), "{dt}");
+            let again = decode_request(
+                request(vec![input("x", dt, &[2], None)], vec![raw.to_vec()]),
+                1024,
+            )
+            .unwrap();
+            assert_eq!(again.inputs[0].to_raw(), raw, "{dt}");
         }
     }
 
@@ -553,19 +472,18 @@ mod tests {
     #[test]
     fn raw_requests_get_raw_outputs_and_bytes_keep_their_framing() {
         let raw = vec![2, 0, 0, 0, b'h', b'i', 0, 0, 0, 0];
-        let (req, form) = decode_request(
+        let req = decode_request(
             request(vec![input("s", "BYTES", &[2], None)], vec![raw.clone()]),
             1024,
         )
         .unwrap();
-        assert_eq!(form, OutputForm::Raw);
         let resp = InferResponse {
             model_name: "m".into(),
             model_version: "1".into(),
             id: "7".into(),
             outputs: req.inputs,
         };
-        let encoded = encode_response(resp, form);
+        let encoded = encode_response(resp);
         assert_eq!(encoded.raw_output_contents, vec![Bytes::from(raw)]);
         assert_eq!(encoded.id, "7");
     }

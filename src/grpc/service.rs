@@ -72,10 +72,10 @@ impl InferenceService {
         request: pb::ModelInferRequest,
         deadline: Option<Duration>,
     ) -> Result<pb::ModelInferResponse, InferError> {
-        let (mut request, form) = decode_request(request, self.max_request_bytes)?;
+        let mut request = decode_request(request, self.max_request_bytes)?;
         request.deadline = deadline;
         let response = self.inference.infer(request).await?;
-        Ok(encode_response(response, form))
+        Ok(encode_response(response))
     }
 
     async fn stream_answer(&self, request: pb::ModelInferRequest) -> pb::ModelStreamInferResponse {

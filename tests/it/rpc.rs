@@ -155,7 +155,7 @@ async fn infer_raw_filters_outputs_and_echoes_id() {
 }
 
 #[tokio::test]
-async fn typed_requests_get_typed_outputs_unless_binary_data_is_asked() {
+async fn typed_requests_are_answered_raw_as_triton_answers() {
     let mut t = TestServer::default().await;
     let contents = InferTensorContents {
         fp32_contents: vec![1.0, -2.0, 3.5],
@@ -172,8 +172,8 @@ async fn typed_requests_get_typed_outputs_unless_binary_data_is_asked() {
         .await
         .unwrap()
         .into_inner();
-    assert!(response.raw_output_contents.is_empty());
-    assert_eq!(response.outputs[0].contents.as_ref(), Some(&contents));
+    assert_eq!(f32s(&response.raw_output_contents[0]), vec![1.0, -2.0, 3.5]);
+    assert!(response.outputs[0].contents.is_none());
 
     let mut binary = request;
     let mut out = requested("OUTPUT0");
@@ -268,7 +268,7 @@ fn datatype_cases() -> Vec<(&'static str, Vec<u8>, Option<InferTensorContents>)>
 }
 
 #[tokio::test]
-async fn every_datatype_round_trips_raw_and_typed() {
+async fn every_datatype_round_trips_raw_and_typed_requests_are_answered_raw() {
     let mut t = TestServer::default().await;
     for (datatype, raw, contents) in datatype_cases() {
         let model = format!("identity_{}", datatype.to_lowercase());
@@ -305,11 +305,13 @@ async fn every_datatype_round_trips_raw_and_typed() {
             .await
             .unwrap_or_else(|e| panic!("{datatype} typed: {e}"))
             .into_inner();
+        // Answered raw, as Triton answers: the bytes of the same values sent raw.
         assert_eq!(
-            response.outputs[0].contents.as_ref(),
-            Some(&contents),
+            response.raw_output_contents[0].as_ref(),
+            raw.as_slice(),
             "{datatype} typed"
         );
+        assert!(response.outputs[0].contents.is_none(), "{datatype} typed");
     }
     t.server.shutdown().await.unwrap();
 }
