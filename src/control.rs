@@ -28,9 +28,13 @@ pub enum ControlError {
     NotAllowed(&'static str),
     #[error("failed to load '{model}': {source}")]
     Load { model: String, source: LoadFailure },
+    /// A load of a model without a folder; "failed to load" is Triton's phrase, which its
+    /// model-control clients match.
+    #[error("failed to load '{0}': no folder of that name in the model repository")]
+    NoFolder(String),
     #[error("model '{0}' is not in the model repository")]
     NotFound(String),
-    #[error("the `config` parameter for '{model}': {reason}")]
+    #[error("failed to load '{model}': the `config` parameter: {reason}")]
     BadConfig { model: String, reason: String },
 }
 
@@ -104,7 +108,7 @@ impl ModelControl {
             })
             .transpose()?;
         if !self.repository.root().join(name).is_dir() {
-            return Err(ControlError::NotFound(name.to_owned()));
+            return Err(ControlError::NoFolder(name.to_owned()));
         }
         let wanted = self
             .repository

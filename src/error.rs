@@ -7,7 +7,8 @@ use crate::backend::BackendError;
 
 #[derive(Debug, Error)]
 pub enum InferError {
-    #[error("unknown model '{0}'")]
+    /// Triton's words, which its clients match.
+    #[error("Request for unknown model: '{0}' is not found")]
     ModelNotFound(String),
     #[error("model '{model}' has no version {version}{available}")]
     VersionNotFound {

@@ -73,7 +73,7 @@ impl From<ControlError> for Status {
     fn from(error: ControlError) -> Status {
         let code = match &error {
             ControlError::NotAllowed(_) => Code::FailedPrecondition,
-            ControlError::NotFound(_) => Code::NotFound,
+            ControlError::NotFound(_) | ControlError::NoFolder(_) => Code::NotFound,
             ControlError::BadConfig { .. } => Code::InvalidArgument,
             ControlError::Load { source, .. } => load_code(source.first()),
         };

@@ -458,7 +458,7 @@ ensemble_scheduling:
         (row.state.clone(), row.reason.clone())
     };
     let expect = [
-        ("missing", "step 0 (model 'nope'): unknown model 'nope'"),
+        ("missing", "step 0 (model 'nope'): Request for unknown model: 'nope' is not found"),
         ("unready", "step 0 (model 'broken'): model 'broken' is not ready: "),
         (
             "no_writer",

@@ -34,7 +34,7 @@ async fn unknown_models_and_versions_are_not_found() {
     let mut t = TestServer::default().await;
     let mut r = add_sub_request();
     r.model_name = "nope".into();
-    expect(&mut t, r, Code::NotFound, "unknown model 'nope'").await;
+    expect(&mut t, r, Code::NotFound, "unknown model: 'nope'").await;
     let mut r = add_sub_request();
     r.model_version = "3".into();
     expect(
@@ -414,10 +414,10 @@ async fn the_bad_input_catalogue() {
     let mut t = TestServer::start(config).await;
     let four = fp32_bytes(&[1.0; 4]);
     let cases = vec![
-        bad(add_sub_with(|r| r.model_name = "nope".into()), Code::NotFound, "unknown model 'nope'"),
-        bad(add_sub_with(|r| r.model_name = String::new()), Code::NotFound, "unknown model ''"),
-        bad(add_sub_with(|r| r.model_name = "m".repeat(1 << 20)), Code::NotFound, "unknown model 'mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm"),
-        bad(add_sub_with(|r| r.model_name = "../add_sub".into()), Code::NotFound, "unknown model '../add_sub'"),
+        bad(add_sub_with(|r| r.model_name = "nope".into()), Code::NotFound, "unknown model: 'nope'"),
+        bad(add_sub_with(|r| r.model_name = String::new()), Code::NotFound, "unknown model: ''"),
+        bad(add_sub_with(|r| r.model_name = "m".repeat(1 << 20)), Code::NotFound, "unknown model: 'mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm"),
+        bad(add_sub_with(|r| r.model_name = "../add_sub".into()), Code::NotFound, "unknown model: '../add_sub'"),
         bad(add_sub_with(|r| r.model_version = "9".into()), Code::NotFound, "model 'add_sub' has no version 9; it serves 1"),
         bad(add_sub_with(|r| r.model_version = "one".into()), Code::NotFound, "model 'add_sub' has no version one; it serves 1"),
         bad(add_sub_with(|r| r.model_version = "-1".into()), Code::NotFound, "model 'add_sub' has no version -1; it serves 1"),

@@ -145,7 +145,7 @@ def test_errors(client):
     x = np.zeros((1, 3, 48, 192), dtype=np.float32)
     inp = grpcclient.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    expect_error(lambda: client.infer("nope", [inp]), "NOT_FOUND", "unknown model 'nope'")
+    expect_error(lambda: client.infer("nope", [inp]), "NOT_FOUND", "unknown model: 'nope'")
     expect_error(lambda: client.infer("ppocr_cls", [inp], model_version="7"), "NOT_FOUND", "no version 7")
     wrong = grpcclient.InferInput("image", list(x.shape), "FP32")
     wrong.set_data_from_numpy(x)
@@ -157,7 +157,7 @@ def test_errors(client):
     as_int = grpcclient.InferInput("x", list(x.shape), "INT64")
     as_int.set_data_from_numpy(x.astype(np.int64))
     expect_error(lambda: client.infer("ppocr_cls", [as_int]), "INVALID_ARGUMENT", "datatype INT64 but model 'ppocr_cls' expects FP32")
-    expect_error(lambda: client.get_model_metadata("nope"), "NOT_FOUND", "unknown model 'nope'")
+    expect_error(lambda: client.get_model_metadata("nope"), "NOT_FOUND", "unknown model: 'nope'")
     expect_error(lambda: client.unload_model("ppocr_cls"), "FAILED_PRECONDITION", "--model-control-mode none")
     # Still serving after all of that.
     assert client.infer("ppocr_cls", [inp]).as_numpy("save_infer_model/scale_0.tmp_1").shape == (1, 2)

@@ -134,12 +134,12 @@ def test_errors_carry_tritons_codes(client):
     x = np.zeros((1, 3, 48, 192), dtype=np.float32)
     inp = httpclient.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    expect_error(lambda: client.infer("nope", [inp]), 404, "unknown model 'nope'")
+    expect_error(lambda: client.infer("nope", [inp]), 404, "unknown model: 'nope'")
     expect_error(lambda: client.infer("ppocr_cls", [inp], model_version="7"), 404, "no version 7")
     wrong = httpclient.InferInput("image", list(x.shape), "FP32")
     wrong.set_data_from_numpy(x)
     expect_error(lambda: client.infer("ppocr_cls", [wrong]), 400, "no input named 'image'")
-    expect_error(lambda: client.get_model_metadata("nope"), 404, "unknown model 'nope'")
+    expect_error(lambda: client.get_model_metadata("nope"), 404, "unknown model: 'nope'")
     expect_error(lambda: client.unload_model("ppocr_cls"), 400, "--model-control-mode none")
     assert client.infer("ppocr_cls", [inp]).as_numpy("save_infer_model/scale_0.tmp_1").shape == (1, 2)
 
@@ -241,7 +241,7 @@ def test_hostile_bodies_get_their_codes_and_the_server_serves_on(http_server):
         ("POST", "/v2/models/identity_bytes/infer", *infer_body(
             {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "BYTES",
                          "parameters": {"binary_data_size": 6}}]}, b"\x09\0\0\0ab"), 400, "INPUT0"),
-        ("POST", "/v2/models/nope/infer", json.dumps(IDENTITY).encode(), {}, 404, "unknown model 'nope'"),
+        ("POST", "/v2/models/nope/infer", json.dumps(IDENTITY).encode(), {}, 404, "unknown model: 'nope'"),
         ("POST", infer, gzip.compress(b"{" * 10), {"Content-Encoding": "gzip"}, 400, "the request's JSON"),
         ("POST", infer, b"garbage", {"Content-Encoding": "gzip"}, 400, "does not decompress"),
         ("POST", infer, b"{}", {"Content-Encoding": "br"}, 501, "unsupported Content-Encoding"),
@@ -325,7 +325,7 @@ def test_health_failures_have_empty_bodies_and_model_ready_says_why(http_server)
     got, _, body = raw(http_server, "GET", "/v2/health/ready")
     assert (got, body) == (200, b"")
     got, _, body = raw(http_server, "GET", "/v2/models/nope/ready")
-    assert got == 400 and "unknown model 'nope'" in json.loads(body)["error"]
+    assert got == 400 and "unknown model: 'nope'" in json.loads(body)["error"]
 
 
 def test_repository_load_unload_and_the_api_key(tmp_path):

@@ -386,3 +386,12 @@ def test_model_config_name_and_a_triton_load_override(tmp_path):
         client.load_model("simple", config='{"max_batch_size": "16", "backend": "onnxruntime"}')
         assert client.get_model_config("simple").config.max_batch_size == 16
         assert client.infer("simple", simple_inputs()).as_numpy("OUTPUT1")[0, 0] == 0
+        # Triton's simple_grpc_model_control.py matches "failed to load" for a config that
+        # is not JSON and for a model that does not exist.
+        from tritonclient.utils import InferenceServerException
+        for call in (lambda: client.load_model("simple", config='"parameters": {"config": {{"max_batch_size": "16"}}}'),
+                     lambda: client.load_model("wrong_model_name")):
+            with pytest.raises(InferenceServerException) as refused:
+                call()
+            assert "failed to load" in refused.value.message(), refused.value.message()
+        assert client.is_model_ready("simple")
