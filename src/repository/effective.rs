@@ -45,13 +45,8 @@ fn effective(name: &str, dir: &Path, settings: &LoadConfig) -> Result<Effective,
     let (config, spec) = if config.is_ensemble() {
         let spec = ModelSpec::declared(&config)?;
         (config, spec)
-    } else if let Some(kind) = config.backend.builtin_step() {
-        let parameters = config
-            .parameters
-            .iter()
-            .map(|(k, v)| (k.clone(), v.string_value.clone()))
-            .collect();
-        let step = crate::backend::ocr::open(kind, &parameters, dir)?;
+    } else if config.backend.is_builtin() {
+        let step = super::loader::open_step(&config, dir)?;
         let unbatched = ModelConfig {
             max_batch_size: Some(config.max_batch_size.unwrap_or(0)),
             ..config

@@ -211,6 +211,17 @@ fn check_labels(config: &ModelConfig, dir: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// The built-in processing step a config names, built from its `parameters`.
+pub(crate) fn open_step(config: &ModelConfig, model_dir: &Path) -> Result<Arc<dyn Model>, String> {
+    let kind = config.backend.builtin_step().expect("a built-in step");
+    let parameters = config
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.clone(), v.string_value.clone()))
+        .collect();
+    crate::backend::ocr::open(kind, &parameters, model_dir)
+}
+
 /// Opens the model file with the engine its config names.
 fn open_model(
     path: &Path,
@@ -224,15 +235,7 @@ fn open_model(
         | BackendKind::DbPostprocess
         | BackendKind::TextCrop
         | BackendKind::TextLines
-        | BackendKind::CtcDecode => {
-            let kind = config.backend.builtin_step().expect("a built-in step");
-            let parameters = config
-                .parameters
-                .iter()
-                .map(|(k, v)| (k.clone(), v.string_value.clone()))
-                .collect();
-            crate::backend::ocr::open(kind, &parameters, model_dir).map_err(LoadError::Config)
-        }
+        | BackendKind::CtcDecode => open_step(config, model_dir).map_err(LoadError::Config),
         #[cfg(feature = "onnxruntime")]
         BackendKind::Onnxruntime => {
             use crate::backend::onnxruntime::{GpuPlacement, OrtModel};

@@ -231,11 +231,13 @@ pub(crate) fn read_model(
     given: Option<ModelConfig>,
     custom: Option<&str>,
 ) -> Result<(ModelConfig, Vec<u64>), String> {
-    let config_path = config::locate(dir, custom)?.unwrap_or_else(|| dir.join(config::YAML_FILE));
-    let config = match given {
-        Some(config) => config,
-        None => ModelConfig::from_dir(dir, custom)?,
+    let found = config::locate(dir, custom)?;
+    let config = match (given, &found) {
+        (Some(config), _) => config,
+        (None, Some(path)) => ModelConfig::from_file(path)?,
+        (None, None) => ModelConfig::default(),
     };
+    let config_path = found.unwrap_or_else(|| dir.join(config::YAML_FILE));
     if let Some(declared) = config.name.as_deref().filter(|n| *n != name) {
         return Err(format!(
             "{}: key `name`: expected the folder's name '{name}', found '{declared}'",
