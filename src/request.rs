@@ -14,6 +14,9 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// Output names asked for; empty means all.
     pub outputs: Vec<String>,
+    /// Outputs (among `outputs`) answered as their top N classes, with N > 0: Triton's
+    /// classification extension.
+    pub classification: Vec<(String, u32)>,
     /// The `priority` parameter: 1 is the highest; None or 0 for the model's default.
     pub priority: Option<u64>,
     /// The `timeout` parameter: how long the request may wait in the queue.
@@ -30,4 +33,13 @@ pub struct InferResponse {
     pub model_version: String,
     pub id: String,
     pub outputs: Vec<Tensor>,
+}
+
+/// A classification count as a front end reads it: at least 1, at most `u32::MAX`.
+pub fn class_count(output: &str, count: i128) -> Result<u32, crate::error::InferError> {
+    u32::try_from(count).ok().filter(|n| *n > 0).ok_or_else(|| {
+        crate::error::InferError::invalid(format!(
+            "output '{output}': invalid value {count} for 'classification'; expected a class count of at least 1"
+        ))
+    })
 }

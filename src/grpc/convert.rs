@@ -53,12 +53,21 @@ pub fn decode_request(
         }
         inputs.push(tensor);
     }
+    let mut outputs = Vec::with_capacity(request.outputs.len());
+    let mut classification = Vec::new();
+    for output in request.outputs {
+        if let Some(count) = class_count(&output.name, &output.parameters)? {
+            classification.push((output.name.clone(), count));
+        }
+        outputs.push(output.name);
+    }
     let decoded = InferRequest {
         model_name: request.model_name,
         model_version: request.model_version,
         id: request.id,
         inputs,
-        outputs: request.outputs.into_iter().map(|o| o.name).collect(),
+        outputs,
+        classification,
         priority: uint_param(&request.parameters, "priority")?,
         timeout: uint_param(&request.parameters, "timeout")?.map(std::time::Duration::from_micros),
         deadline: None,
@@ -81,6 +90,24 @@ fn uint_param(
             "parameter '{key}' must be a non-negative integer, found {other:?}"
         ))),
     }
+}
+
+/// An output's `classification` parameter: how many top classes to answer it with.
+fn class_count(
+    output: &str,
+    params: &std::collections::HashMap<String, InferParameter>,
+) -> Result<Option<u32>, InferError> {
+    let count = match params.get("classification").and_then(|p| p.parameter_choice.as_ref()) {
+        None => return Ok(None),
+        Some(ParameterChoice::Int64Param(v)) => i128::from(*v),
+        Some(ParameterChoice::Uint64Param(v)) => i128::from(*v),
+        Some(other) => {
+            return Err(InferError::invalid(format!(
+                "output '{output}': parameter 'classification' must be an int64_param class count, found {other:?}"
+            )))
+        }
+    };
+    crate::request::class_count(output, count).map(Some)
 }
 
 /// One input: its datatype and shape checked, its data from `raw` (little-endian bytes,

@@ -122,20 +122,31 @@ pub fn decode(
     }
     let outputs = header.outputs.unwrap_or_default();
     let mut named = Vec::with_capacity(outputs.len());
+    let mut classification = Vec::new();
     for output in &outputs {
         if let Some(key) = output
             .parameters
             .keys()
-            .find(|k| k.as_str() != "binary_data")
+            .find(|k| !matches!(k.as_str(), "binary_data" | "classification"))
         {
             return Err(HttpError::bad(format!(
-                "output '{}': parameter '{key}' is not supported (only binary_data)",
+                "output '{}': parameter '{key}' is not supported (only binary_data and classification)",
                 output.name
             )));
         }
         let binary = bool_param(&output.parameters, "binary_data", &output.name)?;
         if let Some(binary) = binary {
             named.push((output.name.clone(), binary));
+        }
+        if let Some(count) = output.parameters.get("classification") {
+            let count = count.as_i64().map(i128::from).ok_or_else(|| {
+                HttpError::bad(format!(
+                    "output '{}': 'classification' must be an integer class count, found {count}",
+                    output.name
+                ))
+            })?;
+            let count = crate::request::class_count(&output.name, count)?;
+            classification.push((output.name.clone(), count));
         }
     }
     let request = InferRequest {
@@ -144,6 +155,7 @@ pub fn decode(
         id: header.id.unwrap_or_default(),
         inputs,
         outputs: outputs.into_iter().map(|o| o.name).collect(),
+        classification,
         priority: uint_param(parameters, "priority")?,
         timeout: uint_param(parameters, "timeout")?.map(std::time::Duration::from_micros),
         deadline: None,
@@ -218,6 +230,7 @@ fn decode_raw(
             id: String::new(),
             inputs: vec![tensor],
             outputs: Vec::new(),
+            classification: Vec::new(),
             priority: None,
             timeout: None,
             deadline: None,

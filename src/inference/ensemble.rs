@@ -161,6 +161,7 @@ async fn run_step(
         id: inherited.id.clone(),
         inputs,
         outputs: outputs.clone(),
+        classification: Vec::new(),
         priority: inherited.priority,
         timeout: inherited.timeout,
         deadline: inherited

@@ -2,6 +2,7 @@
 //! await the worker's answer, or run an ensemble's steps (`ensemble`). Knows nothing of
 //! protobuf.
 
+mod classify;
 mod ensemble;
 
 use std::sync::Arc;
@@ -61,7 +62,7 @@ impl Inference {
         &self.in_flight
     }
 
-    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, InferError> {
+    pub async fn infer(&self, mut request: InferRequest) -> Result<InferResponse, InferError> {
         // Counted before the drain check, so a drain that sees zero cannot miss this one.
         let _admitted = self.in_flight.admit();
         let metrics = self.repository.metrics();
@@ -82,7 +83,22 @@ impl Inference {
                     },
                 )
             })?;
-        self.serve(model, request).await
+        if request.classification.is_empty() {
+            return self.serve(model, request).await;
+        }
+        let classes = std::mem::take(&mut request.classification);
+        let mut response = self.serve(Arc::clone(&model), request).await?;
+        let batched = model.spec.max_batch_size > 0;
+        for output in std::mem::take(&mut response.outputs) {
+            let output = match classes.iter().find(|(name, _)| *name == output.name) {
+                Some((name, count)) => {
+                    classify::top_classes(output, *count, batched, model.labels.of(name))?
+                }
+                None => output,
+            };
+            response.outputs.push(output);
+        }
+        Ok(response)
     }
 
     /// One model version's answer to a request, recorded in its statistics: what a

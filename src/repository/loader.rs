@@ -16,6 +16,7 @@ use super::{
     config::{BackendKind, ModelConfig},
     dynamic_batching,
     ensemble::{Lookup, Pipeline},
+    labels::Labels,
     spec::ModelSpec,
     warmup::{self, Profile},
     EngineRunner, Runner, ServedModel,
@@ -185,32 +186,6 @@ fn resolve_engine(task: &LoadTask, settings: &LoadConfig) -> Result<ModelConfig,
     )))
 }
 
-/// Each output's `label_filename` is a readable text file of at least one label, in the
-/// model's folder (the classification answers of Triton's protocol read it).
-fn check_labels(config: &ModelConfig, dir: &Path) -> Result<(), LoadError> {
-    for output in config.output.iter().flatten() {
-        let Some(file) = &output.label_filename else {
-            continue;
-        };
-        let path = dir.join(file);
-        let labels = std::fs::read_to_string(&path).map_err(|e| {
-            LoadError::Config(format!(
-                "output '{}': label_filename {}: {e}",
-                output.name,
-                path.display()
-            ))
-        })?;
-        if labels.lines().all(|l| l.trim().is_empty()) {
-            return Err(LoadError::Config(format!(
-                "output '{}': label_filename {} holds no labels",
-                output.name,
-                path.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// The built-in processing step a config names, built from its `parameters`.
 pub(crate) fn open_step(config: &ModelConfig, model_dir: &Path) -> Result<Arc<dyn Model>, String> {
     let kind = config.backend.builtin_step().expect("a built-in step");
@@ -299,7 +274,7 @@ fn load_version(
     if !path.is_file() && !config.backend.is_builtin() {
         return Err(LoadError::NoModelFile(path));
     }
-    check_labels(config, &task.dir)?;
+    let labels = Labels::read(config, &task.dir).map_err(LoadError::Config)?;
     // What loading and warming keep allocated on this thread is what every instance shares.
     let mut loaded: Option<Result<_, LoadError>> = None;
     let mut opened = Duration::ZERO;
@@ -477,6 +452,7 @@ fn load_version(
         version: task.version,
         config: config.clone(),
         spec,
+        labels,
         stats,
         load_time,
         digest: task.digest,
@@ -503,6 +479,7 @@ pub fn load_ensemble(
     let resolved = resolve_engine(task, settings)?;
     let config = &resolved;
     let spec = ModelSpec::declared(config).map_err(LoadError::Ensemble)?;
+    let labels = Labels::read(config, &task.dir).map_err(LoadError::Config)?;
     let version = task.version.to_string();
     let steps_cancelled = metrics.steps_cancelled(&task.name, &version);
     let pipeline =
@@ -528,6 +505,7 @@ pub fn load_ensemble(
         version: task.version,
         config: config.clone(),
         spec,
+        labels,
         stats,
         load_time,
         digest: task.digest,

@@ -10,6 +10,7 @@ pub mod effective;
 pub mod engine;
 pub mod ensemble;
 pub mod gpu_budget;
+pub mod labels;
 pub mod lifecycle;
 pub mod loader;
 pub mod parameters;
@@ -47,6 +48,8 @@ pub struct ServedModel {
     pub version: u64,
     pub config: ModelConfig,
     pub spec: ModelSpec,
+    /// Its outputs' class labels (`label_filename`).
+    pub labels: labels::Labels,
     pub stats: Arc<ModelStats>,
     pub load_time: Duration,
     /// Its folder's and config's content digest (`control::digest`).

@@ -5,6 +5,7 @@ import pathlib
 import shutil
 import urllib.request
 import json
+import urllib.error
 
 import numpy as np
 import onnx
@@ -14,6 +15,7 @@ import tritonclient.http as httpclient
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import ROOT, running_wharf_addresses
+from tritonclient.utils import InferenceServerException
 
 EXAMPLES = ROOT / "tests" / "fixtures" / "triton" / "docs" / "examples" / "model_repository"
 
@@ -395,3 +397,65 @@ def test_model_config_name_and_a_triton_load_override(tmp_path):
                 call()
             assert "failed to load" in refused.value.message(), refused.value.message()
         assert client.is_model_ready("simple")
+
+
+def test_classification_answers_the_top_classes_with_their_labels(triton_repo):
+    """Triton's classification extension: `class_count` (gRPC) and `classification` (HTTP)
+    turn an output into BYTES "score:index:label", the top N per row, highest first."""
+    image = np.random.default_rng(11).random((3, 224, 224), dtype=np.float32)
+    scores = densenet_weights()[:, :, 0, 0] @ image.mean(axis=(1, 2))
+    top = np.argsort(-scores, kind="stable")[:3]
+    labels = (EXAMPLES / "densenet_onnx" / "densenet_labels.txt").read_text().splitlines()
+
+    grpc = grpcclient.InferenceServerClient(triton_repo["grpc"])
+    request = grpcclient.InferInput("data_0", [3, 224, 224], "FP32")
+    request.set_data_from_numpy(image)
+    answer = grpc.infer("densenet_onnx", [request],
+                        outputs=[grpcclient.InferRequestedOutput("fc6_1", class_count=3)])
+    classes = [c.decode().split(":", 2) for c in answer.as_numpy("fc6_1")]
+    assert [int(i) for _, i, _ in classes] == list(top)
+    assert [label for _, _, label in classes] == [labels[i] for i in top]
+    np.testing.assert_allclose([float(s) for s, _, _ in classes], scores[top], rtol=1e-4)
+
+    http = httpclient.InferenceServerClient(triton_repo["http"])
+    request = httpclient.InferInput("data_0", [3, 224, 224], "FP32")
+    request.set_data_from_numpy(image)
+    for binary in (True, False):
+        answer = http.infer("densenet_onnx", [request], outputs=[
+            httpclient.InferRequestedOutput("fc6_1", binary_data=binary, class_count=3)])
+        assert [c.decode() if isinstance(c, bytes) else c for c in answer.as_numpy("fc6_1")] == \
+            [":".join(c) for c in classes]
+
+    # A batched model ranks each row on its own: shape [rows, N].
+    a = np.array([[5, 1, 9] + [0] * 13, [2, 8, 3] + [0] * 13], dtype=np.int32)
+    inputs = [grpcclient.InferInput("INPUT0", [2, 16], "INT32"), grpcclient.InferInput("INPUT1", [2, 16], "INT32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(np.zeros_like(a))
+    answer = grpc.infer("simple", inputs, outputs=[grpcclient.InferRequestedOutput("OUTPUT0", class_count=2),
+                                                  grpcclient.InferRequestedOutput("OUTPUT1")])
+    assert answer.as_numpy("OUTPUT0").tolist() == [[b"9:2", b"5:0"], [b"8:1", b"3:2"]]
+    np.testing.assert_array_equal(answer.as_numpy("OUTPUT1"), a)
+
+
+def test_classification_errors_are_named(triton_repo):
+    grpc = grpcclient.InferenceServerClient(triton_repo["grpc"])
+    words = [grpcclient.InferInput(n, [1, 16], "BYTES") for n in ("INPUT0", "INPUT1")]
+    for w in words:
+        w.set_data_from_numpy(np.array([[b"1"] * 16], dtype=np.object_))
+    with pytest.raises(InferenceServerException) as refused:
+        grpc.infer("simple_string", words, outputs=[grpcclient.InferRequestedOutput("OUTPUT0", class_count=1)])
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "unsupported type 'BYTES'" in refused.value.message()
+    with pytest.raises(InferenceServerException) as refused:
+        grpc.infer("simple_string", words, outputs=[grpcclient.InferRequestedOutput("OUTPUT0", class_count=-2)])
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "invalid value -2 for 'classification'" in refused.value.message()
+
+    body = json.dumps({"inputs": [{"name": n, "shape": [1, 16], "datatype": "INT32", "data": [1] * 16}
+                                  for n in ("INPUT0", "INPUT1")],
+                       "outputs": [{"name": "OUTPUT0", "parameters": {"classification": 0}}]}).encode()
+    request = urllib.request.Request(f"http://{triton_repo['http']}/v2/models/simple/infer", data=body)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request)
+    assert refused.value.code == 400
+    assert "invalid value 0 for 'classification'" in json.load(refused.value)["error"]
