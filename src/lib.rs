@@ -10,6 +10,7 @@
 
 // The allocator, and what loads and first calls are measured by.
 pub mod heap;
+pub mod logging;
 
 // Data and engines, and the protocol's and model config's generated messages.
 pub mod tensor;

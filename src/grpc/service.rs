@@ -20,6 +20,7 @@ use crate::{
     control::ModelControl,
     error::InferError,
     inference::Inference,
+    logging::{self, Setting},
     metrics::{Protocol, Refusal},
     repository::{ServedModel, Status as VersionStatus},
 };
@@ -182,7 +183,10 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(pb::ServerMetadataResponse {
             name: "wharf".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec!["model_configuration".into()],
+            extensions: crate::http::EXTENSIONS
+                .iter()
+                .map(|e| (*e).into())
+                .collect(),
         }))
     }
 
@@ -425,8 +429,47 @@ impl GrpcInferenceService for InferenceService {
 
     async fn log_settings(
         &self,
-        _: Request<pb::LogSettingsRequest>,
+        r: Request<pb::LogSettingsRequest>,
     ) -> Result<Response<pb::LogSettingsResponse>, Status> {
-        unimplemented("LogSettings")
+        use pb::{
+            log_settings_request::setting_value::ParameterChoice as Asked,
+            log_settings_response::{setting_value::ParameterChoice as Answered, SettingValue},
+        };
+        let mut changes = std::collections::BTreeMap::new();
+        for (key, value) in r.into_inner().settings {
+            let value = match value.parameter_choice {
+                Some(Asked::BoolParam(b)) => Setting::Bool(b),
+                Some(Asked::Uint32Param(n)) => Setting::Uint(n),
+                Some(Asked::StringParam(t)) => Setting::Text(t),
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "log setting '{key}' has no value"
+                    )))
+                }
+            };
+            changes.insert(key, value);
+        }
+        let now = if changes.is_empty() {
+            logging::settings()
+        } else {
+            logging::update(&changes).map_err(Status::invalid_argument)?
+        };
+        let settings = now
+            .into_iter()
+            .map(|(key, value)| {
+                let choice = match value {
+                    Setting::Bool(b) => Answered::BoolParam(b),
+                    Setting::Uint(n) => Answered::Uint32Param(n),
+                    Setting::Text(t) => Answered::StringParam(t),
+                };
+                (
+                    key,
+                    SettingValue {
+                        parameter_choice: Some(choice),
+                    },
+                )
+            })
+            .collect();
+        Ok(Response::new(pb::LogSettingsResponse { settings }))
     }
 }

@@ -32,6 +32,7 @@ use crate::{
         pb::{self, grpc_inference_service_server::GrpcInferenceService},
         InferenceService,
     },
+    logging::{self, Setting},
 };
 use body::{compress, read_body, response_encoding};
 use page::Asset;
@@ -43,6 +44,8 @@ pub const EXTENSIONS: &[&str] = &[
     "model_configuration",
     "binary_tensor_data",
     "statistics",
+    "classification",
+    "logging",
 ];
 
 /// What every route shares.
@@ -135,6 +138,8 @@ enum Route {
     Index,
     Load(String),
     Unload(String),
+    /// Log settings: GET reads them, POST changes them.
+    Logging,
     /// Triton routes wharf does not serve yet: shared memory, trace, logging.
     Unimplemented(&'static str),
 }
@@ -178,7 +183,7 @@ impl Route {
             ["v2", "trace", "setting"] | ["v2", "models", _, "trace", "setting"] => {
                 get(Route::Unimplemented("trace settings"))
             }
-            ["v2", "logging"] => get(Route::Unimplemented("log settings")),
+            ["v2", "logging"] => get(Route::Logging),
             ["v2", "models", m, rest @ ..] => {
                 let (version, rest) = match rest {
                     ["versions", v, rest @ ..]
@@ -217,8 +222,8 @@ async fn route(api: &HttpApi, request: Request) -> Result<Answer, HttpError> {
         return Err(HttpError::new(StatusCode::NOT_FOUND, "Not Found"));
     };
     // Shared memory and trace take both; all of them answer 501 either way.
-    let unimplemented = matches!(route, Route::Unimplemented(_));
-    if request.method() != method && !(unimplemented && request.method() == Method::POST) {
+    let either = matches!(route, Route::Unimplemented(_) | Route::Logging);
+    if request.method() != method && !(either && request.method() == Method::POST) {
         return Err(HttpError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "Method Not Allowed",
@@ -304,6 +309,30 @@ async fn route(api: &HttpApi, request: Request) -> Result<Answer, HttpError> {
                 .await?;
             Ok(Answer::Empty)
         }
+        Route::Logging => {
+            let changes = if request.method() == Method::POST {
+                log_changes(read_json_body(api, request).await?)?
+            } else {
+                Default::default()
+            };
+            let now = if changes.is_empty() {
+                logging::settings()
+            } else {
+                logging::update(&changes).map_err(HttpError::bad)?
+            };
+            let json: serde_json::Map<String, Value> = now
+                .into_iter()
+                .map(|(key, value)| {
+                    let value = match value {
+                        Setting::Bool(b) => Value::Bool(b),
+                        Setting::Uint(n) => Value::from(n),
+                        Setting::Text(t) => Value::String(t),
+                    };
+                    (key, value)
+                })
+                .collect();
+            Ok(Answer::Json(Value::Object(json)))
+        }
         Route::Unimplemented(what) => Err(HttpError::new(
             StatusCode::NOT_IMPLEMENTED,
             format!("{what} are not implemented by wharf yet"),
@@ -314,6 +343,39 @@ async fn route(api: &HttpApi, request: Request) -> Result<Answer, HttpError> {
             action,
         } => model_route(api, request, name, version, action).await,
     }
+}
+
+/// A `/v2/logging` POST body: an object of settings, each a boolean, a count or a string.
+fn log_changes(body: Value) -> Result<std::collections::BTreeMap<String, Setting>, HttpError> {
+    let Value::Object(settings) = body else {
+        return Err(HttpError::bad(format!(
+            "log settings are a JSON object of name: value, found {body}"
+        )));
+    };
+    settings
+        .into_iter()
+        .map(|(key, value)| {
+            let setting = match &value {
+                Value::Bool(b) => Setting::Bool(*b),
+                Value::String(t) => Setting::Text(t.clone()),
+                Value::Number(n) => n
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .map(Setting::Uint)
+                    .ok_or_else(|| {
+                        HttpError::bad(format!(
+                            "log setting '{key}': {n} is not a count (a non-negative integer)"
+                        ))
+                    })?,
+                other => {
+                    return Err(HttpError::bad(format!(
+                        "log setting '{key}' must be a boolean, a number or a string, found {other}"
+                    )))
+                }
+            };
+            Ok((key, setting))
+        })
+        .collect()
 }
 
 async fn model_route(

@@ -1,4 +1,5 @@
 """Starts the real wharf binary on a loopback port over a repository made for the suite."""
+import collections
 import contextlib
 import json
 import os
@@ -94,15 +95,17 @@ def running_wharf_addresses(repo: pathlib.Path, *flags: str, ca: str | None = No
             http_address = fields.get("http_addr")
             break
     assert address, "wharf did not log its address"
-    # Keep reading the log so the pipe never fills.
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    # Keep reading the log so the pipe never fills; its latest lines stay for tests to read.
+    log = collections.deque(maxlen=10_000)
+    threading.Thread(target=lambda: [log.append(line) for line in proc.stderr], daemon=True).start()
     # Readiness over HTTP, which needs no API key.
     deadline = time.monotonic() + 60
     while not http_ready(http_address, ca):
         assert time.monotonic() < deadline, "wharf did not become ready"
         time.sleep(0.05)
     try:
-        yield {"grpc": address, "metrics": metrics_address, "http": http_address, "pid": proc.pid}
+        yield {"grpc": address, "metrics": metrics_address, "http": http_address, "pid": proc.pid,
+               "log": log}
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
