@@ -28,6 +28,7 @@ use crate::{
     listener,
     metrics::{endpoint, saturation, Metrics},
     repository::Repository,
+    shared_memory::SharedMemory,
     shutdown::Drain,
 };
 
@@ -282,6 +283,10 @@ impl App {
             strict,
             Arc::clone(&budget),
             control,
+            Arc::new(SharedMemory::new(
+                config.limits.allow_client_shm,
+                config.limits.client_shm_limit.as_u64(),
+            )),
         );
         // Room for the largest request wharf accepts plus protobuf framing, so that an
         // oversized tensor reaches validation and gets a message that names it.

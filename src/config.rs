@@ -111,6 +111,13 @@ pub struct Limits {
     #[arg(long = "exit-timeout-secs", id = "exit_timeout_secs", env = "WHARF_EXIT_TIMEOUT_SECS", default_value = "30", value_parser = parse_secs)]
     #[serde(rename = "exit_timeout_secs", deserialize_with = "de_secs")]
     pub exit_timeout: Duration,
+    /// Let co-located clients register POSIX shared-memory regions for inputs and
+    /// outputs (Triton's --allow-client-shm); off, registering is UNIMPLEMENTED
+    #[arg(long, env = "WHARF_ALLOW_CLIENT_SHM", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_client_shm: bool,
+    /// Bytes all registered shared-memory regions may span together
+    #[arg(long, env = "WHARF_CLIENT_SHM_LIMIT", default_value = "1GiB")]
+    pub client_shm_limit: ByteSize,
 }
 
 /// What loading models needs beyond their folders.

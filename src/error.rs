@@ -53,6 +53,9 @@ pub enum InferError {
         held: bytesize::ByteSize,
         limit: bytesize::ByteSize,
     },
+    /// A shared-memory region a request names, or registering one.
+    #[error(transparent)]
+    SharedMemory(#[from] crate::shared_memory::ShmError),
     /// The worker dropped the request without answering (it panicked or was stopped).
     #[error("model '{0}': the worker stopped before answering")]
     WorkerGone(String),

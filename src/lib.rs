@@ -14,6 +14,7 @@ pub mod logging;
 
 // Data and engines, and the protocol's and model config's generated messages.
 pub mod tensor;
+pub mod shared_memory;
 
 pub mod proto;
 

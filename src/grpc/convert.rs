@@ -12,18 +12,28 @@ use super::pb::{
 };
 use crate::{
     error::InferError,
+    shared_memory::{OutputWindows, SharedMemory, ShmParams},
     metrics::Protocol,
     request::{InferRequest, InferResponse},
     tensor::{parse_bytes_framing, shape_string, DataType, Tensor, TensorData},
 };
 
 /// Decodes a request, refusing anything malformed or larger than `limit` bytes of tensor
-/// data in all. Its answer is raw whatever form the request took, as Triton's is.
+/// data in all; inputs that name a region of `shm` are read from it, and the outputs that
+/// name one are returned with their windows. Its answer is raw whatever form the request
+/// took, as Triton's is.
 pub fn decode_request(
     request: ModelInferRequest,
     limit: usize,
-) -> Result<InferRequest, InferError> {
+    shm: &SharedMemory,
+) -> Result<(InferRequest, OutputWindows), InferError> {
     let raw = !request.raw_input_contents.is_empty();
+    let in_shm: Vec<Option<ShmParams>> = request
+        .inputs
+        .iter()
+        .map(|i| shm_params(&i.name, &i.parameters))
+        .collect::<Result<_, _>>()?;
+    let sent = in_shm.iter().filter(|p| p.is_none()).count();
     if raw {
         if let Some(mixed) = request.inputs.iter().find(|i| i.contents.is_some()) {
             return Err(InferError::invalid(format!(
@@ -31,19 +41,30 @@ pub fn decode_request(
                 mixed.name
             )));
         }
-        if request.raw_input_contents.len() != request.inputs.len() {
+        if request.raw_input_contents.len() != sent {
             return Err(InferError::invalid(format!(
-                "raw_input_contents has {} entries but the request has {} inputs; expected one per input",
+                "raw_input_contents has {} entries but the request has {sent} inputs not in shared memory; expected one per input",
                 request.raw_input_contents.len(),
-                request.inputs.len()
             )));
         }
     }
     let mut total = 0usize;
     let mut raw_contents = request.raw_input_contents.into_iter();
     let mut inputs = Vec::with_capacity(request.inputs.len());
-    for input in request.inputs {
-        let tensor = decode_input(input, raw.then(|| raw_contents.next()).flatten(), limit)?;
+    for (input, in_shm) in request.inputs.into_iter().zip(in_shm) {
+        let data = match in_shm {
+            Some(params) => {
+                if input.contents.is_some() {
+                    return Err(InferError::invalid(format!(
+                        "input '{}' names a shared memory region and also carries contents; send it one way",
+                        input.name
+                    )));
+                }
+                Some(params.read(shm, &input.name, limit)?)
+            }
+            None => raw.then(|| raw_contents.next()).flatten(),
+        };
+        let tensor = decode_input(input, data, limit)?;
         total += tensor.byte_size();
         if total > limit {
             return Err(InferError::invalid(format!(
@@ -55,9 +76,20 @@ pub fn decode_request(
     }
     let mut outputs = Vec::with_capacity(request.outputs.len());
     let mut classification = Vec::new();
+    let mut windows = Vec::new();
     for output in request.outputs {
-        if let Some(count) = class_count(&output.name, &output.parameters)? {
-            classification.push((output.name.clone(), count));
+        let count = class_count(&output.name, &output.parameters)?;
+        let params = shm_params(&output.name, &output.parameters)?;
+        match (count, params) {
+            (Some(_), Some(_)) => {
+                return Err(InferError::invalid(format!(
+                    "output '{}' can't set both 'shared_memory_region' and 'classification'",
+                    output.name
+                )))
+            }
+            (Some(count), None) => classification.push((output.name.clone(), count)),
+            (None, Some(params)) => windows.push((output.name.clone(), params.window(shm)?)),
+            (None, None) => {}
         }
         outputs.push(output.name);
     }
@@ -73,7 +105,40 @@ pub fn decode_request(
         deadline: None,
         protocol: Protocol::Grpc,
     };
-    Ok(decoded)
+    Ok((decoded, windows))
+}
+
+/// A tensor's `shared_memory_*` parameters, where it names a region.
+fn shm_params(
+    tensor: &str,
+    params: &std::collections::HashMap<String, InferParameter>,
+) -> Result<Option<ShmParams>, InferError> {
+    let Some(region) = params.get("shared_memory_region") else {
+        return Ok(None);
+    };
+    let Some(ParameterChoice::StringParam(region)) = &region.parameter_choice else {
+        return Err(InferError::invalid(format!(
+            "'{tensor}': shared_memory_region must be a string_param"
+        )));
+    };
+    let number = |key: &str| -> Result<Option<u64>, InferError> {
+        match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+            None => Ok(None),
+            Some(ParameterChoice::Int64Param(v)) if *v >= 0 => Ok(Some(*v as u64)),
+            Some(ParameterChoice::Uint64Param(v)) => Ok(Some(*v)),
+            Some(other) => Err(InferError::invalid(format!(
+                "'{tensor}': {key} must be a non-negative integer, found {other:?}"
+            ))),
+        }
+    };
+    ShmParams::new(
+        tensor,
+        region.clone(),
+        number("shared_memory_byte_size")?,
+        number("shared_memory_offset")?,
+    )
+    .map(Some)
+    .map_err(Into::into)
 }
 
 /// A reserved integer parameter (`priority`, `timeout` in microseconds); tritonclient
@@ -302,31 +367,39 @@ where
 }
 
 /// The answer with every output in `raw_output_contents`, as Triton always answers over
-/// gRPC (clients such as Triton's `grpc_explicit_*_content_client` read only that).
-pub fn encode_response(response: InferResponse) -> ModelInferResponse {
+/// gRPC (clients such as Triton's `grpc_explicit_*_content_client` read only that). An
+/// output with a window is written into it instead, its raw entry left empty.
+pub fn encode_response(
+    response: InferResponse,
+    windows: &OutputWindows,
+) -> Result<ModelInferResponse, InferError> {
     let mut raw_output_contents = Vec::with_capacity(response.outputs.len());
-    let outputs = response
-        .outputs
-        .into_iter()
-        .map(|t| {
-            raw_output_contents.push(t.to_raw());
-            InferOutputTensor {
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    for t in response.outputs {
+        let raw = t.to_raw();
+        match windows.iter().find(|(name, _)| *name == t.name) {
+            Some((_, window)) => {
+                window.write(&t.name, &raw)?;
+                raw_output_contents.push(Bytes::new());
+            }
+            None => raw_output_contents.push(raw),
+        }
+        outputs.push(InferOutputTensor {
                 name: t.name,
                 datatype: t.datatype.as_str().to_owned(),
                 shape: t.shape.iter().map(|d| *d as i64).collect(),
-                parameters: Default::default(),
-                contents: None,
-            }
-        })
-        .collect();
-    ModelInferResponse {
+            parameters: Default::default(),
+            contents: None,
+        });
+    }
+    Ok(ModelInferResponse {
         model_name: response.model_name,
         model_version: response.model_version,
         id: response.id,
         parameters: Default::default(),
         outputs,
         raw_output_contents,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use crate::{
     logging::{self, Setting},
     metrics::{Protocol, Refusal},
     repository::{ServedModel, Status as VersionStatus},
+    shared_memory::{SharedMemory, ShmError},
 };
 
 /// Requests of one stream computed at once; past it the stream stops reading until an
@@ -39,6 +40,8 @@ pub struct InferenceService {
     /// Stream messages are held against it one by one (unary bodies by `gate`).
     budget: Arc<ByteBudget>,
     control: Arc<ModelControl>,
+    /// Client regions registered over either front end.
+    shared_memory: Arc<SharedMemory>,
 }
 
 impl InferenceService {
@@ -48,6 +51,7 @@ impl InferenceService {
         strict_readiness: bool,
         budget: Arc<ByteBudget>,
         control: Arc<ModelControl>,
+        shared_memory: Arc<SharedMemory>,
     ) -> Self {
         InferenceService {
             inference,
@@ -55,7 +59,13 @@ impl InferenceService {
             strict_readiness,
             budget,
             control,
+            shared_memory,
         }
+    }
+
+    /// The registered client regions, for the HTTP front end.
+    pub fn shared_memory(&self) -> &SharedMemory {
+        &self.shared_memory
     }
 
     /// The serving core, for the HTTP front end's inference calls.
@@ -73,10 +83,11 @@ impl InferenceService {
         request: pb::ModelInferRequest,
         deadline: Option<Duration>,
     ) -> Result<pb::ModelInferResponse, InferError> {
-        let mut request = decode_request(request, self.max_request_bytes)?;
+        let (mut request, windows) =
+            decode_request(request, self.max_request_bytes, &self.shared_memory)?;
         request.deadline = deadline;
         let response = self.inference.infer(request).await?;
-        Ok(encode_response(response))
+        encode_response(response, &windows)
     }
 
     async fn stream_answer(&self, request: pb::ModelInferRequest) -> pb::ModelStreamInferResponse {
@@ -136,11 +147,14 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     })
 }
 
-fn unimplemented<T>(rpc: &str) -> Result<Response<T>, Status> {
+fn unimplemented<T>(rpc: &str, why: &str) -> Result<Response<T>, Status> {
     Err(Status::unimplemented(format!(
-        "{rpc} is not implemented by wharf"
+        "{rpc} is not implemented by wharf: {why}"
     )))
 }
+
+const CUDA_SHM: &str =
+    "it has no GPU tensor path yet; system shared memory is (--allow-client-shm)";
 
 type AnswerStream =
     Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
@@ -380,51 +394,80 @@ impl GrpcInferenceService for InferenceService {
 
     async fn system_shared_memory_status(
         &self,
-        _: Request<pb::SystemSharedMemoryStatusRequest>,
+        r: Request<pb::SystemSharedMemoryStatusRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
-        unimplemented("SystemSharedMemoryStatus")
+        use pb::system_shared_memory_status_response::RegionStatus;
+        let regions = self
+            .shared_memory
+            .status(&r.into_inner().name)
+            .map_err(InferError::from)?
+            .into_iter()
+            .map(|region| {
+                let status = RegionStatus {
+                    name: region.name.clone(),
+                    key: region.key.clone(),
+                    offset: region.offset,
+                    byte_size: region.byte_size,
+                };
+                (region.name.clone(), status)
+            })
+            .collect();
+        Ok(Response::new(pb::SystemSharedMemoryStatusResponse { regions }))
     }
 
     async fn system_shared_memory_register(
         &self,
-        _: Request<pb::SystemSharedMemoryRegisterRequest>,
+        r: Request<pb::SystemSharedMemoryRegisterRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
-        unimplemented("SystemSharedMemoryRegister")
+        let r = r.into_inner();
+        self.shared_memory
+            .register(&r.name, &r.key, r.offset, r.byte_size)
+            .map_err(InferError::from)?;
+        Ok(Response::new(pb::SystemSharedMemoryRegisterResponse {}))
     }
 
     async fn system_shared_memory_unregister(
         &self,
-        _: Request<pb::SystemSharedMemoryUnregisterRequest>,
+        r: Request<pb::SystemSharedMemoryUnregisterRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
-        unimplemented("SystemSharedMemoryUnregister")
+        self.shared_memory
+            .unregister(&r.into_inner().name)
+            .map_err(InferError::from)?;
+        Ok(Response::new(pb::SystemSharedMemoryUnregisterResponse {}))
     }
 
     async fn cuda_shared_memory_status(
         &self,
-        _: Request<pb::CudaSharedMemoryStatusRequest>,
+        r: Request<pb::CudaSharedMemoryStatusRequest>,
     ) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
-        unimplemented("CudaSharedMemoryStatus")
+        // No CUDA region can be registered: all of them is none, and any one is unknown.
+        let name = r.into_inner().name;
+        if !name.is_empty() {
+            return Err(InferError::from(ShmError::NotFound(name)).into());
+        }
+        Ok(Response::new(Default::default()))
     }
 
     async fn cuda_shared_memory_register(
         &self,
         _: Request<pb::CudaSharedMemoryRegisterRequest>,
     ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
-        unimplemented("CudaSharedMemoryRegister")
+        unimplemented("CudaSharedMemoryRegister", CUDA_SHM)
     }
 
     async fn cuda_shared_memory_unregister(
         &self,
         _: Request<pb::CudaSharedMemoryUnregisterRequest>,
     ) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
-        unimplemented("CudaSharedMemoryUnregister")
+        // Clients clear CUDA regions before they start; there are never any to clear.
+        Ok(Response::new(pb::CudaSharedMemoryUnregisterResponse {}))
     }
 
     async fn trace_setting(
         &self,
         _: Request<pb::TraceSettingRequest>,
     ) -> Result<Response<pb::TraceSettingResponse>, Status> {
-        unimplemented("TraceSetting")
+        unimplemented("TraceSetting", "trace settings come with tracing")
     }
 
     async fn log_settings(

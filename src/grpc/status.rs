@@ -7,6 +7,7 @@ use crate::{
     control::ControlError,
     error::{clip, InferError, MAX_MESSAGE_BYTES},
     repository::LoadError,
+    shared_memory::ShmError,
 };
 
 pub fn code(error: &InferError) -> Code {
@@ -29,6 +30,14 @@ pub fn code(error: &InferError) -> Code {
             | BackendError::BadOutput(_) => Code::Internal,
         },
         InferError::WorkerGone(_) => Code::Internal,
+        InferError::SharedMemory(e) => match e {
+            ShmError::Disabled => Code::Unimplemented,
+            ShmError::AlreadyExists(_) => Code::AlreadyExists,
+            ShmError::NotFound(_) => Code::NotFound,
+            ShmError::Invalid(_) => Code::InvalidArgument,
+            ShmError::Exhausted(_) => Code::ResourceExhausted,
+            ShmError::Io { .. } => Code::Internal,
+        },
     }
 }
 

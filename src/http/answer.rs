@@ -6,49 +6,56 @@ use serde::{Serialize, Serializer};
 
 use super::infer::Binary;
 use crate::{
+    shared_memory::{OutputWindows, ShmError},
     request::InferResponse,
     tensor::{le_chunks, DataType, Tensor, TensorData},
 };
 
 /// The answer: its JSON header, and the bytes of the outputs that travel as bytes (None
 /// when none does). Serialised straight from the tensors, with no JSON tree between.
-pub fn encode(response: InferResponse, binary: &Binary) -> (Vec<u8>, Option<Bytes>) {
+/// Outputs with a window are written into shared memory and sent with no data.
+pub fn encode(
+    response: InferResponse,
+    binary: &Binary,
+    windows: &OutputWindows,
+) -> Result<(Vec<u8>, Option<Bytes>), ShmError> {
     let mut blobs = BytesMut::new();
-    let outputs: Vec<OutputAnswer> = response
-        .outputs
-        .iter()
-        .map(|t| {
-            // FP16 and BF16 have no JSON form: they always travel as bytes.
-            let as_bytes = matches!(t.datatype, DataType::Fp16 | DataType::Bf16)
-                || match binary {
-                    Binary::Everything => true,
-                    Binary::Chosen { named, all } => named
-                        .iter()
-                        .find(|(n, _)| *n == t.name)
-                        .map_or(*all, |(_, b)| *b),
-                };
-            let (parameters, data) = if as_bytes {
-                let raw = t.to_raw();
-                let size = raw.len();
-                blobs.put(raw);
-                (
-                    Some(BinarySize {
-                        binary_data_size: size,
-                    }),
-                    None,
-                )
-            } else {
-                (None, Some(JsonData(t)))
+    let mut outputs: Vec<OutputAnswer> = Vec::with_capacity(response.outputs.len());
+    for t in &response.outputs {
+        let window = windows.iter().find(|(name, _)| *name == t.name);
+        // FP16 and BF16 have no JSON form: they always travel as bytes.
+        let as_bytes = matches!(t.datatype, DataType::Fp16 | DataType::Bf16)
+            || match binary {
+                Binary::Everything => true,
+                Binary::Chosen { named, all } => named
+                    .iter()
+                    .find(|(n, _)| *n == t.name)
+                    .map_or(*all, |(_, b)| *b),
             };
-            OutputAnswer {
-                name: &t.name,
-                datatype: t.datatype.as_str(),
-                shape: &t.shape,
-                parameters,
-                data,
-            }
-        })
-        .collect();
+        let (parameters, data) = if let Some((_, window)) = window {
+            window.write(&t.name, &t.to_raw())?;
+            (None, None)
+        } else if as_bytes {
+            let raw = t.to_raw();
+            let size = raw.len();
+            blobs.put(raw);
+            (
+                Some(BinarySize {
+                    binary_data_size: size,
+                }),
+                None,
+            )
+        } else {
+            (None, Some(JsonData(t)))
+        };
+        outputs.push(OutputAnswer {
+            name: &t.name,
+            datatype: t.datatype.as_str(),
+            shape: &t.shape,
+            parameters,
+            data,
+        });
+    }
     let header = AnswerHeader {
         model_name: &response.model_name,
         model_version: &response.model_version,
@@ -57,7 +64,7 @@ pub fn encode(response: InferResponse, binary: &Binary) -> (Vec<u8>, Option<Byte
     };
     let any_binary = header.outputs.iter().any(|o| o.parameters.is_some());
     let header = serde_json::to_vec(&header).expect("answers serialise");
-    (header, any_binary.then(|| blobs.freeze()))
+    Ok((header, any_binary.then(|| blobs.freeze())))
 }
 
 #[derive(Serialize)]

@@ -9,6 +9,8 @@ use serde_json::{Map, Value};
 
 use super::error::HttpError;
 use crate::{
+    error::InferError,
+    shared_memory::{OutputWindows, SharedMemory, ShmParams},
     grpc::{
         convert::decode_input,
         pb::{model_infer_request::InferInputTensor, InferTensorContents},
@@ -56,6 +58,8 @@ struct OutputHeader {
 pub struct Decoded {
     pub request: InferRequest,
     pub binary: Binary,
+    /// Outputs written into shared memory, sent with no data.
+    pub windows: OutputWindows,
 }
 
 /// Which outputs the answer carries as bytes after its JSON header.
@@ -79,6 +83,7 @@ pub fn decode(
     header_len: Option<usize>,
     raw_spec: impl FnOnce() -> Result<ModelSpec, HttpError>,
     limit: usize,
+    shm: &SharedMemory,
 ) -> Result<Decoded, HttpError> {
     // Only a declared length of 0 is the raw form; an empty body without one is empty JSON.
     if header_len == Some(0) {
@@ -98,7 +103,7 @@ pub fn decode(
     let mut inputs = Vec::with_capacity(header.inputs.len());
     let mut total = 0usize;
     for input in header.inputs {
-        let tensor = decode_one(input, &mut rest, limit)?;
+        let tensor = decode_one(input, &mut rest, limit, shm)?;
         total += tensor.byte_size();
         if total > limit {
             return Err(HttpError::bad(format!(
@@ -123,18 +128,34 @@ pub fn decode(
     let outputs = header.outputs.unwrap_or_default();
     let mut named = Vec::with_capacity(outputs.len());
     let mut classification = Vec::new();
+    let mut windows = Vec::new();
     for output in &outputs {
-        if let Some(key) = output
-            .parameters
-            .keys()
-            .find(|k| !matches!(k.as_str(), "binary_data" | "classification"))
-        {
+        if let Some(key) = output.parameters.keys().find(|k| {
+            !matches!(k.as_str(), "binary_data" | "classification") && !is_shm_key(k)
+        }) {
             return Err(HttpError::bad(format!(
-                "output '{}': parameter '{key}' is not supported (only binary_data and classification)",
+                "output '{}': parameter '{key}' is not supported (only binary_data, classification and shared_memory_*)",
                 output.name
             )));
         }
         let binary = bool_param(&output.parameters, "binary_data", &output.name)?;
+        if let Some(params) = shm_params(&output.name, &output.parameters)? {
+            let clash = if output.parameters.contains_key("classification") {
+                Some("classification")
+            } else if binary == Some(true) {
+                Some("binary_data")
+            } else {
+                None
+            };
+            if let Some(clash) = clash {
+                return Err(HttpError::bad(format!(
+                    "Output can't set both 'shared_memory_region' and '{clash}' (output '{}')",
+                    output.name
+                )));
+            }
+            let window = params.window(shm).map_err(InferError::from)?;
+            windows.push((output.name.clone(), window));
+        }
         if let Some(binary) = binary {
             named.push((output.name.clone(), binary));
         }
@@ -165,6 +186,7 @@ pub fn decode(
     Ok(Decoded {
         request,
         binary: Binary::Chosen { named, all },
+        windows,
     })
 }
 
@@ -237,23 +259,65 @@ fn decode_raw(
             protocol: Protocol::Http,
         },
         binary: Binary::Everything,
+        windows: Vec::new(),
     })
 }
 
-fn decode_one(input: InputHeader, rest: &mut Bytes, limit: usize) -> Result<Tensor, HttpError> {
+fn is_shm_key(key: &str) -> bool {
+    matches!(
+        key,
+        "shared_memory_region" | "shared_memory_byte_size" | "shared_memory_offset"
+    )
+}
+
+/// A tensor's `shared_memory_*` parameters, where it names a region.
+fn shm_params(tensor: &str, params: &Map<String, Value>) -> Result<Option<ShmParams>, HttpError> {
+    let Some(region) = params.get("shared_memory_region") else {
+        return Ok(None);
+    };
+    let region = region.as_str().ok_or_else(|| {
+        HttpError::bad(format!(
+            "'{tensor}': shared_memory_region must be a string, found {region}"
+        ))
+    })?;
+    let number = |key: &str| -> Result<Option<u64>, HttpError> {
+        params
+            .get(key)
+            .map(|v| {
+                v.as_u64().ok_or_else(|| {
+                    HttpError::bad(format!(
+                        "'{tensor}': {key} must be a non-negative integer, found {v}"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let params = ShmParams::new(
+        tensor,
+        region.to_owned(),
+        number("shared_memory_byte_size")?,
+        number("shared_memory_offset")?,
+    )
+    .map_err(InferError::from)?;
+    Ok(Some(params))
+}
+
+fn decode_one(
+    input: InputHeader,
+    rest: &mut Bytes,
+    limit: usize,
+    shm: &SharedMemory,
+) -> Result<Tensor, HttpError> {
     let name = input.name;
     let bad = |what: String| HttpError::bad(format!("input '{name}': {what}"));
     if let Some(key) = input
         .parameters
         .keys()
-        .find(|k| !matches!(k.as_str(), "binary_data_size" | "content_type"))
+        .find(|k| !matches!(k.as_str(), "binary_data_size" | "content_type") && !is_shm_key(k))
     {
-        let why = if key.starts_with("shared_memory") {
-            "shared memory is not supported yet; send the data in the body"
-        } else {
-            "only binary_data_size and content_type are supported"
-        };
-        return Err(bad(format!("parameter '{key}': {why}")));
+        return Err(bad(format!(
+            "parameter '{key}' is not supported (only binary_data_size, content_type and shared_memory_*)"
+        )));
     }
     // MLServer's convention: BYTES elements given in JSON as base64 text.
     let base64 = match input.parameters.get("content_type") {
@@ -280,6 +344,15 @@ fn decode_one(input: InputHeader, rest: &mut Bytes, limit: usize) -> Result<Tens
         contents,
         ..Default::default()
     };
+    if let Some(params) = shm_params(&name, &input.parameters)? {
+        if binary_size.is_some() || input.data.is_some() {
+            return Err(bad(
+                "names a shared memory region and also sets `data` or binary_data_size; send its data one way".into(),
+            ));
+        }
+        let bytes = params.read(shm, &name, limit).map_err(InferError::from)?;
+        return Ok(decode_input(wire(None), Some(bytes), limit)?);
+    }
     match (binary_size, input.data) {
         (Some(_), Some(_)) => Err(bad(
             "sets both `data` and binary_data_size; send its data one way".into(),

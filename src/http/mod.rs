@@ -28,6 +28,8 @@ pub use serve::serve;
 use crate::{
     admission::ByteBudget,
     auth::RequireKey,
+    error::InferError,
+    shared_memory::ShmError,
     grpc::{
         pb::{self, grpc_inference_service_server::GrpcInferenceService},
         InferenceService,
@@ -140,6 +142,13 @@ enum Route {
     Unload(String),
     /// Log settings: GET reads them, POST changes them.
     Logging,
+    /// System shared memory: one region's or (empty) every region's status, register,
+    /// unregister.
+    ShmStatus(String),
+    ShmRegister(String),
+    ShmUnregister(String),
+    CudaShmStatus(String),
+    CudaShmUnregister,
     /// Triton routes wharf does not serve yet: shared memory, trace, logging.
     Unimplemented(&'static str),
 }
@@ -178,10 +187,35 @@ impl Route {
             ["v2", "repository", "index"] | ["v2", "repository", _, "index"] => post(Route::Index),
             ["v2", "repository", "models", m, "load"] => post(Route::Load(m.to_string())),
             ["v2", "repository", "models", m, "unload"] => post(Route::Unload(m.to_string())),
-            ["v2", "systemsharedmemory", ..] => get(Route::Unimplemented("system shared memory")),
-            ["v2", "cudasharedmemory", ..] => get(Route::Unimplemented("CUDA shared memory")),
+            ["v2", "systemsharedmemory", "status"] => get(Route::ShmStatus(String::new())),
+            ["v2", "systemsharedmemory", "region", r, "status"] => {
+                get(Route::ShmStatus(r.to_string()))
+            }
+            ["v2", "systemsharedmemory", "region", r, "register"] => {
+                post(Route::ShmRegister(r.to_string()))
+            }
+            ["v2", "systemsharedmemory", "unregister"] => {
+                post(Route::ShmUnregister(String::new()))
+            }
+            ["v2", "systemsharedmemory", "region", r, "unregister"] => {
+                post(Route::ShmUnregister(r.to_string()))
+            }
+            // No CUDA region can be registered: status lists none, unregistering clears
+            // nothing, and registering says why.
+            ["v2", "cudasharedmemory", "status"] => get(Route::CudaShmStatus(String::new())),
+            ["v2", "cudasharedmemory", "region", r, "status"] => {
+                get(Route::CudaShmStatus(r.to_string()))
+            }
+            ["v2", "cudasharedmemory", "unregister"]
+            | ["v2", "cudasharedmemory", "region", _, "unregister"] => post(Route::CudaShmUnregister),
+            ["v2", "cudasharedmemory", "region", _, "register"] => Some((
+                Route::Unimplemented(
+                    "CUDA shared memory is not implemented: wharf has no GPU tensor path yet (system shared memory is, with --allow-client-shm)",
+                ),
+                Method::POST,
+            )),
             ["v2", "trace", "setting"] | ["v2", "models", _, "trace", "setting"] => {
-                get(Route::Unimplemented("trace settings"))
+                get(Route::Unimplemented("trace settings are not implemented by wharf yet"))
             }
             ["v2", "logging"] => get(Route::Logging),
             ["v2", "models", m, rest @ ..] => {
@@ -333,9 +367,55 @@ async fn route(api: &HttpApi, request: Request) -> Result<Answer, HttpError> {
                 .collect();
             Ok(Answer::Json(Value::Object(json)))
         }
+        Route::ShmStatus(name) => {
+            let regions = service.shared_memory().status(&name).map_err(InferError::from)?;
+            let regions: Vec<Value> = regions
+                .iter()
+                .map(|r| {
+                    json!({"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size})
+                })
+                .collect();
+            Ok(Answer::Json(Value::Array(regions)))
+        }
+        Route::ShmRegister(name) => {
+            let body = read_json_body(api, request).await?;
+            let key = body.get("key").and_then(Value::as_str).ok_or_else(|| {
+                HttpError::bad(format!(
+                    "registering shared memory region '{name}' needs \"key\", a string"
+                ))
+            })?;
+            let number = |field: &str| -> Result<u64, HttpError> {
+                match body.get(field) {
+                    None if field == "offset" => Ok(0),
+                    Some(v) => v.as_u64().ok_or_else(|| {
+                        HttpError::bad(format!(
+                            "registering shared memory region '{name}': \"{field}\" must be a non-negative integer, found {v}"
+                        ))
+                    }),
+                    None => Err(HttpError::bad(format!(
+                        "registering shared memory region '{name}' needs \"{field}\""
+                    ))),
+                }
+            };
+            service
+                .shared_memory()
+                .register(&name, key, number("offset")?, number("byte_size")?)
+                .map_err(InferError::from)?;
+            Ok(Answer::Empty)
+        }
+        Route::ShmUnregister(name) => {
+            service
+                .shared_memory()
+                .unregister(&name)
+                .map_err(InferError::from)?;
+            Ok(Answer::Empty)
+        }
+        Route::CudaShmStatus(name) if name.is_empty() => Ok(Answer::Json(json!([]))),
+        Route::CudaShmStatus(name) => Err(InferError::from(ShmError::NotFound(name)).into()),
+        Route::CudaShmUnregister => Ok(Answer::Empty),
         Route::Unimplemented(what) => Err(HttpError::new(
             StatusCode::NOT_IMPLEMENTED,
-            format!("{what} are not implemented by wharf yet"),
+            what,
         )),
         Route::Model {
             name,
@@ -459,9 +539,11 @@ async fn infer_route(
             .map(|model| model.spec.clone())
             .map_err(HttpError::from)
     };
-    let decoded = infer::decode(&name, &version, body, header_len, raw_spec, limit)?;
+    let shm = api.service.shared_memory();
+    let decoded = infer::decode(&name, &version, body, header_len, raw_spec, limit, shm)?;
     let response = inference.infer(decoded.request).await?;
-    let (header, binary) = answer::encode(response, &decoded.binary);
+    let (header, binary) = answer::encode(response, &decoded.binary, &decoded.windows)
+        .map_err(InferError::from)?;
     Ok(Answer::Infer(header, binary))
 }
 

@@ -8,16 +8,15 @@ import json
 import urllib.error
 
 import numpy as np
-import onnx
+
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from conftest import ROOT, running_wharf_addresses
+from triton_models import EXAMPLES, densenet_graph, densenet_weights, save, simple_graph
 from tritonclient.utils import InferenceServerException
-
-EXAMPLES = ROOT / "tests" / "fixtures" / "triton" / "docs" / "examples" / "model_repository"
 
 ENSEMBLE = """\
 # Two calls of `simple`: (a, b) -> (a + b, a - b) -> (2a, 2b).
@@ -39,32 +38,6 @@ ensemble_scheduling {
   ]
 }
 """
-
-
-def save(folder: pathlib.Path, graph, opset=13):
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    (folder / "1").mkdir(parents=True, exist_ok=True)
-    onnx.save(model, folder / "1" / "model.onnx")
-
-
-def simple_graph(elem, name):
-    """Triton's `simple` and `simple_string`: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1
-    (strings holding integers are cast, added and cast back, as Triton's model does)."""
-    nodes, a, b = [], "INPUT0", "INPUT1"
-    if elem == TensorProto.STRING:
-        nodes += [helper.make_node("Cast", ["INPUT0"], ["a"], to=TensorProto.INT32),
-                  helper.make_node("Cast", ["INPUT1"], ["b"], to=TensorProto.INT32)]
-        a, b = "a", "b"
-    sums = ("OUTPUT0", "OUTPUT1") if elem != TensorProto.STRING else ("s", "d")
-    nodes += [helper.make_node("Add", [a, b], [sums[0]]), helper.make_node("Sub", [a, b], [sums[1]])]
-    if elem == TensorProto.STRING:
-        nodes += [helper.make_node("Cast", ["s"], ["OUTPUT0"], to=TensorProto.STRING),
-                  helper.make_node("Cast", ["d"], ["OUTPUT1"], to=TensorProto.STRING)]
-    tensor = lambda n: helper.make_tensor_value_info(n, elem, ["batch", 16])
-    return helper.make_graph(nodes, name, [tensor("INPUT0"), tensor("INPUT1")],
-                             [tensor("OUTPUT0"), tensor("OUTPUT1")])
 
 
 def add_sub_graph(name, inputs, outputs):
@@ -102,23 +75,6 @@ def qa_step_models(repo):
             f'name: "onnx_{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
             f'{tensors("input", ("INPUT0", "INPUT1"), kind_in)}\n'
             f'{tensors("output", ("OUTPUT0", "OUTPUT1"), kind_out)}\n')
-
-
-def densenet_weights():
-    return (np.arange(1000 * 3, dtype=np.float32).reshape(1000, 3, 1, 1) % 7) - 3
-
-
-def densenet_graph():
-    """densenet_onnx's interface, not its weights: [1, 3, 224, 224] -> the channel means ->
-    a 1x1 convolution to [1, 1000, 1, 1]."""
-    weights = numpy_helper.from_array(densenet_weights(), "w")
-    nodes = [helper.make_node("ReduceMean", ["data_0"], ["mean"], axes=[2, 3], keepdims=1),
-             helper.make_node("Conv", ["mean", "w"], ["fc6_1"])]
-    return helper.make_graph(
-        nodes, "densenet_like",
-        [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [1, 3, 224, 224])],
-        [helper.make_tensor_value_info("fc6_1", TensorProto.FLOAT, [1, 1000, 1, 1])],
-        initializer=[weights])
 
 
 @pytest.fixture(scope="module")
