@@ -13,8 +13,8 @@ pub mod heap;
 pub mod logging;
 
 // Data and engines, and the protocol's and model config's generated messages.
-pub mod tensor;
 pub mod shared_memory;
+pub mod tensor;
 
 pub mod proto;
 

@@ -138,7 +138,9 @@ impl SharedMemory {
         let size = object_size(&object, name)?;
         let is_file = object.metadata().is_ok_and(|m| m.is_file());
         if !is_file {
-            return Err(invalid(format!("key '{key}' is not a shared-memory object")));
+            return Err(invalid(format!(
+                "key '{key}' is not a shared-memory object"
+            )));
         }
         if end > size {
             return Err(invalid(format!(

@@ -12,9 +12,9 @@ use super::pb::{
 };
 use crate::{
     error::InferError,
-    shared_memory::{OutputWindows, SharedMemory, ShmParams},
     metrics::Protocol,
     request::{InferRequest, InferResponse},
+    shared_memory::{OutputWindows, SharedMemory, ShmParams},
     tensor::{parse_bytes_framing, shape_string, DataType, Tensor, TensorData},
 };
 
@@ -385,9 +385,9 @@ pub fn encode_response(
             None => raw_output_contents.push(raw),
         }
         outputs.push(InferOutputTensor {
-                name: t.name,
-                datatype: t.datatype.as_str().to_owned(),
-                shape: t.shape.iter().map(|d| *d as i64).collect(),
+            name: t.name,
+            datatype: t.datatype.as_str().to_owned(),
+            shape: t.shape.iter().map(|d| *d as i64).collect(),
             parameters: Default::default(),
             contents: None,
         });

@@ -147,6 +147,24 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     })
 }
 
+/// A load that sends model files (`file:<path>` parameters, which wharf does not take).
+/// A path Triton could not write (a component longer than NAME_MAX) fails as Triton's
+/// does, INTERNAL "failed to poll from model repository", which its model-control example
+/// checks; any other is UNIMPLEMENTED.
+fn refuse_model_file(model: &str, key: &str) -> Status {
+    let path = &key["file:".len()..];
+    if let Some(long) = path.split('/').find(|part| part.len() > 255) {
+        return Status::internal(format!(
+            "failed to poll from model repository: failed to load '{model}': file '{}...': a path component of {} bytes is longer than NAME_MAX (255)",
+            long.chars().take(16).collect::<String>(),
+            long.len()
+        ));
+    }
+    Status::unimplemented(format!(
+        "failed to load '{model}': model files sent with a load ({key}) are not supported by wharf; put them in the model repository"
+    ))
+}
+
 fn unimplemented<T>(rpc: &str, why: &str) -> Result<Response<T>, Status> {
     Err(Status::unimplemented(format!(
         "{rpc} is not implemented by wharf: {why}"
@@ -359,6 +377,7 @@ impl GrpcInferenceService for InferenceService {
                 ("config", Some(pb::model_repository_parameter::ParameterChoice::StringParam(text))) => {
                     config = Some(text.as_str());
                 }
+                (file, _) if file.starts_with("file:") => return Err(refuse_model_file(&r.model_name, file)),
                 _ => {
                     return Err(Status::invalid_argument(format!(
                         "RepositoryModelLoad parameter '{key}': only `config` (a string holding the model's config as JSON or YAML) is supported"
@@ -412,7 +431,9 @@ impl GrpcInferenceService for InferenceService {
                 (region.name.clone(), status)
             })
             .collect();
-        Ok(Response::new(pb::SystemSharedMemoryStatusResponse { regions }))
+        Ok(Response::new(pb::SystemSharedMemoryStatusResponse {
+            regions,
+        }))
     }
 
     async fn system_shared_memory_register(

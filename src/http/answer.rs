@@ -6,8 +6,8 @@ use serde::{Serialize, Serializer};
 
 use super::infer::Binary;
 use crate::{
-    shared_memory::{OutputWindows, ShmError},
     request::InferResponse,
+    shared_memory::{OutputWindows, ShmError},
     tensor::{le_chunks, DataType, Tensor, TensorData},
 };
 

@@ -10,7 +10,6 @@ use serde_json::{Map, Value};
 use super::error::HttpError;
 use crate::{
     error::InferError,
-    shared_memory::{OutputWindows, SharedMemory, ShmParams},
     grpc::{
         convert::decode_input,
         pb::{model_infer_request::InferInputTensor, InferTensorContents},
@@ -18,6 +17,7 @@ use crate::{
     metrics::Protocol,
     repository::spec::ModelSpec,
     request::InferRequest,
+    shared_memory::{OutputWindows, SharedMemory, ShmParams},
     tensor::{shape_string, DataType, Tensor},
 };
 
@@ -130,9 +130,11 @@ pub fn decode(
     let mut classification = Vec::new();
     let mut windows = Vec::new();
     for output in &outputs {
-        if let Some(key) = output.parameters.keys().find(|k| {
-            !matches!(k.as_str(), "binary_data" | "classification") && !is_shm_key(k)
-        }) {
+        if let Some(key) = output
+            .parameters
+            .keys()
+            .find(|k| !matches!(k.as_str(), "binary_data" | "classification") && !is_shm_key(k))
+        {
             return Err(HttpError::bad(format!(
                 "output '{}': parameter '{key}' is not supported (only binary_data, classification and shared_memory_*)",
                 output.name

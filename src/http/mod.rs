@@ -29,12 +29,12 @@ use crate::{
     admission::ByteBudget,
     auth::RequireKey,
     error::InferError,
-    shared_memory::ShmError,
     grpc::{
         pb::{self, grpc_inference_service_server::GrpcInferenceService},
         InferenceService,
     },
     logging::{self, Setting},
+    shared_memory::ShmError,
 };
 use body::{compress, read_body, response_encoding};
 use page::Asset;
@@ -90,11 +90,13 @@ enum Answer {
 
 impl Answer {
     fn into_response(self, accept_encoding: Option<&str>) -> Response {
-        let (body, binary_after) = match self {
+        // Only inference answers are compressed, as Triton's: tritonclient's aio client
+        // reads every other answer as plain JSON, whatever it offered to accept.
+        let (body, binary_after, accept_encoding) = match self {
             Answer::Empty => return StatusCode::OK.into_response(),
             Answer::Page(asset) => return asset.into_response(),
-            Answer::Json(value) => (serde_json::to_vec(&value).expect("JSON"), None),
-            Answer::Infer(header, binary) => (header, binary),
+            Answer::Json(value) => (serde_json::to_vec(&value).expect("JSON"), None, None),
+            Answer::Infer(header, binary) => (header, binary, accept_encoding),
         };
         let header_len = body.len();
         let (content_type, body) = match binary_after {
@@ -368,7 +370,10 @@ async fn route(api: &HttpApi, request: Request) -> Result<Answer, HttpError> {
             Ok(Answer::Json(Value::Object(json)))
         }
         Route::ShmStatus(name) => {
-            let regions = service.shared_memory().status(&name).map_err(InferError::from)?;
+            let regions = service
+                .shared_memory()
+                .status(&name)
+                .map_err(InferError::from)?;
             let regions: Vec<Value> = regions
                 .iter()
                 .map(|r| {
@@ -413,10 +418,7 @@ async fn route(api: &HttpApi, request: Request) -> Result<Answer, HttpError> {
         Route::CudaShmStatus(name) if name.is_empty() => Ok(Answer::Json(json!([]))),
         Route::CudaShmStatus(name) => Err(InferError::from(ShmError::NotFound(name)).into()),
         Route::CudaShmUnregister => Ok(Answer::Empty),
-        Route::Unimplemented(what) => Err(HttpError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            what,
-        )),
+        Route::Unimplemented(what) => Err(HttpError::new(StatusCode::NOT_IMPLEMENTED, what)),
         Route::Model {
             name,
             version,
@@ -542,8 +544,8 @@ async fn infer_route(
     let shm = api.service.shared_memory();
     let decoded = infer::decode(&name, &version, body, header_len, raw_spec, limit, shm)?;
     let response = inference.infer(decoded.request).await?;
-    let (header, binary) = answer::encode(response, &decoded.binary, &decoded.windows)
-        .map_err(InferError::from)?;
+    let (header, binary) =
+        answer::encode(response, &decoded.binary, &decoded.windows).map_err(InferError::from)?;
     Ok(Answer::Infer(header, binary))
 }
 

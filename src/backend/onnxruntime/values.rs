@@ -34,6 +34,13 @@ pub(super) fn to_ort(t: &Tensor) -> Result<DynTensor, BackendError> {
         TensorData::Fixed(b) => b,
         TensorData::Bytes(items) => {
             let strings = crate::backend::utf8_strings(t, items, "onnxruntime")?;
+            // ONNX Runtime copies strings as C strings, which end at the first NUL.
+            if let Some(at) = strings.iter().position(|s| s.contains('\0')) {
+                return Err(BackendError::Unsupported(format!(
+                    "input '{}' element {at}: holds a NUL byte, which the onnxruntime backend's strings cannot carry (tract's can)",
+                    t.name
+                )));
+            }
             return OrtTensor::from_string_array((shape, strings.as_slice()))
                 .map(|v| v.upcast())
                 .map_err(fail);
