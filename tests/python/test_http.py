@@ -248,7 +248,10 @@ def test_hostile_bodies_get_their_codes_and_the_server_serves_on(http_server):
         ("POST", infer, json.dumps({**IDENTITY, "parameters": {"triton_enable": True}}).encode(), {}, 400, "reserved"),
         ("POST", infer, json.dumps({**IDENTITY, "parameters": {"priority": "high"}}).encode(), {}, 400,
          "parameter 'priority' must be a non-negative integer"),
-        ("GET", "/v2/systemsharedmemory/status", b"", {}, 501, "not implemented"),
+        ("POST", "/v2/cudasharedmemory/region/r/register", b"{}", {}, 501, "CUDA shared memory is not implemented"),
+        ("POST", "/v2/systemsharedmemory/region/r/register", b"{}", {}, 400, "needs \"key\""),
+        ("POST", "/v2/systemsharedmemory/region/r/register", b"{\"key\": \"/k\"}", {}, 400, "needs \"byte_size\""),
+        ("POST", "/v2/logging", b"[]", {}, 400, "a JSON object"),
         # A declared size over the limit is refused before the body is read.
         ("POST", infer, b"x" * 10, {"Content-Length": str(4 << 30)}, 400, "exceeds the maximum allowed"),
         ("POST", infer, b"", {}, 400, "the request's JSON"),
@@ -270,7 +273,7 @@ def test_hostile_bodies_get_their_codes_and_the_server_serves_on(http_server):
          {}, 400, "neither `data` nor binary_data_size"),
         ("POST", infer, input_with(parameters={"content_type": "base64"}), {}, 400, "content_type"),
         ("POST", infer, input_with(parameters={"shared_memory_region": "r"}), {}, 400,
-         "shared memory is not supported yet"),
+         "names shared memory region 'r' but no shared_memory_byte_size"),
         ("POST", infer, json.dumps({"inputs": IDENTITY["inputs"] * 2}).encode(), {}, 400, "given more than once"),
         ("POST", infer, json.dumps({"inputs": []}).encode(), {}, 400, "missing input 'INPUT0'"),
         ("POST", "/v2/models/identity_bool/infer", json.dumps(
@@ -281,8 +284,8 @@ def test_hostile_bodies_get_their_codes_and_the_server_serves_on(http_server):
          "out of range for INT8"),
         ("POST", infer, json.dumps({**IDENTITY, "outputs": [{"name": "NOPE"}]}).encode(), {}, 400,
          "no output named 'NOPE'"),
-        ("POST", infer, json.dumps({**IDENTITY, "outputs": [{"name": "OUTPUT0", "parameters": {"classification": 2}}]})
-         .encode(), {}, 400, "parameter 'classification' is not supported"),
+        ("POST", infer, json.dumps({**IDENTITY, "outputs": [{"name": "OUTPUT0", "parameters": {"classification": "two"}}]})
+         .encode(), {}, 400, "'classification' must be an integer class count"),
         ("POST", infer, json.dumps({**IDENTITY, "parameters": {"timeout": "soon"}}).encode(), {}, 400,
          "parameter 'timeout' must be a non-negative integer"),
         ("POST", infer, json.dumps({**IDENTITY, "parameters": {"binary_data_output": "yes"}}).encode(), {}, 400,
