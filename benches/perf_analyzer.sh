@@ -5,6 +5,8 @@
 # runtime library of PyPI's nvidia-cuda-runtime-cu12 (no GPU is used).
 #   target/release/wharf serve --model-repository REPO &     # e.g. the test repository
 #   bash benches/perf_analyzer.sh [MODEL] [extra perf_analyzer flags]
+# e.g. `--shared-memory system` (start wharf with --allow-client-shm). Each concurrency's
+# client and server sections are printed, then the summary.
 set -euo pipefail
 model=${1:-add_sub}
 shift || true
@@ -24,5 +26,6 @@ for protocol in http grpc; do
   url=$([ "$protocol" = http ] && echo localhost:8000 || echo localhost:8001)
   echo "== $model over $protocol"
   "$tools/bin/perf_analyzer" -m "$model" -i "$protocol" -u "$url" --concurrency-range 1:8:1 \
-    --measurement-interval 3000 "$@" | sed -n '/Inferences\/Second vs/,$p'
+    --measurement-interval 3000 "$@" |
+    sed -n '/^Request concurrency/,/Avg request latency/p;/Inferences\/Second vs/,$p'
 done
