@@ -40,15 +40,16 @@ fn request_path(c: &mut Criterion) {
     let model: Arc<dyn Model> = TractModel::load(&dir.join("1/model.onnx")).unwrap();
     let spec = ModelSpec::resolve(&config, model.signature()).unwrap();
     let request = cls_request();
+    let shm = wharf::shared_memory::SharedMemory::new(false, 0);
 
     let mut group = c.benchmark_group("ppocr_cls_batch1");
     group.bench_function("wharf_decode_and_validate", |b| {
         b.iter(|| {
-            let decoded = decode_request(black_box(request.clone()), 64 << 20).unwrap();
+            let (decoded, _) = decode_request(black_box(request.clone()), 64 << 20, &shm).unwrap();
             validate::inputs("ppocr_cls", &spec, decoded.inputs).unwrap()
         })
     });
-    let decoded = decode_request(request.clone(), 64 << 20).unwrap();
+    let (decoded, _) = decode_request(request.clone(), 64 << 20, &shm).unwrap();
     let (inputs, _) = validate::inputs("ppocr_cls", &spec, decoded.inputs).unwrap();
     let mut instance = Arc::clone(&model).new_instance().unwrap();
     group.bench_function("tract_run", |b| {

@@ -24,7 +24,9 @@ use crate::repository::{
 
 #[derive(Debug, Error)]
 pub enum ControlError {
-    #[error("explicit model load / unload is not allowed with --model-control-mode {0} (only with explicit)")]
+    /// "if polling is enabled" is Triton's phrase for any mode but explicit, which
+    /// model_analyzer matches to tell its user to start the server in explicit mode.
+    #[error("explicit model load / unload is not allowed if polling is enabled or the models are fixed (--model-control-mode {0}); start wharf with --model-control-mode explicit")]
     NotAllowed(&'static str),
     #[error("failed to load '{model}': {source}")]
     Load { model: String, source: LoadFailure },

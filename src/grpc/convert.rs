@@ -36,9 +36,11 @@ pub fn decode_request(
     let sent = in_shm.iter().filter(|p| p.is_none()).count();
     if raw {
         if let Some(mixed) = request.inputs.iter().find(|i| i.contents.is_some()) {
+            // Triton's words in parentheses: its clients match them.
             return Err(InferError::invalid(format!(
-                "input '{}' has typed contents but the request also carries raw_input_contents; send all inputs one way",
-                mixed.name
+                "input '{0}' has typed contents but the request also carries raw_input_contents; send all inputs one way \
+                 (contents field must not be specified when using raw_input_contents for '{0}' for model '{1}')",
+                mixed.name, request.model_name
             )));
         }
         if request.raw_input_contents.len() != sent {
@@ -406,6 +408,10 @@ pub fn encode_response(
 mod tests {
     use super::*;
 
+    fn no_shm() -> SharedMemory {
+        SharedMemory::new(false, 0)
+    }
+
     fn input(
         name: &str,
         dt: &str,
@@ -431,7 +437,10 @@ mod tests {
     }
 
     fn err(r: ModelInferRequest) -> String {
-        decode_request(r, 1024).unwrap_err().to_string()
+        decode_request(r, 1024, &no_shm())
+            .map(|(r, _)| r)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -462,8 +471,10 @@ mod tests {
             let req = decode_request(
                 request(vec![input("x", dt, &[2], Some(contents.clone()))], vec![]),
                 1024,
+                &no_shm(),
             )
-            .unwrap();
+            .unwrap()
+            .0;
             let raw = req.inputs[0].to_raw();
             let resp = InferResponse {
                 model_name: "m".into(),
@@ -472,14 +483,16 @@ mod tests {
                 outputs: req.inputs,
             };
             // Answered raw, as Triton answers: the same bytes a raw request carries.
-            let encoded = encode_response(resp);
+            let encoded = encode_response(resp, &Vec::new()).unwrap();
             assert_eq!(encoded.raw_output_contents, vec![raw.clone()], "{dt}");
             assert!(encoded.outputs[0].contents.is_none(), "{dt}");
             let again = decode_request(
                 request(vec![input("x", dt, &[2], None)], vec![raw.to_vec()]),
                 1024,
+                &no_shm(),
             )
-            .unwrap();
+            .unwrap()
+            .0;
             assert_eq!(again.inputs[0].to_raw(), raw, "{dt}");
         }
     }
@@ -575,15 +588,17 @@ mod tests {
         let req = decode_request(
             request(vec![input("s", "BYTES", &[2], None)], vec![raw.clone()]),
             1024,
+            &no_shm(),
         )
-        .unwrap();
+        .unwrap()
+        .0;
         let resp = InferResponse {
             model_name: "m".into(),
             model_version: "1".into(),
             id: "7".into(),
             outputs: req.inputs,
         };
-        let encoded = encode_response(resp);
+        let encoded = encode_response(resp, &Vec::new()).unwrap();
         assert_eq!(encoded.raw_output_contents, vec![Bytes::from(raw)]);
         assert_eq!(encoded.id, "7");
     }

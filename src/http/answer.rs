@@ -160,7 +160,7 @@ mod tests {
             named: vec![],
             all: false,
         };
-        let (header, blobs) = encode(response, &chosen);
+        let (header, blobs) = encode(response, &chosen, &Vec::new()).unwrap();
         let header: Value = serde_json::from_slice(&header).unwrap();
         assert!(header.get("id").is_none(), "an empty id is left out");
         let data = |i: usize| header["outputs"][i]["data"].clone();

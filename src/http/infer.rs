@@ -527,7 +527,15 @@ mod tests {
     }
 
     fn decode_json(body: Value) -> Result<Decoded, HttpError> {
-        decode("m", "", body.to_string().into(), None, spec, 1 << 20)
+        decode(
+            "m",
+            "",
+            body.to_string().into(),
+            None,
+            spec,
+            1 << 20,
+            &SharedMemory::new(false, 0),
+        )
     }
 
     #[test]
@@ -569,7 +577,16 @@ mod tests {
             err(json!({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}))
                 .contains("neither `data` nor binary_data_size")
         );
-        let e = decode("m", "", Bytes::from_static(b"{}"), Some(9), spec, 1 << 20).unwrap_err();
+        let e = decode(
+            "m",
+            "",
+            Bytes::from_static(b"{}"),
+            Some(9),
+            spec,
+            1 << 20,
+            &SharedMemory::new(false, 0),
+        )
+        .unwrap_err();
         assert!(
             e.message.contains("must lie within the body"),
             "{}",
@@ -577,7 +594,16 @@ mod tests {
         );
         assert!(err(json!({"parameters": {"triton_x": 1}, "inputs": []})).contains("reserved"));
         // No declared header length and no body: empty JSON, not the raw form.
-        let empty = decode("m", "", Bytes::new(), None, spec, 1 << 20).unwrap_err();
+        let empty = decode(
+            "m",
+            "",
+            Bytes::new(),
+            None,
+            spec,
+            1 << 20,
+            &SharedMemory::new(false, 0),
+        )
+        .unwrap_err();
         assert!(
             empty.message.contains("the request's JSON"),
             "{}",
@@ -597,6 +623,7 @@ mod tests {
             Some(header.len()),
             spec,
             1 << 20,
+            &SharedMemory::new(false, 0),
         )
         .unwrap();
         assert_eq!(
@@ -604,7 +631,16 @@ mod tests {
             &[1, 0, 0, 0, 2, 0, 0, 0]
         );
         body.push(9);
-        let extra = decode("m", "", body.into(), Some(header.len()), spec, 1 << 20).unwrap_err();
+        let extra = decode(
+            "m",
+            "",
+            body.into(),
+            Some(header.len()),
+            spec,
+            1 << 20,
+            &SharedMemory::new(false, 0),
+        )
+        .unwrap_err();
         assert!(
             extra.message.contains("1 bytes after the last input"),
             "{}",
@@ -617,6 +653,7 @@ mod tests {
             Some(header.len()),
             spec,
             1 << 20,
+            &SharedMemory::new(false, 0),
         )
         .unwrap_err();
         assert!(

@@ -36,7 +36,7 @@ pub fn top_classes(
     } else {
         1
     };
-    let per_row = if rows == 0 { 0 } else { values.len() / rows };
+    let per_row = values.len().checked_div(rows).unwrap_or(0);
     if per_row > MAX_ELEMENTS {
         return Err(InferError::invalid(format!(
             "output '{}' has {per_row} elements per row, over the {MAX_ELEMENTS} classification ranks",

@@ -238,6 +238,12 @@ impl Registry {
         version: &str,
         advance: bool,
     ) -> Result<Arc<ServedModel>, InferError> {
+        // Triton's words, which its clients match.
+        if !version.is_empty() && version.parse::<u64>().is_err() {
+            return Err(InferError::invalid(format!(
+                "failed to get model version from specified version string '{version}': a version is a whole number, or empty for the model's policy"
+            )));
+        }
         let models = self.read();
         let entry = models
             .get(name)

@@ -419,8 +419,9 @@ async fn the_bad_input_catalogue() {
         bad(add_sub_with(|r| r.model_name = "m".repeat(1 << 20)), Code::NotFound, "unknown model: 'mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm"),
         bad(add_sub_with(|r| r.model_name = "../add_sub".into()), Code::NotFound, "unknown model: '../add_sub'"),
         bad(add_sub_with(|r| r.model_version = "9".into()), Code::NotFound, "model 'add_sub' has no version 9; it serves 1"),
-        bad(add_sub_with(|r| r.model_version = "one".into()), Code::NotFound, "model 'add_sub' has no version one; it serves 1"),
-        bad(add_sub_with(|r| r.model_version = "-1".into()), Code::NotFound, "model 'add_sub' has no version -1; it serves 1"),
+        // Triton's words, which its grpc_explicit_int8_content_client example matches.
+        bad(add_sub_with(|r| r.model_version = "one".into()), Code::InvalidArgument, "failed to get model version from specified version string 'one'"),
+        bad(add_sub_with(|r| r.model_version = "-1".into()), Code::InvalidArgument, "failed to get model version from specified version string '-1'"),
         bad(add_sub_with(|r| { r.inputs.clear(); r.raw_input_contents.clear(); }), Code::InvalidArgument, "missing input 'INPUT0' for model 'add_sub' (expects: INPUT0, INPUT1)"),
         bad(add_sub_with(|r| { r.inputs.pop(); r.raw_input_contents.pop(); }), Code::InvalidArgument, "missing input 'INPUT1' for model 'add_sub' (expects: INPUT0, INPUT1)"),
         bad(add_sub_with(|r| { r.inputs.push(input("EXTRA", "FP32", &[1, 4])); r.raw_input_contents.push(four.clone().into()); }), Code::InvalidArgument, "model 'add_sub' has no input named 'EXTRA'; its inputs are: INPUT0, INPUT1"),
@@ -439,8 +440,8 @@ async fn the_bad_input_catalogue() {
         bad(add_sub_with(|r| r.inputs[0].shape = Vec::new()), Code::InvalidArgument, "input 'INPUT0': raw_input_contents holds 16 bytes but shape [] of FP32 needs 4"),
         bad(add_sub_with(|r| r.raw_input_contents[0] = fp32_bytes(&[1.0; 3]).into()), Code::InvalidArgument, "input 'INPUT0': raw_input_contents holds 12 bytes but shape [1, 4] of FP32 needs 16"),
         bad(add_sub_with(|r| r.raw_input_contents[0] = vec![0u8; 17].into()), Code::InvalidArgument, "input 'INPUT0': raw_input_contents holds 17 bytes but shape [1, 4] of FP32 needs 16"),
-        bad(add_sub_with(|r| { r.raw_input_contents.pop(); }), Code::InvalidArgument, "raw_input_contents has 1 entries but the request has 2 inputs; expected one per input"),
-        bad(add_sub_with(|r| r.raw_input_contents.push(four.clone().into())), Code::InvalidArgument, "raw_input_contents has 3 entries but the request has 2 inputs; expected one per input"),
+        bad(add_sub_with(|r| { r.raw_input_contents.pop(); }), Code::InvalidArgument, "raw_input_contents has 1 entries but the request has 2 inputs not in shared memory; expected one per input"),
+        bad(add_sub_with(|r| r.raw_input_contents.push(four.clone().into())), Code::InvalidArgument, "raw_input_contents has 3 entries but the request has 2 inputs not in shared memory; expected one per input"),
         bad(add_sub_with(|r| r.inputs[0].contents = Some(InferTensorContents { fp32_contents: vec![1.0; 4], ..Default::default() })), Code::InvalidArgument, "input 'INPUT0' has typed contents but the request also carries raw_input_contents; send al"),
         bad(
             ModelInferRequest {

@@ -403,7 +403,7 @@ async fn repository_index_lists_every_model() {
 }
 
 #[tokio::test]
-async fn other_rpcs_say_unimplemented() {
+async fn unimplemented_and_disabled_rpcs_say_why() {
     let mut t = TestServer::default().await;
     let c = &mut t.client;
     // Model control is off by default (--model-control-mode none): loads are refused,
@@ -423,33 +423,44 @@ async fn other_rpcs_say_unimplemented() {
             status.message()
         );
     }
-    let statuses = vec![
-        c.system_shared_memory_status(pb::SystemSharedMemoryStatusRequest::default())
-            .await
-            .unwrap_err(),
+    // Client shared memory is off by default: registering says how to allow it, and the
+    // status lists nothing. No CUDA region can exist: none listed, none to clear.
+    for status in [
         c.system_shared_memory_register(pb::SystemSharedMemoryRegisterRequest::default())
             .await
             .unwrap_err(),
         c.system_shared_memory_unregister(pb::SystemSharedMemoryUnregisterRequest::default())
             .await
             .unwrap_err(),
-        c.cuda_shared_memory_status(pb::CudaSharedMemoryStatusRequest::default())
-            .await
-            .unwrap_err(),
+    ] {
+        assert_eq!(status.code(), Code::Unimplemented);
+        assert!(
+            status.message().contains("--allow-client-shm=true"),
+            "{}",
+            status.message()
+        );
+    }
+    let listed = c
+        .system_shared_memory_status(pb::SystemSharedMemoryStatusRequest::default())
+        .await
+        .unwrap();
+    assert!(listed.into_inner().regions.is_empty());
+    let cuda = c
+        .cuda_shared_memory_status(pb::CudaSharedMemoryStatusRequest::default())
+        .await
+        .unwrap();
+    assert!(cuda.into_inner().regions.is_empty());
+    c.cuda_shared_memory_unregister(pb::CudaSharedMemoryUnregisterRequest::default())
+        .await
+        .unwrap();
+    for status in [
         c.cuda_shared_memory_register(pb::CudaSharedMemoryRegisterRequest::default())
-            .await
-            .unwrap_err(),
-        c.cuda_shared_memory_unregister(pb::CudaSharedMemoryUnregisterRequest::default())
             .await
             .unwrap_err(),
         c.trace_setting(pb::TraceSettingRequest::default())
             .await
             .unwrap_err(),
-        c.log_settings(pb::LogSettingsRequest::default())
-            .await
-            .unwrap_err(),
-    ];
-    for status in statuses {
+    ] {
         assert_eq!(status.code(), Code::Unimplemented);
         assert!(
             status.message().contains("is not implemented by wharf"),

@@ -128,8 +128,13 @@ def test_loads_with_a_bad_traffic_split_or_model_files_are_refused_and_the_model
         # Model files sent with the load (Triton's `file:` parameters) are not taken.
         status, message = refused(lambda: client.load_model(
             "m", config='{}', files={"file:1/model.onnx": IDENTITY.read_bytes()}))
-        assert status == "StatusCode.INVALID_ARGUMENT", message
-        assert "'file:1/model.onnx'" in message and "only `config`" in message, message
+        assert status == "StatusCode.UNIMPLEMENTED", message
+        assert "(file:1/model.onnx) are not supported" in message and "failed to load 'm'" in message, message
+        # A path Triton could not write fails as Triton's does (its example matches it).
+        status, message = refused(lambda: client.load_model(
+            "m", config='{}', files={"file:" + "é" * 200: b"a"}))
+        assert status == "StatusCode.INTERNAL", message
+        assert "failed to poll from model repository" in message and "NAME_MAX" in message, message
         # Each refusal left what served as it was.
         assert infer(client, "m") == "2" and client.is_model_ready("m")
         assert index(client)[("m", "2")][0] == "READY"
