@@ -78,6 +78,11 @@ impl SharedMemory {
         }
     }
 
+    /// Whether clients may register regions (`--allow-client-shm`).
+    pub fn allowed(&self) -> bool {
+        self.allowed
+    }
+
     /// Opens `key` and registers `byte_size` bytes of it from `offset` as `name`.
     pub fn register(
         &self,

@@ -63,6 +63,19 @@ impl InferenceService {
         }
     }
 
+    /// Triton's extensions wharf serves, as ServerMetadata and `GET /v2` list them.
+    pub fn extensions(&self) -> Vec<&'static str> {
+        let mut all = crate::http::EXTENSIONS.to_vec();
+        if self.shared_memory.allowed() {
+            let at = all
+                .iter()
+                .position(|e| *e == "binary_tensor_data")
+                .unwrap_or(0);
+            all.insert(at, "system_shared_memory");
+        }
+        all
+    }
+
     /// The registered client regions, for the HTTP front end.
     pub fn shared_memory(&self) -> &SharedMemory {
         &self.shared_memory
@@ -215,10 +228,7 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(pb::ServerMetadataResponse {
             name: "wharf".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: crate::http::EXTENSIONS
-                .iter()
-                .map(|e| (*e).into())
-                .collect(),
+            extensions: self.extensions().into_iter().map(String::from).collect(),
         }))
     }
 

@@ -39,7 +39,8 @@ use crate::{
 use body::{compress, read_body, response_encoding};
 use page::Asset;
 
-/// Triton's extensions that wharf's HTTP front end implements, in Triton's order.
+/// Triton's extensions that wharf implements, over both front ends, in Triton's order
+/// (`system_shared_memory` is added where it is allowed).
 pub const EXTENSIONS: &[&str] = &[
     "model_repository",
     "model_repository(unload_dependents)",
@@ -292,7 +293,7 @@ async fn route(api: &HttpApi, request: Request) -> Result<Answer, HttpError> {
         Route::ServerMetadata => Ok(Answer::Json(json!({
             "name": "wharf",
             "version": env!("CARGO_PKG_VERSION"),
-            "extensions": EXTENSIONS,
+            "extensions": service.extensions(),
         }))),
         Route::AllStats => {
             let stats = service

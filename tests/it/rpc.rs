@@ -418,7 +418,8 @@ async fn unimplemented_and_disabled_rpcs_say_why() {
     ] {
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert!(
-            status.message().contains("--model-control-mode none"),
+            status.message().contains("--model-control-mode none")
+                && status.message().contains("if polling is enabled"),
             "{}",
             status.message()
         );

@@ -173,12 +173,16 @@ def test_shared_memory_is_off_unless_allowed(identity_server, regions):
     status, message = refused(lambda: http.register_system_shared_memory("off", key, 64))
     assert status == 501 or "501" in str(status), status
     assert grpc.get_system_shared_memory_status(as_json=True) == {}
+    assert "system_shared_memory" not in grpc.get_server_metadata(as_json=True)["extensions"]
     assert http.get_system_shared_memory_status() == []
 
 
 @pytest.mark.parametrize("module", [grpcclient, httpclient], ids=["grpc", "http"])
 def test_inputs_and_outputs_travel_through_shared_memory(shm_server, regions, module):
     client = module.InferenceServerClient(shm_server["grpc" if module is grpcclient else "http"])
+    extensions = client.get_server_metadata()
+    extensions = extensions["extensions"] if module is httpclient else extensions.extensions
+    assert "system_shared_memory" in extensions
     rows = np.arange(12, dtype=np.float32).reshape(3, 4)
     key_in, handle_in = regions("in", 64 + rows.nbytes)
     key_out, handle_out = regions("out", rows.nbytes)
