@@ -5,10 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use thiserror::Error;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tonic::{
-    service::{interceptor::InterceptedService, Routes},
-    transport::{Identity, ServerTlsConfig},
-};
+use tonic::service::{interceptor::InterceptedService, Routes};
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use tracing::{info, warn};
@@ -17,7 +14,7 @@ use crate::{
     admission::ByteBudget,
     auth::RequireKey,
     backend::onnxruntime::library,
-    config::{ServerConfig, TlsFiles},
+    config::ServerConfig,
     control::{ControlMode, ModelControl},
     grpc::{
         gate::Gate, pb, pb::grpc_inference_service_server::GrpcInferenceServiceServer,
@@ -71,12 +68,8 @@ pub enum AppError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
-    #[error("TLS {what} {path}: {source}")]
-    Tls {
-        what: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A listener on `addr` and the address it got (port 0 picks one).
@@ -85,42 +78,6 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), AppError> {
     let listener = TcpListener::bind(addr).await.map_err(bound)?;
     let local = listener.local_addr().map_err(bound)?;
     Ok((listener, local))
-}
-
-/// The server's TLS identity from its PEM files.
-fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, AppError> {
-    let read = |what, path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| AppError::Tls {
-            what,
-            path: path.display().to_string(),
-            source,
-        })
-    };
-    let identity = Identity::from_pem(read("certificate", &files.cert)?, read("key", &files.key)?);
-    Ok(ServerTlsConfig::new().identity(identity))
-}
-
-/// HTTP's TLS from the same PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
-fn http_tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, AppError> {
-    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-    use tokio_rustls::rustls;
-    let bad = |what: &'static str, path: &std::path::Path, e: String| AppError::Tls {
-        what,
-        path: path.display().to_string(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-    };
-    let certs = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| bad("certificate", &files.cert, e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| bad("key", &files.key, e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
-        .map_err(|e| bad("certificate and key", &files.cert, e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// A server built and bound but not yet running: everything that can fail (reading the
@@ -174,8 +131,8 @@ impl App {
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
         let mut http_tls = None;
         if let Some(tls) = config.listen.tls() {
-            transport = transport.tls_config(tls_config(&tls)?)?;
-            http_tls = Some(http_tls_acceptor(&tls)?);
+            transport = transport.tls_config(crate::tls::tls_config(&tls)?)?;
+            http_tls = Some(crate::tls::http_tls_acceptor(&tls)?);
         }
         Ok(App {
             config,
@@ -275,8 +232,9 @@ impl App {
             .await;
         drain.spawn(follow_health(reporter, Arc::clone(&inference), strict));
 
-        let budget = Arc::new(ByteBudget::new(config.limits.max_inflight_bytes()));
-        let max_request_bytes = config.limits.max_request_bytes();
+        let limits = &config.limits;
+        let budget = Arc::new(ByteBudget::new(limits.max_inflight_bytes()));
+        let max_request_bytes = limits.max_request_bytes();
         let service = InferenceService::new(
             Arc::clone(&inference),
             max_request_bytes,
@@ -284,8 +242,8 @@ impl App {
             Arc::clone(&budget),
             control,
             Arc::new(SharedMemory::new(
-                config.limits.allow_client_shm,
-                config.limits.client_shm_limit.as_u64(),
+                limits.allow_client_shm,
+                limits.client_shm_limit,
             )),
         );
         // Room for the largest request wharf accepts plus protobuf framing, so that an

@@ -51,6 +51,7 @@ pub mod validate;
 pub(crate) mod inference;
 
 pub(crate) mod listener;
+pub(crate) mod tls;
 
 pub mod grpc;
 pub mod http;

@@ -70,10 +70,10 @@ pub struct SharedMemory {
 impl SharedMemory {
     /// `allowed`: registering is refused unless set (`--allow-client-shm`); `limit`: the
     /// bytes all regions may span together.
-    pub fn new(allowed: bool, limit: u64) -> SharedMemory {
+    pub fn new(allowed: bool, limit: bytesize::ByteSize) -> SharedMemory {
         SharedMemory {
             allowed,
-            limit,
+            limit: limit.as_u64(),
             regions: Mutex::default(),
         }
     }

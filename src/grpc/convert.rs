@@ -409,7 +409,7 @@ mod tests {
     use super::*;
 
     fn no_shm() -> SharedMemory {
-        SharedMemory::new(false, 0)
+        SharedMemory::new(false, bytesize::ByteSize(0))
     }
 
     fn input(

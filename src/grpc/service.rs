@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{
     convert::{decode_request, encode_response},
+    extensions,
     gate::Charge,
     messages,
     pb::{self, grpc_inference_service_server::GrpcInferenceService},
@@ -20,7 +21,6 @@ use crate::{
     control::ModelControl,
     error::InferError,
     inference::Inference,
-    logging::{self, Setting},
     metrics::{Protocol, Refusal},
     repository::{ServedModel, Status as VersionStatus},
     shared_memory::{SharedMemory, ShmError},
@@ -65,7 +65,7 @@ impl InferenceService {
 
     /// Triton's extensions wharf serves, as ServerMetadata and `GET /v2` list them.
     pub fn extensions(&self) -> Vec<&'static str> {
-        let mut all = crate::http::EXTENSIONS.to_vec();
+        let mut all = extensions::EXTENSIONS.to_vec();
         if self.shared_memory.allowed() {
             let at = all
                 .iter()
@@ -159,33 +159,6 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
         _ => return None,
     })
 }
-
-/// A load that sends model files (`file:<path>` parameters, which wharf does not take).
-/// A path Triton could not write (a component longer than NAME_MAX) fails as Triton's
-/// does, INTERNAL "failed to poll from model repository", which its model-control example
-/// checks; any other is UNIMPLEMENTED.
-fn refuse_model_file(model: &str, key: &str) -> Status {
-    let path = &key["file:".len()..];
-    if let Some(long) = path.split('/').find(|part| part.len() > 255) {
-        return Status::internal(format!(
-            "failed to poll from model repository: failed to load '{model}': file '{}...': a path component of {} bytes is longer than NAME_MAX (255)",
-            long.chars().take(16).collect::<String>(),
-            long.len()
-        ));
-    }
-    Status::unimplemented(format!(
-        "failed to load '{model}': model files sent with a load ({key}) are not supported by wharf; put them in the model repository"
-    ))
-}
-
-fn unimplemented<T>(rpc: &str, why: &str) -> Result<Response<T>, Status> {
-    Err(Status::unimplemented(format!(
-        "{rpc} is not implemented by wharf: {why}"
-    )))
-}
-
-const CUDA_SHM: &str =
-    "it has no GPU tensor path yet; system shared memory is (--allow-client-shm)";
 
 type AnswerStream =
     Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
@@ -387,7 +360,7 @@ impl GrpcInferenceService for InferenceService {
                 ("config", Some(pb::model_repository_parameter::ParameterChoice::StringParam(text))) => {
                     config = Some(text.as_str());
                 }
-                (file, _) if file.starts_with("file:") => return Err(refuse_model_file(&r.model_name, file)),
+                (file, _) if file.starts_with("file:") => return Err(extensions::refuse_model_file(&r.model_name, file)),
                 _ => {
                     return Err(Status::invalid_argument(format!(
                         "RepositoryModelLoad parameter '{key}': only `config` (a string holding the model's config as JSON or YAML) is supported"
@@ -425,25 +398,10 @@ impl GrpcInferenceService for InferenceService {
         &self,
         r: Request<pb::SystemSharedMemoryStatusRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
-        use pb::system_shared_memory_status_response::RegionStatus;
-        let regions = self
-            .shared_memory
-            .status(&r.into_inner().name)
-            .map_err(InferError::from)?
-            .into_iter()
-            .map(|region| {
-                let status = RegionStatus {
-                    name: region.name.clone(),
-                    key: region.key.clone(),
-                    offset: region.offset,
-                    byte_size: region.byte_size,
-                };
-                (region.name.clone(), status)
-            })
-            .collect();
-        Ok(Response::new(pb::SystemSharedMemoryStatusResponse {
-            regions,
-        }))
+        Ok(Response::new(extensions::shm_status(
+            &self.shared_memory,
+            &r.into_inner().name,
+        )?))
     }
 
     async fn system_shared_memory_register(
@@ -483,7 +441,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         _: Request<pb::CudaSharedMemoryRegisterRequest>,
     ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
-        unimplemented("CudaSharedMemoryRegister", CUDA_SHM)
+        extensions::unimplemented("CudaSharedMemoryRegister", extensions::CUDA_SHM)
     }
 
     async fn cuda_shared_memory_unregister(
@@ -498,52 +456,13 @@ impl GrpcInferenceService for InferenceService {
         &self,
         _: Request<pb::TraceSettingRequest>,
     ) -> Result<Response<pb::TraceSettingResponse>, Status> {
-        unimplemented("TraceSetting", "trace settings come with tracing")
+        extensions::unimplemented("TraceSetting", "trace settings come with tracing")
     }
 
     async fn log_settings(
         &self,
         r: Request<pb::LogSettingsRequest>,
     ) -> Result<Response<pb::LogSettingsResponse>, Status> {
-        use pb::{
-            log_settings_request::setting_value::ParameterChoice as Asked,
-            log_settings_response::{setting_value::ParameterChoice as Answered, SettingValue},
-        };
-        let mut changes = std::collections::BTreeMap::new();
-        for (key, value) in r.into_inner().settings {
-            let value = match value.parameter_choice {
-                Some(Asked::BoolParam(b)) => Setting::Bool(b),
-                Some(Asked::Uint32Param(n)) => Setting::Uint(n),
-                Some(Asked::StringParam(t)) => Setting::Text(t),
-                None => {
-                    return Err(Status::invalid_argument(format!(
-                        "log setting '{key}' has no value"
-                    )))
-                }
-            };
-            changes.insert(key, value);
-        }
-        let now = if changes.is_empty() {
-            logging::settings()
-        } else {
-            logging::update(&changes).map_err(Status::invalid_argument)?
-        };
-        let settings = now
-            .into_iter()
-            .map(|(key, value)| {
-                let choice = match value {
-                    Setting::Bool(b) => Answered::BoolParam(b),
-                    Setting::Uint(n) => Answered::Uint32Param(n),
-                    Setting::Text(t) => Answered::StringParam(t),
-                };
-                (
-                    key,
-                    SettingValue {
-                        parameter_choice: Some(choice),
-                    },
-                )
-            })
-            .collect();
-        Ok(Response::new(pb::LogSettingsResponse { settings }))
+        Ok(Response::new(extensions::log_settings(r.into_inner())?))
     }
 }

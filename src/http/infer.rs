@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::error::HttpError;
+use super::{error::HttpError, extensions};
 use crate::{
     error::InferError,
     grpc::{
@@ -17,7 +17,7 @@ use crate::{
     metrics::Protocol,
     repository::spec::ModelSpec,
     request::InferRequest,
-    shared_memory::{OutputWindows, SharedMemory, ShmParams},
+    shared_memory::{OutputWindows, SharedMemory},
     tensor::{shape_string, DataType, Tensor},
 };
 
@@ -130,18 +130,16 @@ pub fn decode(
     let mut classification = Vec::new();
     let mut windows = Vec::new();
     for output in &outputs {
-        if let Some(key) = output
-            .parameters
-            .keys()
-            .find(|k| !matches!(k.as_str(), "binary_data" | "classification") && !is_shm_key(k))
-        {
+        if let Some(key) = output.parameters.keys().find(|k| {
+            !matches!(k.as_str(), "binary_data" | "classification") && !extensions::is_shm_key(k)
+        }) {
             return Err(HttpError::bad(format!(
                 "output '{}': parameter '{key}' is not supported (only binary_data, classification and shared_memory_*)",
                 output.name
             )));
         }
         let binary = bool_param(&output.parameters, "binary_data", &output.name)?;
-        if let Some(params) = shm_params(&output.name, &output.parameters)? {
+        if let Some(params) = extensions::shm_params(&output.name, &output.parameters)? {
             let clash = if output.parameters.contains_key("classification") {
                 Some("classification")
             } else if binary == Some(true) {
@@ -265,45 +263,6 @@ fn decode_raw(
     })
 }
 
-fn is_shm_key(key: &str) -> bool {
-    matches!(
-        key,
-        "shared_memory_region" | "shared_memory_byte_size" | "shared_memory_offset"
-    )
-}
-
-/// A tensor's `shared_memory_*` parameters, where it names a region.
-fn shm_params(tensor: &str, params: &Map<String, Value>) -> Result<Option<ShmParams>, HttpError> {
-    let Some(region) = params.get("shared_memory_region") else {
-        return Ok(None);
-    };
-    let region = region.as_str().ok_or_else(|| {
-        HttpError::bad(format!(
-            "'{tensor}': shared_memory_region must be a string, found {region}"
-        ))
-    })?;
-    let number = |key: &str| -> Result<Option<u64>, HttpError> {
-        params
-            .get(key)
-            .map(|v| {
-                v.as_u64().ok_or_else(|| {
-                    HttpError::bad(format!(
-                        "'{tensor}': {key} must be a non-negative integer, found {v}"
-                    ))
-                })
-            })
-            .transpose()
-    };
-    let params = ShmParams::new(
-        tensor,
-        region.to_owned(),
-        number("shared_memory_byte_size")?,
-        number("shared_memory_offset")?,
-    )
-    .map_err(InferError::from)?;
-    Ok(Some(params))
-}
-
 fn decode_one(
     input: InputHeader,
     rest: &mut Bytes,
@@ -312,11 +271,9 @@ fn decode_one(
 ) -> Result<Tensor, HttpError> {
     let name = input.name;
     let bad = |what: String| HttpError::bad(format!("input '{name}': {what}"));
-    if let Some(key) = input
-        .parameters
-        .keys()
-        .find(|k| !matches!(k.as_str(), "binary_data_size" | "content_type") && !is_shm_key(k))
-    {
+    if let Some(key) = input.parameters.keys().find(|k| {
+        !matches!(k.as_str(), "binary_data_size" | "content_type") && !extensions::is_shm_key(k)
+    }) {
         return Err(bad(format!(
             "parameter '{key}' is not supported (only binary_data_size, content_type and shared_memory_*)"
         )));
@@ -346,7 +303,7 @@ fn decode_one(
         contents,
         ..Default::default()
     };
-    if let Some(params) = shm_params(&name, &input.parameters)? {
+    if let Some(params) = extensions::shm_params(&name, &input.parameters)? {
         if binary_size.is_some() || input.data.is_some() {
             return Err(bad(
                 "names a shared memory region and also sets `data` or binary_data_size; send its data one way".into(),
@@ -534,7 +491,7 @@ mod tests {
             None,
             spec,
             1 << 20,
-            &SharedMemory::new(false, 0),
+            &SharedMemory::new(false, bytesize::ByteSize(0)),
         )
     }
 
@@ -584,7 +541,7 @@ mod tests {
             Some(9),
             spec,
             1 << 20,
-            &SharedMemory::new(false, 0),
+            &SharedMemory::new(false, bytesize::ByteSize(0)),
         )
         .unwrap_err();
         assert!(
@@ -601,7 +558,7 @@ mod tests {
             None,
             spec,
             1 << 20,
-            &SharedMemory::new(false, 0),
+            &SharedMemory::new(false, bytesize::ByteSize(0)),
         )
         .unwrap_err();
         assert!(
@@ -623,7 +580,7 @@ mod tests {
             Some(header.len()),
             spec,
             1 << 20,
-            &SharedMemory::new(false, 0),
+            &SharedMemory::new(false, bytesize::ByteSize(0)),
         )
         .unwrap();
         assert_eq!(
@@ -638,7 +595,7 @@ mod tests {
             Some(header.len()),
             spec,
             1 << 20,
-            &SharedMemory::new(false, 0),
+            &SharedMemory::new(false, bytesize::ByteSize(0)),
         )
         .unwrap_err();
         assert!(
@@ -653,7 +610,7 @@ mod tests {
             Some(header.len()),
             spec,
             1 << 20,
-            &SharedMemory::new(false, 0),
+            &SharedMemory::new(false, bytesize::ByteSize(0)),
         )
         .unwrap_err();
         assert!(

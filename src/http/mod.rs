@@ -5,9 +5,11 @@
 mod answer;
 mod body;
 mod error;
+mod extensions;
 mod infer;
 mod messages;
 mod page;
+mod route;
 mod serve;
 
 use std::sync::Arc;
@@ -33,23 +35,11 @@ use crate::{
         pb::{self, grpc_inference_service_server::GrpcInferenceService},
         InferenceService,
     },
-    logging::{self, Setting},
     shared_memory::ShmError,
 };
 use body::{compress, read_body, response_encoding};
 use page::Asset;
-
-/// Triton's extensions that wharf implements, over both front ends, in Triton's order
-/// (`system_shared_memory` is added where it is allowed).
-pub const EXTENSIONS: &[&str] = &[
-    "model_repository",
-    "model_repository(unload_dependents)",
-    "model_configuration",
-    "binary_tensor_data",
-    "statistics",
-    "classification",
-    "logging",
-];
+use route::{ModelAction, Route};
 
 /// What every route shares.
 pub struct HttpApi {
@@ -123,134 +113,6 @@ impl Answer {
             headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
         }
         response
-    }
-}
-
-/// A route, from the path's segments (percent-decoded).
-enum Route {
-    /// The operator's page and its files.
-    Page(Asset),
-    Live,
-    Ready,
-    ServerMetadata,
-    /// `/v2/models/{m}[/versions/{v}]` and what follows.
-    Model {
-        name: String,
-        version: String,
-        action: ModelAction,
-    },
-    AllStats,
-    Index,
-    Load(String),
-    Unload(String),
-    /// Log settings: GET reads them, POST changes them.
-    Logging,
-    /// System shared memory: one region's or (empty) every region's status, register,
-    /// unregister.
-    ShmStatus(String),
-    ShmRegister(String),
-    ShmUnregister(String),
-    CudaShmStatus(String),
-    CudaShmUnregister,
-    /// Triton routes wharf does not serve yet: shared memory, trace, logging.
-    Unimplemented(&'static str),
-}
-
-enum ModelAction {
-    Metadata,
-    Ready,
-    Config,
-    Infer,
-    Stats,
-}
-
-impl Route {
-    /// The route of `path` and the one method it takes (GET, or POST for the others).
-    fn parse(path: &str) -> Option<(Route, Method)> {
-        let segments: Vec<String> = path
-            .trim_start_matches('/')
-            .split('/')
-            .map(|s| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-            .collect();
-        let s: Vec<&str> = segments.iter().map(String::as_str).collect();
-        let get = |route| Some((route, Method::GET));
-        let post = |route| Some((route, Method::POST));
-        match s.as_slice() {
-            [""] | ["index.html"] | ["page", _] => {
-                Asset::find(&s.join("/")).and_then(|a| get(Route::Page(a)))
-            }
-            ["v2"] => get(Route::ServerMetadata),
-            ["v2", "health", "live"] => get(Route::Live),
-            ["v2", "health", "ready"] => get(Route::Ready),
-            ["v2", "models", "stats"] => get(Route::AllStats),
-            ["v2", "repository", "index"] | ["v2", "repository", _, "index"] => post(Route::Index),
-            ["v2", "repository", "models", m, "load"] => post(Route::Load(m.to_string())),
-            ["v2", "repository", "models", m, "unload"] => post(Route::Unload(m.to_string())),
-            ["v2", "systemsharedmemory", "status"] => get(Route::ShmStatus(String::new())),
-            ["v2", "systemsharedmemory", "region", r, "status"] => {
-                get(Route::ShmStatus(r.to_string()))
-            }
-            ["v2", "systemsharedmemory", "region", r, "register"] => {
-                post(Route::ShmRegister(r.to_string()))
-            }
-            ["v2", "systemsharedmemory", "unregister"] => {
-                post(Route::ShmUnregister(String::new()))
-            }
-            ["v2", "systemsharedmemory", "region", r, "unregister"] => {
-                post(Route::ShmUnregister(r.to_string()))
-            }
-            // No CUDA region can be registered: status lists none, unregistering clears
-            // nothing, and registering says why.
-            ["v2", "cudasharedmemory", "status"] => get(Route::CudaShmStatus(String::new())),
-            ["v2", "cudasharedmemory", "region", r, "status"] => {
-                get(Route::CudaShmStatus(r.to_string()))
-            }
-            ["v2", "cudasharedmemory", "unregister"]
-            | ["v2", "cudasharedmemory", "region", _, "unregister"] => post(Route::CudaShmUnregister),
-            ["v2", "cudasharedmemory", "region", _, "register"] => Some((
-                Route::Unimplemented(
-                    "CUDA shared memory is not implemented: wharf has no GPU tensor path yet (system shared memory is, with --allow-client-shm)",
-                ),
-                Method::POST,
-            )),
-            ["v2", "trace", "setting"] | ["v2", "models", _, "trace", "setting"] => {
-                get(Route::Unimplemented("trace settings are not implemented by wharf yet"))
-            }
-            ["v2", "logging"] => get(Route::Logging),
-            ["v2", "models", m, rest @ ..] => {
-                let (version, rest) = match rest {
-                    ["versions", v, rest @ ..]
-                        if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) =>
-                    {
-                        (v.to_string(), rest)
-                    }
-                    ["versions", ..] => return None,
-                    rest => (String::new(), rest),
-                };
-                let (action, method) = match rest {
-                    [] => (ModelAction::Metadata, Method::GET),
-                    ["ready"] => (ModelAction::Ready, Method::GET),
-                    ["config"] => (ModelAction::Config, Method::GET),
-                    ["stats"] => (ModelAction::Stats, Method::GET),
-                    ["infer"] => (ModelAction::Infer, Method::POST),
-                    _ => return None,
-                };
-                let name = m.to_string();
-                Some((
-                    Route::Model {
-                        name,
-                        version,
-                        action,
-                    },
-                    method,
-                ))
-            }
-            _ => None,
-        }
     }
 }
 
@@ -348,65 +210,19 @@ async fn route(api: &HttpApi, request: Request) -> Result<Answer, HttpError> {
         }
         Route::Logging => {
             let changes = if request.method() == Method::POST {
-                log_changes(read_json_body(api, request).await?)?
+                Some(read_json_body(api, request).await?)
             } else {
-                Default::default()
+                None
             };
-            let now = if changes.is_empty() {
-                logging::settings()
-            } else {
-                logging::update(&changes).map_err(HttpError::bad)?
-            };
-            let json: serde_json::Map<String, Value> = now
-                .into_iter()
-                .map(|(key, value)| {
-                    let value = match value {
-                        Setting::Bool(b) => Value::Bool(b),
-                        Setting::Uint(n) => Value::from(n),
-                        Setting::Text(t) => Value::String(t),
-                    };
-                    (key, value)
-                })
-                .collect();
-            Ok(Answer::Json(Value::Object(json)))
+            Ok(Answer::Json(extensions::logging(changes)?))
         }
-        Route::ShmStatus(name) => {
-            let regions = service
-                .shared_memory()
-                .status(&name)
-                .map_err(InferError::from)?;
-            let regions: Vec<Value> = regions
-                .iter()
-                .map(|r| {
-                    json!({"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size})
-                })
-                .collect();
-            Ok(Answer::Json(Value::Array(regions)))
-        }
+        Route::ShmStatus(name) => Ok(Answer::Json(extensions::shm_status(
+            service.shared_memory(),
+            &name,
+        )?)),
         Route::ShmRegister(name) => {
             let body = read_json_body(api, request).await?;
-            let key = body.get("key").and_then(Value::as_str).ok_or_else(|| {
-                HttpError::bad(format!(
-                    "registering shared memory region '{name}' needs \"key\", a string"
-                ))
-            })?;
-            let number = |field: &str| -> Result<u64, HttpError> {
-                match body.get(field) {
-                    None if field == "offset" => Ok(0),
-                    Some(v) => v.as_u64().ok_or_else(|| {
-                        HttpError::bad(format!(
-                            "registering shared memory region '{name}': \"{field}\" must be a non-negative integer, found {v}"
-                        ))
-                    }),
-                    None => Err(HttpError::bad(format!(
-                        "registering shared memory region '{name}' needs \"{field}\""
-                    ))),
-                }
-            };
-            service
-                .shared_memory()
-                .register(&name, key, number("offset")?, number("byte_size")?)
-                .map_err(InferError::from)?;
+            extensions::shm_register(service.shared_memory(), &name, &body)?;
             Ok(Answer::Empty)
         }
         Route::ShmUnregister(name) => {
@@ -426,39 +242,6 @@ async fn route(api: &HttpApi, request: Request) -> Result<Answer, HttpError> {
             action,
         } => model_route(api, request, name, version, action).await,
     }
-}
-
-/// A `/v2/logging` POST body: an object of settings, each a boolean, a count or a string.
-fn log_changes(body: Value) -> Result<std::collections::BTreeMap<String, Setting>, HttpError> {
-    let Value::Object(settings) = body else {
-        return Err(HttpError::bad(format!(
-            "log settings are a JSON object of name: value, found {body}"
-        )));
-    };
-    settings
-        .into_iter()
-        .map(|(key, value)| {
-            let setting = match &value {
-                Value::Bool(b) => Setting::Bool(*b),
-                Value::String(t) => Setting::Text(t.clone()),
-                Value::Number(n) => n
-                    .as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .map(Setting::Uint)
-                    .ok_or_else(|| {
-                        HttpError::bad(format!(
-                            "log setting '{key}': {n} is not a count (a non-negative integer)"
-                        ))
-                    })?,
-                other => {
-                    return Err(HttpError::bad(format!(
-                        "log setting '{key}' must be a boolean, a number or a string, found {other}"
-                    )))
-                }
-            };
-            Ok((key, setting))
-        })
-        .collect()
 }
 
 async fn model_route(
