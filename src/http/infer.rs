@@ -5,9 +5,13 @@
 
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::{value::RawValue, Map, Value};
 
-use super::{error::HttpError, extensions};
+use super::{
+    error::HttpError,
+    extensions,
+    numbers::{self, MAX_NESTING},
+};
 use crate::{
     error::InferError,
     grpc::{
@@ -20,9 +24,6 @@ use crate::{
     shared_memory::{OutputWindows, SharedMemory},
     tensor::{shape_string, DataType, Tensor},
 };
-
-/// How deep `data` may nest (Triton's `HTTP_MAX_JSON_NESTING_DEPTH`).
-const MAX_NESTING: usize = 100;
 
 #[derive(Debug, Deserialize)]
 struct Header {
@@ -42,8 +43,10 @@ struct InputHeader {
     datatype: String,
     #[serde(default)]
     parameters: Map<String, Value>,
+    /// Kept as text until the datatype is known, so numbers are read straight into
+    /// the tensor's bytes (`numbers`) with no JSON tree between.
     #[serde(default)]
-    data: Option<Value>,
+    data: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,6 +341,24 @@ fn decode_one(
                      format (binary_data_size) for input '{name}'"
                 )));
             }
+            if let Some(datatype) = datatype.filter(|d| numbers::is_numeric(*d)) {
+                let bytes = numbers::read(datatype, &data).map_err(bad)?;
+                let count = bytes.len() / datatype.element_size().expect("numeric");
+                // A negative or overflowing shape is named by `decode_input`.
+                let shape = &input.shape;
+                let needed = shape
+                    .iter()
+                    .try_fold(1i64, |n, d| n.checked_mul(*d).filter(|_| *d >= 0));
+                if let Some(needed) = needed.filter(|n| *n != count as i64) {
+                    return Err(bad(format!(
+                        "`data` holds {count} values but shape {} needs {needed}",
+                        shape_string(shape)
+                    )));
+                }
+                return Ok(decode_input(wire(None), Some(bytes.into()), limit)?);
+            }
+            let data: Value =
+                serde_json::from_str(data.get()).map_err(|e| bad(format!("`data`: {e}")))?;
             let mut flat = Vec::new();
             flatten(&data, 0, &mut flat).map_err(bad)?;
             // An unknown datatype is named by `decode_input`.
@@ -517,7 +538,7 @@ mod tests {
         let err = |body: Value| decode_json(body).unwrap_err().message;
         let x = |datatype: &str, shape: Value, data: Value| json!({"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]});
         assert!(err(x("FP32", json!([3]), json!([1, 2])))
-            .contains("input 'x': fp32_contents holds 2 values but shape [3] needs 3"));
+            .contains("input 'x': `data` holds 2 values but shape [3] needs 3"));
         assert!(
             err(x("FP16", json!([1]), json!([1]))).contains("FP16 data via JSON is not supported")
         );

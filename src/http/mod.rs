@@ -8,6 +8,7 @@ mod error;
 mod extensions;
 mod infer;
 mod messages;
+mod numbers;
 mod page;
 mod route;
 mod serve;
