@@ -299,10 +299,14 @@ fn decode_one(
             ))
         })?),
     };
-    let wire = |contents| InferInputTensor {
-        name: name.clone(),
-        datatype: input.datatype.clone(),
-        shape: input.shape.clone(),
+    // Moved into the one branch that builds the tensor, not cloned.
+    let datatype = DataType::parse(&input.datatype);
+    let (datatype_name, shape) = (input.datatype, input.shape.clone());
+    let wire_name = name.clone();
+    let wire = move |contents| InferInputTensor {
+        name: wire_name,
+        datatype: datatype_name,
+        shape,
         contents,
         ..Default::default()
     };
@@ -334,7 +338,6 @@ fn decode_one(
             Ok(decode_input(wire(None), Some(bytes), limit)?)
         }
         (None, Some(data)) => {
-            let datatype = DataType::parse(&input.datatype);
             if let Some(half @ (DataType::Fp16 | DataType::Bf16)) = datatype {
                 return Err(HttpError::bad(format!(
                     "receiving {half} data via JSON is not supported; use the binary data \
