@@ -40,7 +40,7 @@ fn request_path(c: &mut Criterion) {
     let model: Arc<dyn Model> = TractModel::load(&dir.join("1/model.onnx")).unwrap();
     let spec = ModelSpec::resolve(&config, model.signature()).unwrap();
     let request = cls_request();
-    let shm = wharf::shared_memory::SharedMemory::new(false, bytesize::ByteSize(0));
+    let shm = wharf::shared_memory::SharedMemory::disabled();
 
     let mut group = c.benchmark_group("ppocr_cls_batch1");
     group.bench_function("wharf_decode_and_validate", |b| {

@@ -40,7 +40,7 @@ fn build_spec() -> ModelSpec {
 /// A decoded request through the protocol checks and then the model's.
 pub fn decode_and_validate(request: ModelInferRequest, spec: &ModelSpec) {
     // No region is registered: a request naming one is refused, never read.
-    let shm = wharf::shared_memory::SharedMemory::new(false, bytesize::ByteSize(0));
+    let shm = wharf::shared_memory::SharedMemory::disabled();
     if let Ok((decoded, _)) = decode_request(request, LIMIT, &shm) {
         let _ = validate::inputs("add_sub", spec, decoded.inputs);
     }

@@ -11,6 +11,7 @@ use crate::error::InferError;
 /// Bytes are counted in KiB so that a budget of terabytes fits the semaphore's permits.
 const UNIT: usize = 1024;
 
+#[derive(Debug)]
 pub struct ByteBudget {
     permits: Arc<Semaphore>,
     limit: usize,

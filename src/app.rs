@@ -244,6 +244,7 @@ impl App {
             Arc::new(SharedMemory::new(
                 limits.allow_client_shm,
                 limits.client_shm_limit,
+                Arc::clone(&budget),
             )),
         );
         // Room for the largest request wharf accepts plus protobuf framing, so that an

@@ -18,7 +18,13 @@ use std::{
 };
 
 use bytes::Bytes;
+use bytesize::ByteSize;
 use thiserror::Error;
+
+use crate::{
+    admission::{ByteBudget, Held},
+    error::InferError,
+};
 
 /// Where Linux keeps POSIX shared-memory objects (what `shm_open` opens).
 const SHM_DIR: &str = "/dev/shm";
@@ -65,17 +71,26 @@ pub struct SharedMemory {
     allowed: bool,
     limit: u64,
     regions: Mutex<BTreeMap<String, Arc<Region>>>,
+    /// What a request reads out of a region is held against the in-flight byte budget
+    /// until its tensor is dropped, as a request's body is.
+    budget: Arc<ByteBudget>,
 }
 
 impl SharedMemory {
     /// `allowed`: registering is refused unless set (`--allow-client-shm`); `limit`: the
     /// bytes all regions may span together.
-    pub fn new(allowed: bool, limit: bytesize::ByteSize) -> SharedMemory {
+    pub fn new(allowed: bool, limit: ByteSize, budget: Arc<ByteBudget>) -> SharedMemory {
         SharedMemory {
             allowed,
             limit: limit.as_u64(),
             regions: Mutex::default(),
+            budget,
         }
+    }
+
+    /// Off, with no regions: requests that name one are refused.
+    pub fn disabled() -> SharedMemory {
+        SharedMemory::new(false, ByteSize(0), Arc::new(ByteBudget::new(0)))
     }
 
     /// Whether clients may register regions (`--allow-client-shm`).
@@ -222,6 +237,7 @@ impl SharedMemory {
             region,
             offset,
             byte_size,
+            budget: Arc::clone(&self.budget),
         })
     }
 }
@@ -295,12 +311,12 @@ impl ShmParams {
     }
 
     /// Input `input`'s bytes, refused before reading where they pass `limit`.
-    pub fn read(&self, shm: &SharedMemory, input: &str, limit: usize) -> Result<Bytes, ShmError> {
+    pub fn read(&self, shm: &SharedMemory, input: &str, limit: usize) -> Result<Bytes, InferError> {
         if self.byte_size > limit as u64 {
-            return Err(ShmError::Invalid(format!(
+            return Err(InferError::from(ShmError::Invalid(format!(
                 "input '{input}': shared_memory_byte_size {} is over the limit of {limit} bytes per request",
                 self.byte_size
-            )));
+            ))));
         }
         self.window(shm)?.read()
     }
@@ -312,6 +328,20 @@ pub struct Window {
     region: Arc<Region>,
     offset: u64,
     byte_size: u64,
+    budget: Arc<ByteBudget>,
+}
+
+/// An input's bytes read from a region, and their place in the in-flight budget, given
+/// back when the tensor holding them is dropped.
+struct ReadOut {
+    data: Vec<u8>,
+    _held: Held,
+}
+
+impl AsRef<[u8]> for ReadOut {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
 }
 
 impl Window {
@@ -334,9 +364,11 @@ impl Window {
         Ok((start, end))
     }
 
-    /// The window's bytes, copied out of the object.
-    pub fn read(&self) -> Result<Bytes, ShmError> {
+    /// The window's bytes, copied out of the object, held against the in-flight byte
+    /// budget for as long as they live.
+    pub fn read(&self) -> Result<Bytes, InferError> {
         let (start, _) = self.span()?;
+        let held = self.budget.try_hold(self.byte_size as usize)?;
         let mut data = vec![0u8; self.byte_size as usize];
         self.region
             .object
@@ -347,7 +379,7 @@ impl Window {
                     self.region.name, self.byte_size, self.region.key
                 ))
             })?;
-        Ok(Bytes::from(data))
+        Ok(Bytes::from_owner(ReadOut { data, _held: held }))
     }
 
     /// Writes `data`, output `output`'s bytes, at the start of the window.
@@ -384,5 +416,31 @@ mod tests {
         assert!(object_name("/triton_python_backend_shm_region_1")
             .unwrap_err()
             .contains("reserved prefix"));
+    }
+
+    #[test]
+    fn bytes_read_from_a_region_are_held_against_the_in_flight_budget() {
+        let key = format!("wharf-unit-{}", std::process::id());
+        let path = Path::new(SHM_DIR).join(&key);
+        std::fs::write(&path, vec![7u8; 8 * 1024]).unwrap();
+        let budget = Arc::new(ByteBudget::new(12 * 1024));
+        let shm = SharedMemory::new(true, ByteSize::mib(1), Arc::clone(&budget));
+        shm.register("r", &format!("/{key}"), 0, 8 * 1024).unwrap();
+        let window = shm.window("r", 0, 8 * 1024).unwrap();
+
+        let first = window.read().unwrap();
+        assert_eq!(first.len(), 8 * 1024);
+        assert!(first.iter().all(|&b| b == 7));
+        assert_eq!(budget.held(), 8 * 1024);
+        let refused = window.read().unwrap_err();
+        assert!(
+            matches!(refused, InferError::InflightBytes { .. }),
+            "{refused:?}"
+        );
+
+        drop(first);
+        assert_eq!(budget.held(), 0);
+        assert!(window.read().is_ok());
+        std::fs::remove_file(path).unwrap();
     }
 }

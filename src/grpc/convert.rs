@@ -409,7 +409,7 @@ mod tests {
     use super::*;
 
     fn no_shm() -> SharedMemory {
-        SharedMemory::new(false, bytesize::ByteSize(0))
+        SharedMemory::disabled()
     }
 
     fn input(

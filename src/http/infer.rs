@@ -316,7 +316,7 @@ fn decode_one(
                 "names a shared memory region and also sets `data` or binary_data_size; send its data one way".into(),
             ));
         }
-        let bytes = params.read(shm, &name, limit).map_err(InferError::from)?;
+        let bytes = params.read(shm, &name, limit)?;
         return Ok(decode_input(wire(None), Some(bytes), limit)?);
     }
     match (binary_size, input.data) {
@@ -515,7 +515,7 @@ mod tests {
             None,
             spec,
             1 << 20,
-            &SharedMemory::new(false, bytesize::ByteSize(0)),
+            &SharedMemory::disabled(),
         )
     }
 
@@ -565,7 +565,7 @@ mod tests {
             Some(9),
             spec,
             1 << 20,
-            &SharedMemory::new(false, bytesize::ByteSize(0)),
+            &SharedMemory::disabled(),
         )
         .unwrap_err();
         assert!(
@@ -582,7 +582,7 @@ mod tests {
             None,
             spec,
             1 << 20,
-            &SharedMemory::new(false, bytesize::ByteSize(0)),
+            &SharedMemory::disabled(),
         )
         .unwrap_err();
         assert!(
@@ -604,7 +604,7 @@ mod tests {
             Some(header.len()),
             spec,
             1 << 20,
-            &SharedMemory::new(false, bytesize::ByteSize(0)),
+            &SharedMemory::disabled(),
         )
         .unwrap();
         assert_eq!(
@@ -619,7 +619,7 @@ mod tests {
             Some(header.len()),
             spec,
             1 << 20,
-            &SharedMemory::new(false, bytesize::ByteSize(0)),
+            &SharedMemory::disabled(),
         )
         .unwrap_err();
         assert!(
@@ -634,7 +634,7 @@ mod tests {
             Some(header.len()),
             spec,
             1 << 20,
-            &SharedMemory::new(false, bytesize::ByteSize(0)),
+            &SharedMemory::disabled(),
         )
         .unwrap_err();
         assert!(
