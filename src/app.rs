@@ -27,6 +27,7 @@ use crate::{
     repository::Repository,
     shared_memory::SharedMemory,
     shutdown::Drain,
+    trace::{TraceConfig, Tracing},
 };
 
 /// The service name health reports the whole server under, besides "".
@@ -70,6 +71,8 @@ pub enum AppError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("tracing: {0}")]
+    Trace(String),
 }
 
 /// A listener on `addr` and the address it got (port 0 picks one).
@@ -93,6 +96,7 @@ pub struct App {
     transport: tonic::transport::Server,
     /// Server reflection, v1 and v1alpha.
     reflection: Routes,
+    tracing: Arc<Tracing>,
 }
 
 impl App {
@@ -111,6 +115,11 @@ impl App {
                 path: root.display().to_string(),
                 source,
             })?;
+        let trace_config =
+            TraceConfig::parse(&config.tracing.trace_config, |key| std::env::var(key).ok())
+                .map_err(AppError::Trace)?;
+        let tracing = Tracing::from_config(&trace_config, Some(repository.metrics().trace_spans()))
+            .map_err(AppError::Trace)?;
         let grpc = bind(config.listen.grpc_addr()).await?;
         let metrics = bind(config.listen.metrics_addr()).await?;
         let http = bind(config.listen.http_addr()).await?;
@@ -143,6 +152,7 @@ impl App {
             http_tls,
             transport,
             reflection,
+            tracing: Arc::new(tracing),
         })
     }
 
@@ -159,13 +169,18 @@ impl App {
             http_tls,
             mut transport,
             reflection,
+            tracing,
         } = self;
         let drain = Drain::default();
         let metrics = Arc::clone(repository.metrics());
         // The runtime's own count, whoever built it (`wharf serve`, a test, an embedder).
         let runtime_threads = tokio::runtime::Handle::current().metrics().num_workers();
         info!(%grpc_addr, %metrics_addr, %http_addr, runtime_threads, repository = %config.load.model_repository.display(), "listening");
-        let inference = Arc::new(Inference::new(Arc::clone(&repository), drain.clone()));
+        let inference = Arc::new(Inference::new(
+            Arc::clone(&repository),
+            drain.clone(),
+            tracing,
+        ));
         let strict = config.control.strict_readiness;
         let exit_timeout = config.limits.exit_timeout;
 
@@ -388,6 +403,9 @@ impl Server {
         if !drain.joined(self.exit_timeout).await {
             warn!("background tasks still running at exit");
         }
+        // The last spans go out (the exporter waits a bounded time for the collector).
+        let inference = Arc::clone(&self.inference);
+        let _ = tokio::task::spawn_blocking(move || inference.tracing().shutdown()).await;
         info!("stopped");
         result
     }

@@ -56,6 +56,9 @@ pub struct ServerConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub runtime: RuntimeConfig,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tracing: TracingConfig,
 }
 
 /// Where and how clients connect.
@@ -201,6 +204,20 @@ pub struct RuntimeConfig {
     pub load_parallelism: Option<usize>,
 }
 
+/// OpenTelemetry traces, in Triton's `--trace-config` form (docs/tracing.md).
+#[derive(Debug, Clone, PartialEq, Args, Deserialize)]
+#[serde(default)]
+pub struct TracingConfig {
+    /// A trace setting as Triton's: `rate=N` (one request in N without a caller's trace
+    /// context; default 1000), `count=N` (-1: no limit), `level=OFF|TIMESTAMPS`,
+    /// `mode=opentelemetry`, or `opentelemetry,url=URL` / `,protocol=grpc|http/protobuf` /
+    /// `,resource=KEY=VALUE` / `,bsp_max_queue_size=N` / `,bsp_max_export_batch_size=N` /
+    /// `,bsp_schedule_delay=MS`; repeat it. Traces are exported once a URL is given
+    /// (here or by OTEL_EXPORTER_OTLP_ENDPOINT) or the mode is set
+    #[arg(long = "trace-config", id = "trace_config")]
+    pub trace_config: Vec<String>,
+}
+
 /// A struct's settings at their declared defaults, whatever the environment holds.
 fn declared_defaults<T: Args + FromArgMatches>() -> T {
     let command = T::augment_args(Command::new("wharf")).mut_args(|arg| arg.env(None));
@@ -223,7 +240,8 @@ defaults_from_declarations!(
     Limits,
     LoadConfig,
     ControlConfig,
-    RuntimeConfig
+    RuntimeConfig,
+    TracingConfig
 );
 
 impl ListenConfig {

@@ -81,6 +81,8 @@ pub struct ValidRequest {
     /// The earlier of the queue timeout and the caller's deadline.
     pub deadline: Option<Instant>,
     pub protocol: Protocol,
+    /// The model span of a traced request: its queue and engine spans go under it.
+    pub trace: Option<crate::trace::TraceCx>,
 }
 
 /// One request's inputs (in the model's input order) and the way back to its caller.
@@ -98,6 +100,8 @@ pub struct Job {
     pub slot: WorkToken,
     /// Its front end, for the metrics that count how it ends.
     pub protocol: Protocol,
+    /// The model span of a traced request: its queue and engine spans go under it.
+    pub trace: Option<crate::trace::TraceCx>,
 }
 
 /// Requests that may run together; their inputs share every dim but the first, along

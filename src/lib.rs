@@ -11,6 +11,8 @@
 // The allocator, and what loads and first calls are measured by.
 pub mod heap;
 pub mod logging;
+// Which requests are traced, their spans, and the OTLP export.
+pub mod trace;
 
 // Data and engines, and the protocol's and model config's generated messages.
 pub mod shared_memory;

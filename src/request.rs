@@ -25,6 +25,8 @@ pub struct InferRequest {
     pub deadline: Option<Duration>,
     /// The front end it came in on; an ensemble's steps carry their caller's.
     pub protocol: Protocol,
+    /// Where a traced request's spans go (None: not traced).
+    pub trace: Option<crate::trace::TraceCx>,
 }
 
 #[derive(Debug)]

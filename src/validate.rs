@@ -50,6 +50,7 @@ pub fn admit(
         arrived,
         deadline,
         protocol: request.protocol,
+        trace: request.trace.take(),
     })
 }
 

@@ -12,7 +12,12 @@ use std::{
 use crossbeam_channel::{Receiver, Sender};
 use tracing::{debug, error, warn};
 
-use std::sync::{atomic::Ordering, OnceLock};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    OnceLock,
+};
+
+use opentelemetry::KeyValue;
 
 use crate::{
     backend::{panic_message, BackendError, Instance, Model},
@@ -81,7 +86,7 @@ impl WorkerPool {
             );
             let spawned = thread::Builder::new()
                 .name(format!("wharf-{}-{i}", context.model_name))
-                .spawn(move || work(&context, batches, ready_tx, warm));
+                .spawn(move || work(&context, i, batches, ready_tx, warm));
             match spawned {
                 Ok(handle) => pool.threads.push(handle),
                 Err(e) => {
@@ -115,11 +120,12 @@ impl Drop for WorkerPool {
 
 fn work(
     context: &WorkerContext,
+    index: usize,
     batches: Receiver<Batch>,
     ready: std::sync::mpsc::SyncSender<Result<(), String>>,
     warm: Arc<Vec<Vec<Tensor>>>,
 ) {
-    let mut engine = Engine::new(Arc::clone(&context.model));
+    let mut engine = Engine::new(Arc::clone(&context.model), index);
     let warmed = (|| {
         // Twice: ONNX Runtime traces a new shape's memory on its first run and sets up
         // its memory pattern on the second, and neither should land on a request.
@@ -221,13 +227,16 @@ fn serve(context: &WorkerContext, engine: &mut Engine, batch: Batch) {
 struct Engine {
     model: Arc<dyn Model>,
     instance: Option<Box<dyn Instance>>,
+    /// Which of the model's instances this is (0-based), for traces.
+    index: usize,
 }
 
 impl Engine {
-    fn new(model: Arc<dyn Model>) -> Engine {
+    fn new(model: Arc<dyn Model>, index: usize) -> Engine {
         Engine {
             model,
             instance: None,
+            index,
         }
     }
 
@@ -333,9 +342,18 @@ fn run_piece(context: &WorkerContext, engine: &mut Engine, jobs: Batch) {
         }
         Ok(per_job)
     });
+    let call = Call {
+        rows: rows.iter().sum(),
+        pad,
+        started,
+        prepared,
+        computed,
+        instance: engine.index,
+    };
     match answers {
         Ok(answers) => {
             let finished = Instant::now();
+            trace_call(context, &jobs, &call, finished, None);
             context.stats.record_execution(
                 rows.iter().sum(),
                 jobs.len(),
@@ -357,6 +375,7 @@ fn run_piece(context: &WorkerContext, engine: &mut Engine, jobs: Batch) {
             }
         }
         Err(source) => {
+            trace_call(context, &jobs, &call, Instant::now(), Some(&source));
             for job in jobs {
                 context.stats.record_backend_error(job.protocol);
                 let error = InferError::Backend {
@@ -366,6 +385,63 @@ fn run_piece(context: &WorkerContext, engine: &mut Engine, jobs: Batch) {
                 let _ = job.reply.send(Err(error));
             }
         }
+    }
+}
+
+/// One engine call's shape and times, as its traced requests' spans report it.
+struct Call {
+    rows: usize,
+    pad: usize,
+    started: Instant,
+    prepared: Instant,
+    computed: Instant,
+    instance: usize,
+}
+
+/// Engine calls that traced requests rode in, numbered across the server.
+static TRACED_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Each traced request's queue wait and its share of the engine call, as two spans under
+/// its model span. Every member of the call gets its own `compute` span carrying the
+/// call's id, size, rows, padding and instance (docs/tracing.md says why not links).
+fn trace_call(
+    context: &WorkerContext,
+    jobs: &Batch,
+    call: &Call,
+    finished: Instant,
+    error: Option<&BackendError>,
+) {
+    if jobs.iter().all(|job| job.trace.is_none()) {
+        return;
+    }
+    let id = TRACED_CALLS.fetch_add(1, Ordering::Relaxed);
+    for job in jobs {
+        let Some(trace) = &job.trace else { continue };
+        let rows = match job.inputs.first() {
+            Some(t) if context.batched => t.shape.first().copied().unwrap_or(1),
+            _ => 1,
+        };
+        trace.record("queue", job.arrived.into_std(), call.started, Vec::new());
+        let mut attributes = vec![
+            KeyValue::new("wharf.batch.id", id as i64),
+            KeyValue::new("wharf.batch.requests", jobs.len() as i64),
+            KeyValue::new("wharf.batch.rows", call.rows as i64),
+            KeyValue::new("wharf.batch.padding", call.pad as i64),
+            KeyValue::new("wharf.request.rows", rows as i64),
+            KeyValue::new("wharf.instance", call.instance as i64),
+            KeyValue::new(
+                "wharf.compute.input_us",
+                (call.prepared - call.started).as_micros() as i64,
+            ),
+            KeyValue::new(
+                "wharf.compute.infer_us",
+                (call.computed - call.prepared).as_micros() as i64,
+            ),
+        ];
+        if let Some(error) = error {
+            attributes.push(KeyValue::new("error.type", error.to_string()));
+        }
+        trace.record("compute", call.started, finished, attributes);
     }
 }
 
@@ -510,7 +586,7 @@ mod tests {
             busy: Default::default(),
             feed: Default::default(),
         };
-        let mut engine = Engine::new(Arc::clone(&context.model));
+        let mut engine = Engine::new(Arc::clone(&context.model), 0);
         let (a, b) = (
             fp32(vec![1, 2], &[1.0, 2.0]),
             fp32(vec![2, 2], &[3.0, 4.0, 5.0, 6.0]),
@@ -564,6 +640,7 @@ mod tests {
                     work: WorkToken::none(),
                     slot: WorkToken::none(),
                     protocol: Default::default(),
+                    trace: None,
                 };
                 (job, answer)
             })

@@ -282,6 +282,7 @@ impl Scheduler {
             work,
             slot: WorkToken::none(),
             protocol: request.protocol,
+            trace: request.trace,
         };
         match &self.door {
             Door::Direct(batches) => {
@@ -438,6 +439,7 @@ mod tests {
             arrived: Instant::now(),
             deadline: None,
             protocol: Default::default(),
+            trace: None,
         }
     }
 
@@ -467,6 +469,7 @@ mod tests {
                 arrived: now,
                 deadline: deadline_ms.map(|ms| now + Duration::from_millis(ms)),
                 protocol: Default::default(),
+                trace: None,
             };
             self.scheduler
                 .submit(request, reply, WorkToken::none())

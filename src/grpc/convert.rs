@@ -106,6 +106,7 @@ pub fn decode_request(
         timeout: uint_param(&request.parameters, "timeout")?.map(std::time::Duration::from_micros),
         deadline: None,
         protocol: Protocol::Grpc,
+        trace: None,
     };
     Ok((decoded, windows))
 }

@@ -1,4 +1,4 @@
-//! Triton's extension RPCs beside inference: system shared memory and log settings, and
+//! Triton's extension RPCs beside inference: system shared memory, log and trace settings, and
 //! the answers for what wharf does not take (CUDA shared memory, model files in a load).
 
 use tonic::Status;
@@ -6,8 +6,10 @@ use tonic::Status;
 use super::pb;
 use crate::{
     error::InferError,
+    inference::Inference,
     logging::{self, Setting},
     shared_memory::SharedMemory,
+    trace::Change,
 };
 
 /// Triton's extensions that wharf implements, over both front ends, in Triton's order
@@ -20,7 +22,38 @@ pub(super) const EXTENSIONS: &[&str] = &[
     "statistics",
     "classification",
     "logging",
+    "trace",
 ];
+
+/// TraceSetting: the settings in force for the model (or the server, `model_name`
+/// empty), after applying those the request gives; a key with no values clears it.
+pub(crate) fn trace_setting(
+    inference: &Inference,
+    request: pb::TraceSettingRequest,
+) -> Result<pb::TraceSettingResponse, InferError> {
+    let model = (!request.model_name.is_empty()).then_some(request.model_name.as_str());
+    if let Some(model) = model {
+        inference.repository().registry().lookup(model, "")?;
+    }
+    let settings = inference.tracing().settings();
+    let changes: Vec<Change> = request
+        .settings
+        .into_iter()
+        .map(|(key, value)| (key, (!value.value.is_empty()).then_some(value.value)))
+        .collect();
+    if !changes.is_empty() {
+        settings
+            .update(model, changes)
+            .map_err(InferError::invalid)?;
+    }
+    Ok(pb::TraceSettingResponse {
+        settings: settings
+            .get(model)
+            .into_iter()
+            .map(|(key, value)| (key, pb::trace_setting_response::SettingValue { value }))
+            .collect(),
+    })
+}
 
 /// The registered regions, all (`name` empty) or one, as SystemSharedMemoryStatus answers.
 pub(super) fn shm_status(

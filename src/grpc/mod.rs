@@ -1,7 +1,7 @@
 //! The gRPC front end: the KServe v2 inference service, health and reflection.
 
 pub mod convert;
-mod extensions;
+pub(crate) mod extensions;
 pub mod gate;
 mod messages;
 mod service;

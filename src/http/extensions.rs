@@ -6,6 +6,8 @@ use serde_json::{json, Map, Value};
 use super::error::HttpError;
 use crate::{
     error::InferError,
+    grpc::{self, pb},
+    inference::Inference,
     logging::{self, Setting},
     shared_memory::{SharedMemory, ShmParams},
 };
@@ -63,6 +65,69 @@ fn log_changes(body: Value) -> Result<std::collections::BTreeMap<String, Setting
             Ok((key, setting))
         })
         .collect()
+}
+
+/// `/v2[/models/{m}]/trace/setting`: Triton's string-valued JSON, a list for the level;
+/// a POST body's `null` clears a key.
+pub(super) fn trace_setting(
+    inference: &Inference,
+    model_name: String,
+    changes: Option<Value>,
+) -> Result<Value, HttpError> {
+    use pb::trace_setting_request::SettingValue;
+    let settings = match changes {
+        None => Default::default(),
+        Some(Value::Object(settings)) => settings
+            .into_iter()
+            .map(|(key, value)| {
+                let values = match value {
+                    Value::Null => Vec::new(),
+                    Value::String(s) => vec![s],
+                    Value::Number(n) => vec![n.to_string()],
+                    Value::Array(items) => items
+                        .into_iter()
+                        .map(|item| match item {
+                            Value::String(s) => Ok(s),
+                            other => Err(HttpError::bad(format!(
+                                "trace setting '{key}': expected strings, found {other}"
+                            ))),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    other => {
+                        return Err(HttpError::bad(format!(
+                            "trace setting '{key}' must be a string, a list of strings or null, found {other}"
+                        )))
+                    }
+                };
+                Ok((key, SettingValue { value: values }))
+            })
+            .collect::<Result<_, HttpError>>()?,
+        Some(other) => {
+            return Err(HttpError::bad(format!(
+                "trace settings are a JSON object of name: value, found {other}"
+            )))
+        }
+    };
+    let answer = grpc::extensions::trace_setting(
+        inference,
+        pb::TraceSettingRequest {
+            settings,
+            model_name,
+        },
+    )?;
+    Ok(answer
+        .settings
+        .into_iter()
+        .map(|(key, mut value)| {
+            let json = if key == "trace_level" || value.value.len() != 1 {
+                Value::from(value.value)
+            } else {
+                Value::String(value.value.remove(0))
+            };
+            (key, json)
+        })
+        .collect::<Map<String, Value>>()
+        .into())
 }
 
 /// `/v2/systemsharedmemory[/region/{name}]/status`.

@@ -184,6 +184,7 @@ pub fn decode(
         timeout: uint_param(parameters, "timeout")?.map(std::time::Duration::from_micros),
         deadline: None,
         protocol: Protocol::Http,
+        trace: None,
     };
     let all = bool_param(parameters, "binary_data_output", "the request")?.unwrap_or(false);
     Ok(Decoded {
@@ -260,6 +261,7 @@ fn decode_raw(
             timeout: None,
             deadline: None,
             protocol: Protocol::Http,
+            trace: None,
         },
         binary: Binary::Everything,
         windows: Vec::new(),

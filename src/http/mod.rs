@@ -22,8 +22,10 @@ use axum::{
     Router,
 };
 use bytes::Bytes;
+use opentelemetry::KeyValue;
 use serde_json::{json, Value};
 use tonic::Request as Call;
+use tracing::Instrument;
 
 pub use error::{http_status, HttpError};
 pub use serve::serve;
@@ -37,6 +39,7 @@ use crate::{
         InferenceService,
     },
     shared_memory::ShmError,
+    trace::{HeaderExtractor, ServerTrace, TraceCx},
 };
 use body::{compress, read_body, response_encoding};
 use page::Asset;
@@ -57,16 +60,76 @@ pub fn router(api: Arc<HttpApi>) -> Router {
 
 const INFER_HEADER_LENGTH: &str = "inference-header-content-length";
 
-async fn handle(State(api): State<Arc<HttpApi>>, request: Request) -> Response {
+async fn handle(State(api): State<Arc<HttpApi>>, mut request: Request) -> Response {
     let accept = request
         .headers()
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match route(&api, request).await {
-        Ok(answer) => answer.into_response(accept.as_deref()),
-        Err(error) => error.into_response(),
+    let Some(trace) = begin_trace(&api, &request) else {
+        return match route(&api, request).await {
+            Ok(answer) => answer.into_response(accept.as_deref()),
+            Err(error) => error.into_response(),
+        };
+    };
+    // The infer route finds the request's place in its trace here.
+    request.extensions_mut().insert(trace.context());
+    let (mut response, error) = match route(&api, request).instrument(trace.log_span()).await {
+        Ok(answer) => (answer.into_response(accept.as_deref()), None),
+        Err(error) => {
+            let message = error.message.clone();
+            (error.into_response(), Some(message))
+        }
+    };
+    let traceparent = trace.traceparent();
+    trace.finish(
+        vec![KeyValue::new(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        )],
+        error,
+    );
+    if let Some(value) = traceparent.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        response.headers_mut().insert("traceparent", value);
     }
+    response
+}
+
+/// An inference request's server span, where tracing is on and this request is traced.
+fn begin_trace(api: &HttpApi, request: &Request) -> Option<ServerTrace> {
+    let tracing = api.service.inference().tracing();
+    if !tracing.is_exporting() {
+        return None;
+    }
+    let Some((
+        Route::Model {
+            name,
+            version,
+            action: ModelAction::Infer,
+        },
+        _,
+    )) = Route::parse(request.uri().path())
+    else {
+        return None;
+    };
+    let route = if version.is_empty() {
+        "/v2/models/{model_name}/infer"
+    } else {
+        "/v2/models/{model_name}/versions/{model_version}/infer"
+    };
+    tracing.begin(
+        &name,
+        &HeaderExtractor(request.headers()),
+        format!("POST {route}"),
+        vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("http.route", route),
+            KeyValue::new("url.path", request.uri().path().to_owned()),
+            KeyValue::new("wharf.protocol", "http"),
+            KeyValue::new("wharf.model", name.clone()),
+            KeyValue::new("wharf.model_version", version),
+        ],
+    )
 }
 
 /// A successful answer before it is written.
@@ -122,7 +185,10 @@ async fn route(api: &HttpApi, request: Request) -> Result<Answer, HttpError> {
         return Err(HttpError::new(StatusCode::NOT_FOUND, "Not Found"));
     };
     // Shared memory and trace take both; all of them answer 501 either way.
-    let either = matches!(route, Route::Unimplemented(_) | Route::Logging);
+    let either = matches!(
+        route,
+        Route::Unimplemented(_) | Route::Logging | Route::TraceSetting(_)
+    );
     if request.method() != method && !(either && request.method() == Method::POST) {
         return Err(HttpError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -216,6 +282,18 @@ async fn route(api: &HttpApi, request: Request) -> Result<Answer, HttpError> {
                 None
             };
             Ok(Answer::Json(extensions::logging(changes)?))
+        }
+        Route::TraceSetting(model_name) => {
+            let changes = if request.method() == Method::POST {
+                Some(read_json_body(api, request).await?)
+            } else {
+                None
+            };
+            Ok(Answer::Json(extensions::trace_setting(
+                service.inference(),
+                model_name,
+                changes,
+            )?))
         }
         Route::ShmStatus(name) => Ok(Answer::Json(extensions::shm_status(
             service.shared_memory(),
@@ -315,6 +393,7 @@ async fn infer_route(
                 })?,
         ),
     };
+    let trace = request.extensions().get::<TraceCx>().cloned();
     let (body, _held) = read_body(api, request).await?;
     let inference = Arc::clone(api.service.inference());
     let limit = api.service.max_request_bytes();
@@ -327,7 +406,8 @@ async fn infer_route(
             .map_err(HttpError::from)
     };
     let shm = api.service.shared_memory();
-    let decoded = infer::decode(&name, &version, body, header_len, raw_spec, limit, shm)?;
+    let mut decoded = infer::decode(&name, &version, body, header_len, raw_spec, limit, shm)?;
+    decoded.request.trace = trace;
     let response = inference.infer(decoded.request).await?;
     let (header, binary) =
         answer::encode(response, &decoded.binary, &decoded.windows).map_err(InferError::from)?;

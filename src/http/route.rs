@@ -24,6 +24,8 @@ pub(super) enum Route {
     Unload(String),
     /// Log settings: GET reads them, POST changes them.
     Logging,
+    /// Trace settings, the server's (empty) or a model's: GET reads, POST changes.
+    TraceSetting(String),
     /// System shared memory: one region's or (empty) every region's status, register,
     /// unregister.
     ShmStatus(String),
@@ -31,7 +33,7 @@ pub(super) enum Route {
     ShmUnregister(String),
     CudaShmStatus(String),
     CudaShmUnregister,
-    /// Triton routes wharf does not serve yet: shared memory, trace, logging.
+    /// Triton routes wharf does not serve: CUDA shared memory's register.
     Unimplemented(&'static str),
 }
 
@@ -93,8 +95,9 @@ impl Route {
                 ),
                 Method::POST,
             )),
-            ["v2", "trace", "setting"] | ["v2", "models", _, "trace", "setting"] => {
-                get(Route::Unimplemented("trace settings are not implemented by wharf yet"))
+            ["v2", "trace", "setting"] => get(Route::TraceSetting(String::new())),
+            ["v2", "models", m, "trace", "setting"] if !m.is_empty() => {
+                get(Route::TraceSetting(m.to_string()))
             }
             ["v2", "logging"] => get(Route::Logging),
             ["v2", "models", m, rest @ ..] => {

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use futures::{stream::FuturesUnordered, StreamExt};
+use opentelemetry::KeyValue;
 use tokio::time::Instant;
 
 use super::{Answered, Inference};
@@ -16,6 +17,7 @@ use crate::{
     repository::{ensemble::Step, Pipeline, ServedModel},
     request::InferRequest,
     tensor::{concat_rows, split_rows, Tensor},
+    trace::TraceCx,
     validate,
 };
 
@@ -27,6 +29,8 @@ struct Inherited {
     /// The caller's deadline, as an instant.
     deadline: Option<Instant>,
     protocol: Protocol,
+    /// The ensemble's span, where the request is traced: each step's span goes under it.
+    trace: Option<TraceCx>,
 }
 
 pub(super) async fn run(
@@ -49,6 +53,7 @@ pub(super) async fn run(
         timeout: request.timeout,
         deadline: request.deadline.and_then(|d| arrived.checked_add(d)),
         protocol: request.protocol,
+        trace: request.trace.take(),
     };
     // Counts the steps a caller who leaves spares, when this future is dropped unfinished.
     let mut progress = Progress {
@@ -155,6 +160,53 @@ async fn run_step(
     let outputs: Vec<String> = step.outputs.iter().map(|(o, _)| o.clone()).collect();
     let rows = inputs.first().and_then(|t| t.shape.first().copied());
     let limit = model.max_rows();
+    let calls = match rows {
+        Some(0) if limit > 0 => 0,
+        Some(rows) if limit > 0 => rows.div_ceil(limit),
+        _ => 1,
+    };
+    let span = inherited.trace.as_ref().map(|parent| {
+        parent.child(
+            format!("step {}", step.label()),
+            vec![
+                KeyValue::new("wharf.step.model", model.name.clone()),
+                KeyValue::new("wharf.step.rows", rows.unwrap_or(1) as i64),
+                KeyValue::new("wharf.step.fan_out", calls as i64),
+            ],
+        )
+    });
+    let result = step_calls(
+        core,
+        ensemble,
+        step,
+        &model,
+        inputs,
+        inherited,
+        outputs,
+        span.clone(),
+    )
+    .await;
+    if let Some(span) = span {
+        span.end(Vec::new(), result.as_ref().err().map(InferError::message));
+    }
+    result
+}
+
+/// A step's calls: none where it has no rows, several where its rows pass the model's
+/// limit, else one.
+#[allow(clippy::too_many_arguments)]
+async fn step_calls(
+    core: &Inference,
+    ensemble: &ServedModel,
+    step: &Step,
+    model: &Arc<ServedModel>,
+    inputs: Vec<Tensor>,
+    inherited: &Inherited,
+    outputs: Vec<String>,
+    trace: Option<TraceCx>,
+) -> Result<Vec<Tensor>, InferError> {
+    let rows = inputs.first().and_then(|t| t.shape.first().copied());
+    let limit = model.max_rows();
     let request = |inputs: Vec<Tensor>| InferRequest {
         model_name: model.name.clone(),
         model_version: model.version.to_string(),
@@ -168,10 +220,11 @@ async fn run_step(
             .deadline
             .map(|d| d.saturating_duration_since(Instant::now())),
         protocol: inherited.protocol,
+        trace: trace.clone(),
     };
     match rows {
         // Nothing to compute (a detector that found no text): the outputs are empty.
-        Some(0) if limit > 0 => Ok(empty_outputs(&model, ensemble, step)),
+        Some(0) if limit > 0 => Ok(empty_outputs(model, ensemble, step)),
         Some(rows) if limit > 0 && rows > limit => {
             let cuts: Vec<usize> = (0..rows)
                 .step_by(limit)
@@ -186,7 +239,7 @@ async fn run_step(
             }
             let calls = pieces
                 .into_iter()
-                .map(|piece| Box::pin(core.serve(Arc::clone(&model), request(piece))));
+                .map(|piece| Box::pin(core.serve(Arc::clone(model), request(piece))));
             let answers = futures::future::try_join_all(calls).await?;
             Ok(outputs
                 .iter()
@@ -199,7 +252,7 @@ async fn run_step(
                 })
                 .collect())
         }
-        _ => Ok(Box::pin(core.serve(Arc::clone(&model), request(inputs)))
+        _ => Ok(Box::pin(core.serve(Arc::clone(model), request(inputs)))
             .await?
             .outputs),
     }

@@ -7,6 +7,7 @@ mod ensemble;
 
 use std::sync::Arc;
 
+use opentelemetry::KeyValue;
 use tokio::{sync::oneshot, time::Instant};
 use tracing::debug;
 
@@ -18,6 +19,7 @@ use crate::{
     repository::{EngineRunner, Repository, Runner, ServedModel},
     shutdown::{Drain, InFlight},
     tensor::Tensor,
+    trace::Tracing,
     validate,
 };
 
@@ -25,15 +27,22 @@ pub struct Inference {
     repository: Arc<Repository>,
     drain: Drain,
     in_flight: InFlight,
+    tracing: Arc<Tracing>,
 }
 
 impl Inference {
-    pub fn new(repository: Arc<Repository>, drain: Drain) -> Inference {
+    pub fn new(repository: Arc<Repository>, drain: Drain, tracing: Arc<Tracing>) -> Inference {
         Inference {
             repository,
             drain,
             in_flight: InFlight::default(),
+            tracing,
         }
+    }
+
+    /// Which requests are traced, and where their spans go.
+    pub fn tracing(&self) -> &Tracing {
+        &self.tracing
     }
 
     pub fn repository(&self) -> &Arc<Repository> {
@@ -106,9 +115,22 @@ impl Inference {
     async fn serve(
         &self,
         model: Arc<ServedModel>,
-        request: InferRequest,
+        mut request: InferRequest,
     ) -> Result<InferResponse, InferError> {
         let arrived = Instant::now();
+        // A traced request's span for this model version: its queue and compute spans, or
+        // an ensemble's steps, go under it.
+        let span = request.trace.take().map(|parent| {
+            parent.child(
+                model.name.clone(),
+                vec![
+                    KeyValue::new("wharf.model", model.name.clone()),
+                    KeyValue::new("wharf.model_version", model.version.to_string()),
+                    KeyValue::new("wharf.request_id", request.id.clone()),
+                ],
+            )
+        });
+        request.trace.clone_from(&span);
         // Kept only when the per-request line is asked for: no copy on the hot path.
         let id = tracing::enabled!(tracing::Level::DEBUG).then(|| request.id.clone());
         let protocol = request.protocol;
@@ -121,6 +143,11 @@ impl Inference {
             }
         };
         let took = arrived.elapsed();
+        if let Some(span) = span {
+            let rows = result.as_ref().map_or(0, |r| r.rows);
+            let error = result.as_ref().err().map(InferError::message);
+            span.end(vec![KeyValue::new("wharf.rows", rows as i64)], error);
+        }
         match &result {
             Ok(response) => model.stats.record_success(protocol, response.rows, took),
             Err(e) if matches!(model.runner(), Runner::Ensemble(_)) => {

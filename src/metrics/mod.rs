@@ -40,6 +40,7 @@ pub const SATURATION: &str = "wharf_saturation_ratio";
 pub const STEPS_CANCELLED: &str = "wharf_ensemble_steps_cancelled_total";
 pub const REPOSITORY_POLLS: &str = "wharf_repository_polls_total";
 pub const MODEL_LOADS: &str = "wharf_model_loads_total";
+pub const TRACE_SPANS: &str = "wharf_trace_spans_total";
 
 /// Request, queue and compute times. The PP-OCR models span cls on onnxruntime (under a
 /// millisecond) to det on tract at 640x640 (seconds), so the buckets cover 0.5 ms to 30 s
@@ -124,7 +125,7 @@ impl Refusal {
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
 
 /// (name, help) for every metric, so each scrape carries HELP and TYPE lines.
-const HELP: [(&str, &str); 25] = [
+const HELP: [(&str, &str); 26] = [
     (BUILD_INFO, "Always 1; labels carry the wharf version and its compiled backends."),
     (REQUESTS, "Requests that reached a model version, by front end and how they ended."),
     (REQUESTS_REFUSED, "Requests refused before reaching a model version, by front end and reason."),
@@ -150,6 +151,7 @@ const HELP: [(&str, &str); 25] = [
     (STEPS_CANCELLED, "Ensemble steps never started because their caller left first."),
     (REPOSITORY_POLLS, "Scans of the model repository for changes (--model-control-mode poll)."),
     (MODEL_LOADS, "Loads and reloads asked for while serving (RepositoryModelLoad or a poll), by outcome."),
+    (TRACE_SPANS, "Trace spans handed to the OTLP exporter (outcome exported) or lost: queue full, or the collector failed or was unreachable (dropped)."),
     (MODEL_LOAD_DURATION, "Time the model version took to load and warm."),
     (MODEL_SATURATION, "Pending work over what the instances finish within the latency objective, smoothed over 5 s; above 1 requests wait longer than the objective."),
     (SATURATION, "The pod's most saturated model version: the autoscaling signal."),
@@ -250,6 +252,20 @@ impl Metrics {
         self.recorder
             .register_counter(&Key::from_parts(MODEL_LOADS, labels), &METADATA)
             .increment(1);
+    }
+
+    /// The counters of exported and dropped trace spans.
+    pub fn trace_spans(&self) -> crate::trace::SpanCounts {
+        let counter = |outcome: &'static str| {
+            self.recorder.register_counter(
+                &Key::from_parts(TRACE_SPANS, vec![Label::new("outcome", outcome)]),
+                &METADATA,
+            )
+        };
+        crate::trace::SpanCounts {
+            exported: counter("exported"),
+            dropped: counter("dropped"),
+        }
     }
 
     pub fn set_saturation(&self, value: f64) {
