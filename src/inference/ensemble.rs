@@ -167,8 +167,9 @@ async fn run_step(
     };
     let span = inherited.trace.as_ref().map(|parent| {
         parent.child(
-            format!("step {}", step.label()),
+            format!("step {}: {}", step.index, step.model_name),
             vec![
+                KeyValue::new("wharf.step.index", step.index as i64),
                 KeyValue::new("wharf.step.model", model.name.clone()),
                 KeyValue::new("wharf.step.rows", rows.unwrap_or(1) as i64),
                 KeyValue::new("wharf.step.fan_out", calls as i64),

@@ -117,9 +117,8 @@ impl Inference {
         model: Arc<ServedModel>,
         mut request: InferRequest,
     ) -> Result<InferResponse, InferError> {
-        let arrived = Instant::now();
         // A traced request's span for this model version: its queue and compute spans, or
-        // an ensemble's steps, go under it.
+        // an ensemble's steps, go under it. Started first, so that it holds them all.
         let span = request.trace.take().map(|parent| {
             parent.child(
                 model.name.clone(),
@@ -131,6 +130,7 @@ impl Inference {
             )
         });
         request.trace.clone_from(&span);
+        let arrived = Instant::now();
         // Kept only when the per-request line is asked for: no copy on the hot path.
         let id = tracing::enabled!(tracing::Level::DEBUG).then(|| request.id.clone());
         let protocol = request.protocol;

@@ -10,6 +10,7 @@ mod settings;
 
 use std::{
     borrow::Cow,
+    sync::OnceLock,
     time::{Instant, SystemTime},
 };
 
@@ -109,6 +110,7 @@ impl Tracing {
         let span = tracer
             .span_builder(name)
             .with_kind(SpanKind::Server)
+            .with_start_time(wall(Instant::now()))
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
         Some(ServerTrace {
@@ -192,6 +194,7 @@ impl TraceCx {
             .tracer
             .span_builder(name)
             .with_kind(SpanKind::Internal)
+            .with_start_time(wall(Instant::now()))
             .with_attributes(attributes)
             .start_with_context(&self.tracer, &self.cx);
         TraceCx {
@@ -230,16 +233,20 @@ impl TraceCx {
         if let Some(message) = error {
             span.set_status(Status::error(message));
         }
-        span.end();
+        span.end_with_timestamp(wall(Instant::now()));
     }
 }
 
-/// The wall-clock time of a monotonic instant (spans carry wall times).
+/// The wall-clock time of a monotonic instant (spans carry wall times). Every span time
+/// goes through one anchor, taken once, so that instants keep their order exactly: a
+/// child never starts before its parent by the jitter of two clock reads. (The wall
+/// clock stepped while serving is not followed; NTP's slewing moves both clocks alike.)
 fn wall(at: Instant) -> SystemTime {
-    let (now, wall_now) = (Instant::now(), SystemTime::now());
-    match now.checked_duration_since(at) {
-        Some(ago) => wall_now - ago,
-        None => wall_now + at.duration_since(now),
+    static ANCHOR: OnceLock<(Instant, SystemTime)> = OnceLock::new();
+    let (anchor, anchor_wall) = *ANCHOR.get_or_init(|| (Instant::now(), SystemTime::now()));
+    match at.checked_duration_since(anchor) {
+        Some(after) => anchor_wall + after,
+        None => anchor_wall - anchor.duration_since(at),
     }
 }
 
