@@ -5,9 +5,10 @@
 #   docker build -t wharf .
 #
 # Where no registry is reachable (nothing to pull rust from), build the binary on the
-# host and pack it:
+# host and pack it (relative relocations packed: the static-pie binary keeps its ASLR
+# and sheds ~2 MB of relocation table):
 #
-#   cargo rustc --release --locked --no-default-features --bin wharf -- -C target-feature=+crt-static
+#   cargo rustc --release --locked --no-default-features --bin wharf -- -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs
 #   mkdir -p target/static && cp target/release/wharf target/static/wharf
 #   docker build --build-arg BINARY=prebuilt -t wharf .
 #
@@ -17,7 +18,7 @@ ARG BINARY=build
 FROM rust:1.91-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo rustc --release --locked --no-default-features --bin wharf -- -C target-feature=+crt-static \
+RUN cargo rustc --release --locked --no-default-features --bin wharf -- -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs \
     && mkdir -p target/static && cp target/release/wharf target/static/wharf
 
 FROM scratch AS prebuilt
