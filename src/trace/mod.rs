@@ -100,12 +100,20 @@ impl Tracing {
         attributes: Vec<KeyValue>,
     ) -> Option<ServerTrace> {
         let exporting = self.exporting.as_ref()?;
-        let parent = exporting.propagator.extract(carrier);
-        let remote = parent.span().span_context().clone();
-        let parent_sampled = remote.is_valid().then(|| remote.is_sampled());
-        if !self.settings.sampler(model).sample(parent_sampled) {
+        // Most requests carry no context: they pay one header lookup, not a Context.
+        let parent = carrier.get("traceparent").map(|_| {
+            exporting
+                .propagator
+                .extract_with_context(&Context::new(), carrier)
+        });
+        let parent_sampled = parent.as_ref().and_then(|cx| {
+            let remote = cx.span().span_context().clone();
+            remote.is_valid().then(|| remote.is_sampled())
+        });
+        if !self.settings.sample(model, parent_sampled) {
             return None;
         }
+        let parent = parent.unwrap_or_default();
         let tracer = &exporting.tracer;
         let span = tracer
             .span_builder(name)

@@ -156,13 +156,27 @@ impl TraceSettings {
     }
 
     /// The sampler that decides for a request to `model`.
-    pub fn sampler(&self, model: &str) -> Arc<Sampler> {
+    fn sampler(&self, model: &str) -> Arc<Sampler> {
         if self.any_model.load(Ordering::Relaxed) {
             if let Some((_, sampler)) = self.models.read().expect("trace settings").get(model) {
                 return Arc::clone(sampler);
             }
         }
         Arc::clone(&self.server.read().expect("trace settings"))
+    }
+
+    /// Whether to trace a request to `model` (`Sampler::sample`), with no reference
+    /// counted on the way: this runs for every request while an exporter is configured.
+    pub fn sample(&self, model: &str, parent_sampled: Option<bool>) -> bool {
+        if self.any_model.load(Ordering::Relaxed) {
+            if let Some((_, sampler)) = self.models.read().expect("trace settings").get(model) {
+                return sampler.sample(parent_sampled);
+            }
+        }
+        self.server
+            .read()
+            .expect("trace settings")
+            .sample(parent_sampled)
     }
 
     /// The settings in force for `model` (or the server), as Triton answers them.
@@ -281,21 +295,21 @@ mod tests {
     #[test]
     fn without_context_every_rate_th_request_is_traced_and_the_count_caps_them() {
         let s = settings(3, -1);
-        let picked: Vec<bool> = (0..7).map(|_| s.sampler("m").sample(None)).collect();
+        let picked: Vec<bool> = (0..7).map(|_| s.sample("m", None)).collect();
         assert_eq!(picked, [true, false, false, true, false, false, true]);
         let s = settings(1, 2);
-        let picked: Vec<bool> = (0..4).map(|_| s.sampler("m").sample(None)).collect();
+        let picked: Vec<bool> = (0..4).map(|_| s.sample("m", None)).collect();
         assert_eq!(picked, [true, true, false, false]);
     }
 
     #[test]
     fn a_callers_flag_is_honoured_and_rate_zero_traces_only_callers_with_context() {
         let s = settings(0, -1);
-        assert!(!s.sampler("m").sample(None));
-        assert!(s.sampler("m").sample(Some(true)));
-        assert!(!s.sampler("m").sample(Some(false)));
+        assert!(!s.sample("m", None));
+        assert!(s.sample("m", Some(true)));
+        assert!(!s.sample("m", Some(false)));
         s.update(None, vec![change("trace_level", "OFF")]).unwrap();
-        assert!(!s.sampler("m").sample(Some(true)));
+        assert!(!s.sample("m", Some(true)));
     }
 
     #[test]
