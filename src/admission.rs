@@ -6,7 +6,14 @@ use std::sync::Arc;
 use bytesize::ByteSize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::InferError;
+/// A request's bytes refused: the budget holds too much already.
+#[derive(Debug, thiserror::Error)]
+#[error("a request of {bytes} was refused: requests in flight hold {held} of the {limit} budget (--max-inflight-bytes); retry later")]
+pub struct OverBudget {
+    pub bytes: ByteSize,
+    pub held: ByteSize,
+    pub limit: ByteSize,
+}
 
 /// Bytes are counted in KiB so that a budget of terabytes fits the semaphore's permits.
 const UNIT: usize = 1024;
@@ -31,12 +38,12 @@ impl ByteBudget {
     }
 
     /// Admits `bytes` at once, or refuses them at once: a request never waits for room.
-    pub fn try_hold(&self, bytes: usize) -> Result<Held, InferError> {
+    pub fn try_hold(&self, bytes: usize) -> Result<Held, OverBudget> {
         let units = u32::try_from(bytes.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX);
         Arc::clone(&self.permits)
             .try_acquire_many_owned(units)
             .map(Held)
-            .map_err(|_| InferError::InflightBytes {
+            .map_err(|_| OverBudget {
                 bytes: ByteSize::b(bytes as u64),
                 held: ByteSize::b(self.held() as u64),
                 limit: ByteSize::b(self.limit as u64),

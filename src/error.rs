@@ -28,12 +28,8 @@ pub enum InferError {
         model: String,
         waited: std::time::Duration,
     },
-    #[error("a request of {bytes} was refused: requests in flight hold {held} of the {limit} budget (--max-inflight-bytes); retry later")]
-    InflightBytes {
-        bytes: bytesize::ByteSize,
-        held: bytesize::ByteSize,
-        limit: bytesize::ByteSize,
-    },
+    #[error(transparent)]
+    InflightBytes(#[from] crate::admission::OverBudget),
     #[error("server is shutting down and takes no new requests")]
     ShuttingDown,
     #[error("model '{model}': {source}")]
@@ -55,7 +51,7 @@ pub enum InferError {
     },
     /// A shared-memory region a request names, or registering one.
     #[error(transparent)]
-    SharedMemory(#[from] crate::shared_memory::ShmError),
+    SharedMemory(crate::shared_memory::ShmError),
     /// The worker dropped the request without answering (it panicked or was stopped).
     #[error("model '{0}': the worker stopped before answering")]
     WorkerGone(String),
@@ -94,6 +90,18 @@ pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
         end -= 1;
     }
     format!("{}...", &text[..end]).into()
+}
+
+impl From<crate::shared_memory::ShmError> for InferError {
+    /// A region's bytes refused by the in-flight budget are refused as any request's are.
+    fn from(error: crate::shared_memory::ShmError) -> InferError {
+        match error {
+            crate::shared_memory::ShmError::OverBudget(refused) => {
+                InferError::InflightBytes(refused)
+            }
+            other => InferError::SharedMemory(other),
+        }
+    }
 }
 
 #[cfg(test)]

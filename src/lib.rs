@@ -14,7 +14,9 @@ pub mod logging;
 // Which requests are traced, their spans, and the OTLP export.
 pub mod trace;
 
-// Data and engines, and the protocol's and model config's generated messages.
+// Data and engines, and the protocol's and model config's generated messages; the
+// in-flight byte budget, which shared-memory reads are held against.
+pub(crate) mod admission;
 pub mod shared_memory;
 pub mod tensor;
 
@@ -44,8 +46,7 @@ pub mod repository;
 // Changing what is loaded while serving.
 pub mod control;
 
-// Serving: validation, admission, the core, the transport, the server.
-pub(crate) mod admission;
+// Serving: validation, the core, the transport, the server.
 pub(crate) mod request;
 pub(crate) mod shutdown;
 pub mod validate;

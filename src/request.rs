@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::{metrics::Protocol, tensor::Tensor};
 
 /// A decoded request: inputs already checked against the protocol, not yet the model.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct InferRequest {
     pub model_name: String,
     pub model_version: String,

@@ -21,10 +21,7 @@ use bytes::Bytes;
 use bytesize::ByteSize;
 use thiserror::Error;
 
-use crate::{
-    admission::{ByteBudget, Held},
-    error::InferError,
-};
+use crate::admission::{ByteBudget, Held, OverBudget};
 
 /// Where Linux keeps POSIX shared-memory objects (what `shm_open` opens).
 const SHM_DIR: &str = "/dev/shm";
@@ -53,6 +50,9 @@ pub enum ShmError {
         name: String,
         source: std::io::Error,
     },
+    /// The bytes read out of a region would pass the in-flight budget.
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
 }
 
 /// One registered region: `byte_size` bytes from `offset` of the object `key`.
@@ -311,12 +311,12 @@ impl ShmParams {
     }
 
     /// Input `input`'s bytes, refused before reading where they pass `limit`.
-    pub fn read(&self, shm: &SharedMemory, input: &str, limit: usize) -> Result<Bytes, InferError> {
+    pub fn read(&self, shm: &SharedMemory, input: &str, limit: usize) -> Result<Bytes, ShmError> {
         if self.byte_size > limit as u64 {
-            return Err(InferError::from(ShmError::Invalid(format!(
+            return Err(ShmError::Invalid(format!(
                 "input '{input}': shared_memory_byte_size {} is over the limit of {limit} bytes per request",
                 self.byte_size
-            ))));
+            )));
         }
         self.window(shm)?.read()
     }
@@ -366,7 +366,7 @@ impl Window {
 
     /// The window's bytes, copied out of the object, held against the in-flight byte
     /// budget for as long as they live.
-    pub fn read(&self) -> Result<Bytes, InferError> {
+    pub fn read(&self) -> Result<Bytes, ShmError> {
         let (start, _) = self.span()?;
         let held = self.budget.try_hold(self.byte_size as usize)?;
         let mut data = vec![0u8; self.byte_size as usize];
@@ -433,10 +433,7 @@ mod tests {
         assert!(first.iter().all(|&b| b == 7));
         assert_eq!(budget.held(), 8 * 1024);
         let refused = window.read().unwrap_err();
-        assert!(
-            matches!(refused, InferError::InflightBytes { .. }),
-            "{refused:?}"
-        );
+        assert!(matches!(refused, ShmError::OverBudget(_)), "{refused:?}");
 
         drop(first);
         assert_eq!(budget.held(), 0);

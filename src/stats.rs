@@ -183,7 +183,7 @@ impl ModelStats {
         let outcome = match error.root() {
             InferError::InvalidArgument(_) => Outcome::Invalid,
             InferError::QueueFull { .. }
-            | InferError::InflightBytes { .. }
+            | InferError::InflightBytes(_)
             | InferError::IntermediateBytes { .. } => Outcome::QueueFull,
             InferError::DeadlineExceeded { .. } => Outcome::Timeout,
             _ => Outcome::BackendError,

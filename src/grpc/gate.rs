@@ -121,7 +121,9 @@ impl http_body::Body for Charged {
                         }
                         Err(refused) => {
                             self.metrics.refused(Protocol::Grpc, Refusal::InflightBytes);
-                            return Poll::Ready(Some(Err(refused.into())));
+                            return Poll::Ready(Some(Err(
+                                crate::error::InferError::from(refused).into()
+                            )));
                         }
                     }
                 }

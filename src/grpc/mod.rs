@@ -6,6 +6,7 @@ pub mod gate;
 mod messages;
 mod service;
 pub mod status;
+mod traced;
 
 pub use service::InferenceService;
 

@@ -4,12 +4,10 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::{stream::FuturesOrdered, FutureExt, Stream, StreamExt};
-use opentelemetry::KeyValue;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument;
 
 use super::{
     convert::{decode_request, encode_response},
@@ -26,7 +24,7 @@ use crate::{
     metrics::{Protocol, Refusal},
     repository::{ServedModel, Status as VersionStatus},
     shared_memory::{SharedMemory, ShmError},
-    trace::{MetadataCarrier, ServerTrace, TraceCx},
+    trace::TraceCx,
 };
 
 /// Requests of one stream computed at once; past it the stream stops reading until an
@@ -94,30 +92,7 @@ impl InferenceService {
         self.max_request_bytes
     }
 
-    /// The request's server span, where tracing is on and this request is traced.
-    fn begin_trace(&self, r: &Request<pb::ModelInferRequest>) -> Option<ServerTrace> {
-        let tracing = self.inference.tracing();
-        if !tracing.is_exporting() {
-            return None;
-        }
-        let request = r.get_ref();
-        tracing.begin(
-            &request.model_name,
-            &MetadataCarrier(r.metadata()),
-            "inference.GRPCInferenceService/ModelInfer",
-            vec![
-                KeyValue::new("rpc.system", "grpc"),
-                KeyValue::new("rpc.service", "inference.GRPCInferenceService"),
-                KeyValue::new("rpc.method", "ModelInfer"),
-                KeyValue::new("wharf.protocol", "grpc"),
-                KeyValue::new("wharf.model", request.model_name.clone()),
-                KeyValue::new("wharf.model_version", request.model_version.clone()),
-                KeyValue::new("wharf.request_id", request.id.clone()),
-            ],
-        )
-    }
-
-    async fn infer(
+    pub(super) async fn infer(
         &self,
         request: pb::ModelInferRequest,
         deadline: Option<Duration>,
@@ -147,7 +122,7 @@ impl InferenceService {
                     .metrics()
                     .refused(Protocol::Grpc, Refusal::InflightBytes);
                 drop(request);
-                Err(refused)
+                Err(refused.into())
             }
         };
         match answer {
@@ -256,30 +231,12 @@ impl GrpcInferenceService for InferenceService {
         let deadline = grpc_timeout(r.metadata());
         // The body's bytes, held against the in-flight budget until this answer is made.
         let _held = r.extensions().get::<Charge>().cloned();
-        let trace = self.begin_trace(&r);
-        let Some(trace) = trace else {
-            return Ok(Response::new(
+        match self.begin_trace(&r) {
+            None => Ok(Response::new(
                 self.infer(r.into_inner(), deadline, None).await?,
-            ));
-        };
-        let answer = self
-            .infer(r.into_inner(), deadline, Some(trace.context()))
-            .instrument(trace.log_span())
-            .await;
-        let traceparent = trace.traceparent();
-        let code = match &answer {
-            Ok(_) => tonic::Code::Ok,
-            Err(e) => super::status::code(e),
-        };
-        trace.finish(
-            vec![KeyValue::new("rpc.grpc.status_code", code as i64)],
-            answer.as_ref().err().map(InferError::message),
-        );
-        let mut response = Response::new(answer?);
-        if let Some(value) = traceparent.and_then(|v| v.parse().ok()) {
-            response.metadata_mut().insert("traceparent", value);
+            )),
+            Some(trace) => self.infer_traced(r, deadline, trace).await,
         }
-        Ok(response)
     }
 
     type ModelStreamInferStream = AnswerStream;

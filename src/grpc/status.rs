@@ -16,7 +16,7 @@ pub fn code(error: &InferError) -> Code {
         InferError::ModelUnavailable { .. } | InferError::ShuttingDown => Code::Unavailable,
         InferError::InvalidArgument(_) => Code::InvalidArgument,
         InferError::QueueFull { .. }
-        | InferError::InflightBytes { .. }
+        | InferError::InflightBytes(_)
         | InferError::IntermediateBytes { .. } => Code::ResourceExhausted,
         InferError::Step { source, .. } => code(source),
         InferError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
@@ -35,7 +35,7 @@ pub fn code(error: &InferError) -> Code {
             ShmError::AlreadyExists(_) => Code::AlreadyExists,
             ShmError::NotFound(_) => Code::NotFound,
             ShmError::Invalid(_) => Code::InvalidArgument,
-            ShmError::Exhausted(_) => Code::ResourceExhausted,
+            ShmError::Exhausted(_) | ShmError::OverBudget(_) => Code::ResourceExhausted,
             ShmError::Io { .. } => Code::Internal,
         },
     }

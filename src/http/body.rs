@@ -14,7 +14,10 @@ use super::{error::HttpError, HttpApi};
 /// How long a request's body may take to arrive once its headers have: a slow body
 /// holds its bytes against the in-flight budget, so it must end.
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-use crate::metrics::{Protocol, Refusal};
+use crate::{
+    error::InferError,
+    metrics::{Protocol, Refusal},
+};
 
 /// Room for JSON's text around the tensor bytes one request may carry.
 fn body_limit(api: &HttpApi) -> usize {
@@ -82,7 +85,8 @@ pub async fn read_body(
                 .repository()
                 .metrics()
                 .refused(Protocol::Http, Refusal::InflightBytes)
-        })?;
+        })
+        .map_err(InferError::from)?;
     let reading = axum::body::to_bytes(request.into_body(), limit);
     let body = tokio::time::timeout(BODY_READ_TIMEOUT, reading)
         .await

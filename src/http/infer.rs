@@ -253,15 +253,9 @@ fn decode_raw(
         request: InferRequest {
             model_name: model_name.to_owned(),
             model_version: model_version.to_owned(),
-            id: String::new(),
             inputs: vec![tensor],
-            outputs: Vec::new(),
-            classification: Vec::new(),
-            priority: None,
-            timeout: None,
-            deadline: None,
             protocol: Protocol::Http,
-            trace: None,
+            ..Default::default()
         },
         binary: Binary::Everything,
         windows: Vec::new(),
@@ -318,7 +312,7 @@ fn decode_one(
                 "names a shared memory region and also sets `data` or binary_data_size; send its data one way".into(),
             ));
         }
-        let bytes = params.read(shm, &name, limit)?;
+        let bytes = params.read(shm, &name, limit).map_err(InferError::from)?;
         return Ok(decode_input(wire(None), Some(bytes), limit)?);
     }
     match (binary_size, input.data) {
