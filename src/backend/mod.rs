@@ -81,6 +81,9 @@ pub struct EngineTraits {
     /// cuDNN searches and CUDA graphs), no where the plans warming built are shared and an
     /// instance only holds run state (tract).
     pub warms_each_instance: bool,
+    /// Threads one call computes on: the instance's own (1), or an engine's intra-op
+    /// pool, sized from the CPUs the process may use (`config::cpus`).
+    pub threads_per_call: usize,
 }
 
 impl Default for EngineTraits {
@@ -90,6 +93,7 @@ impl Default for EngineTraits {
             warms: true,
             computes_on_calling_thread: false,
             warms_each_instance: true,
+            threads_per_call: 1,
         }
     }
 }

@@ -434,6 +434,7 @@ fn load_version(
         model = %task.name,
         version = task.version,
         instances,
+        threads_per_call = context.model.traits().threads_per_call,
         max_batch_size = spec.max_batch_size,
         batch_rows = policy.form_rows,
         call_rows = policy.max_rows,

@@ -55,6 +55,7 @@ impl Model for OrtModel {
     fn traits(&self) -> EngineTraits {
         EngineTraits {
             counts_host_memory: false,
+            threads_per_call: self.options.intra_op_threads,
             ..EngineTraits::default()
         }
     }
