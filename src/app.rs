@@ -177,7 +177,8 @@ impl App {
         let runtime_threads = tokio::runtime::Handle::current().metrics().num_workers();
         // Threads follow the CPUs the process may use (affinity and cgroup quota), which
         // a pod limited to one CPU on a 64-core node sees as 1.
-        let (cpus, load_parallelism) = (crate::config::cpus(), config.runtime.load_parallelism());
+        let (cpus, load_parallelism) =
+            (crate::cpus::available(), config.runtime.load_parallelism());
         info!(%grpc_addr, %metrics_addr, %http_addr, cpus, runtime_threads, load_parallelism, repository = %config.load.model_repository.display(), "listening");
         let inference = Arc::new(Inference::new(
             Arc::clone(&repository),

@@ -308,16 +308,8 @@ impl RuntimeConfig {
     }
 }
 
-/// The CPUs this process may use: its affinity mask (`taskset`, a pod's cpuset) and its
-/// cgroup's CPU quota (a pod's `limits.cpu`, rounded down, at least 1), whichever is
-/// fewer; std's `available_parallelism` reads both. Threads are sized from it, never
-/// from the host's core count.
-pub fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 fn cores() -> usize {
-    cpus()
+    crate::cpus::available()
 }
 
 #[derive(Debug, Clone, PartialEq)]

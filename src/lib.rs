@@ -8,7 +8,9 @@
 // Modules from the bottom up: each names only modules above it in this list
 // (`python3 scripts/module_graph.py` checks it and finds no cycle).
 
-// The allocator, and what loads and first calls are measured by.
+// The allocator, and what loads and first calls are measured by; the CPUs threads are
+// sized from.
+pub mod cpus;
 pub mod heap;
 pub mod logging;
 // Which requests are traced, their spans, and the OTLP export.

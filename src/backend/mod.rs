@@ -82,7 +82,7 @@ pub struct EngineTraits {
     /// instance only holds run state (tract).
     pub warms_each_instance: bool,
     /// Threads one call computes on: the instance's own (1), or an engine's intra-op
-    /// pool, sized from the CPUs the process may use (`config::cpus`).
+    /// pool, sized from the CPUs the process may use (`cpus::available`).
     pub threads_per_call: usize,
 }
 

@@ -75,7 +75,8 @@ def http_ready(address: str, ca: str | None = None) -> bool:
 
 
 @contextlib.contextmanager
-def running_wharf_addresses(repo: pathlib.Path, *flags: str, ca: str | None = None):
+def running_wharf_addresses(repo: pathlib.Path, *flags: str, ca: str | None = None,
+                            ready_timeout: float = 60):
     """As `running_wharf`: the gRPC, metrics and HTTP addresses (host:port), by name; with
     `ca`, the server is on TLS and readiness is asked over HTTPS trusting it."""
     proc = subprocess.Popen(
@@ -99,7 +100,7 @@ def running_wharf_addresses(repo: pathlib.Path, *flags: str, ca: str | None = No
     log = collections.deque(maxlen=10_000)
     threading.Thread(target=lambda: [log.append(line) for line in proc.stderr], daemon=True).start()
     # Readiness over HTTP, which needs no API key.
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + ready_timeout
     while not http_ready(http_address, ca):
         assert time.monotonic() < deadline, "wharf did not become ready"
         time.sleep(0.05)

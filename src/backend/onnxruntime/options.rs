@@ -125,7 +125,7 @@ impl OrtParameters {
 
     /// The session options for a model run by `instances` instances on `gpu` (None: CPU).
     pub fn options(&self, instances: usize, gpu: Option<GpuPlacement>) -> OrtOptions {
-        let cores = crate::config::cpus();
+        let cores = crate::cpus::available();
         OrtOptions {
             // Instances split the cores between them, so that they do not oversubscribe.
             intra_op_threads: self
@@ -259,7 +259,7 @@ mod tests {
         let options = OrtParameters::default().options(1, None);
         assert!(options.gpu.is_none() && !options.io_binding);
         assert_eq!(options.inter_op_threads, 1);
-        let cores = crate::config::cpus();
+        let cores = crate::cpus::available();
         assert_eq!(options.intra_op_threads, cores);
         let gpu = OrtParameters::default()
             .options(

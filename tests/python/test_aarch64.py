@@ -1,0 +1,85 @@
+"""The aarch64 build, run under Debian's qemu-user-static on an x86-64 host: the conformance
+smoke test (health, metadata, infer) and one PP-OCR cheque on tract, whose lines must be
+the x86-64 build's, text and boxes. Runs where WHARF_AARCH64 names the cross-built binary
+(`bash scripts/test-aarch64.sh` builds it and sets it); skipped otherwise. Timings under
+emulation mean nothing and none are taken."""
+import os
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+import conftest
+from conftest import ROOT, make_repository, pipeline_repository, running_wharf_addresses
+
+AARCH64 = os.environ.get("WHARF_AARCH64")
+pytestmark = pytest.mark.skipif(
+    not AARCH64, reason="WHARF_AARCH64 unset: bash scripts/test-aarch64.sh cross-builds and runs this")
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    """A launcher that runs the aarch64 binary under qemu, for conftest's server helpers."""
+    qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    assert qemu, "qemu-user-static is not installed"
+    launcher = tmp_path_factory.mktemp("aarch64") / "wharf"
+    launcher.write_text(f'#!/bin/sh\nexec {qemu} {AARCH64} "$@"\n')
+    launcher.chmod(0o755)
+    return str(launcher)
+
+
+def test_the_binary_is_aarch64():
+    header = pathlib.Path(AARCH64).read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+
+
+def test_health_metadata_and_infer(emulated, monkeypatch):
+    monkeypatch.setattr(conftest, "WHARF", emulated)
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = pathlib.Path(tmp)
+        make_repository(repo)
+        with running_wharf_addresses(repo, ready_timeout=600) as addresses:
+            grpc = grpcclient.InferenceServerClient(addresses["grpc"])
+            http = httpclient.InferenceServerClient(addresses["http"])
+            assert grpc.is_server_live() and grpc.is_server_ready()
+            assert http.is_server_ready()
+            assert grpc.get_model_metadata("add_sub", as_json=True)["inputs"][0]["name"] == "INPUT0"
+            a = np.arange(4, dtype=np.float32).reshape(1, 4)
+            b = np.ones((1, 4), dtype=np.float32)
+            inputs = [grpcclient.InferInput("INPUT0", [1, 4], "FP32"),
+                      grpcclient.InferInput("INPUT1", [1, 4], "FP32")]
+            inputs[0].set_data_from_numpy(a)
+            inputs[1].set_data_from_numpy(b)
+            result = grpc.infer("add_sub", inputs)
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+            grpc.close()
+            http.close()
+
+
+def read_cheque(repo, ready_timeout):
+    cheque = (ROOT / "benches" / "data" / "cheque.png").read_bytes()
+    with running_wharf_addresses(repo, "--max-request-size", "8MiB",
+                                 ready_timeout=ready_timeout) as addresses:
+        client = grpcclient.InferenceServerClient(addresses["grpc"])
+        image = grpcclient.InferInput("image", [1], "BYTES")
+        image.set_data_from_numpy(np.array([cheque], dtype=np.object_))
+        result = client.infer("ppocr", [image], client_timeout=1200)
+        client.close()
+    return [t.decode() for t in result.as_numpy("text")], result.as_numpy("boxes")
+
+
+def test_a_cheque_reads_as_on_x86_64(emulated, monkeypatch):
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = pathlib.Path(tmp)
+        pipeline_repository(repo, "tract")
+        native_lines, native_boxes = read_cheque(repo, 120)
+        monkeypatch.setattr(conftest, "WHARF", emulated)
+        lines, boxes = read_cheque(repo, 1200)
+    assert len(native_lines) > 5
+    assert lines == native_lines
+    np.testing.assert_allclose(boxes, native_boxes, atol=1.0)
