@@ -106,7 +106,11 @@ impl InferenceService {
         encode_response(response, &windows)
     }
 
-    async fn stream_answer(&self, request: pb::ModelInferRequest) -> pb::ModelStreamInferResponse {
+    async fn stream_answer(
+        &self,
+        request: pb::ModelInferRequest,
+        metadata: Option<&tonic::metadata::MetadataMap>,
+    ) -> pb::ModelStreamInferResponse {
         // Kept for the error answer, so the client can tell which request failed.
         let echo = pb::ModelInferResponse {
             model_name: request.model_name.clone(),
@@ -115,7 +119,7 @@ impl InferenceService {
             ..Default::default()
         };
         let answer = match self.budget.try_hold(request.encoded_len()) {
-            Ok(_held) => self.infer(request, None, None).await,
+            Ok(_held) => self.infer_in_stream(request, metadata).await,
             Err(refused) => {
                 self.inference
                     .repository()
@@ -245,6 +249,12 @@ impl GrpcInferenceService for InferenceService {
         &self,
         r: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<AnswerStream>, Status> {
+        // The stream's metadata, whose traceparent each traced message sits under.
+        let metadata = self
+            .inference
+            .tracing()
+            .is_exporting()
+            .then(|| Arc::new(r.metadata().clone()));
         let mut incoming = r.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_OUT_BUFFER);
         let service = self.clone();
@@ -254,8 +264,8 @@ impl GrpcInferenceService for InferenceService {
         let open = self.inference.in_flight().admit();
         // One future type for every answer, so that they queue in one FuturesOrdered.
         let answer = move |request: pb::ModelInferRequest| {
-            let service = service.clone();
-            async move { service.stream_answer(request).await }
+            let (service, metadata) = (service.clone(), metadata.clone());
+            async move { service.stream_answer(request, metadata.as_deref()).await }
         };
         tokio::spawn(async move {
             let _open = open;

@@ -447,3 +447,33 @@ def test_a_slow_collector_leaves_p99_alone_and_memory_bounded():
             client.close()
     finally:
         receiver.stop()
+
+
+def test_each_message_of_a_stream_is_traced_under_the_streams_traceparent():
+    receiver = GrpcReceiver()
+    try:
+        with traced_wharf(receiver, "--trace-config", "rate=0", transport="grpc") as wharf:
+            trace_id, parent, header = traceparent()
+            answers = []
+            client = grpcclient.InferenceServerClient(wharf["grpc"])
+            client.start_stream(callback=lambda result, error: answers.append((result, error)),
+                                headers={"traceparent": header})
+            for _ in range(3):
+                inputs = [grpcclient.InferInput(n, [1, 4], "FP32") for n in ("INPUT0", "INPUT1")]
+                for tensor in inputs:
+                    tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+                client.async_stream_infer("add_sub", inputs)
+            client.stop_stream()
+            client.close()
+            assert len(answers) == 3 and all(error is None for _, error in answers), answers
+            spans = receiver.wait_for(lambda s: len([
+                x for x in s if x["trace_id"] == trace_id and x["kind"] == SERVER]) == 3)
+    finally:
+        receiver.stop()
+    servers = [s for s in in_trace(spans, trace_id) if s["kind"] == SERVER]
+    for server in servers:
+        assert server["name"] == "inference.GRPCInferenceService/ModelStreamInfer"
+        assert server["parent"] == parent
+        assert server["attributes"]["rpc.method"] == "ModelStreamInfer"
+        (model,) = children(spans, server)
+        assert [c["name"] for c in children(spans, model)] == ["queue", "compute"]
