@@ -43,15 +43,6 @@ struct Exporting {
 }
 
 impl Tracing {
-    /// Nothing exported; the settings API still answers.
-    pub fn disabled() -> Tracing {
-        Tracing::from_config(
-            &TraceConfig::parse(&[], |_| None).expect("no entries parse"),
-            None,
-        )
-        .expect("no exporter to build")
-    }
-
     /// Tracing as `config` says, counting spans in `counts`. Inside the Tokio runtime.
     pub fn from_config(
         config: &TraceConfig,
