@@ -343,7 +343,7 @@ fn run_piece(context: &WorkerContext, engine: &mut Engine, jobs: Batch) {
         Ok(per_job)
     });
     let call = Call {
-        rows: rows.iter().sum(),
+        rows: &rows,
         pad,
         started,
         prepared,
@@ -353,7 +353,7 @@ fn run_piece(context: &WorkerContext, engine: &mut Engine, jobs: Batch) {
     match answers {
         Ok(answers) => {
             let finished = Instant::now();
-            trace_call(context, &jobs, &call, finished, None);
+            trace_call(&jobs, &call, finished, None);
             context.stats.record_execution(
                 rows.iter().sum(),
                 jobs.len(),
@@ -375,7 +375,7 @@ fn run_piece(context: &WorkerContext, engine: &mut Engine, jobs: Batch) {
             }
         }
         Err(source) => {
-            trace_call(context, &jobs, &call, Instant::now(), Some(&source));
+            trace_call(&jobs, &call, Instant::now(), Some(&source));
             for job in jobs {
                 context.stats.record_backend_error(job.protocol);
                 let error = InferError::Backend {
@@ -389,8 +389,9 @@ fn run_piece(context: &WorkerContext, engine: &mut Engine, jobs: Batch) {
 }
 
 /// One engine call's shape and times, as its traced requests' spans report it.
-struct Call {
-    rows: usize,
+struct Call<'a> {
+    /// Each job's rows, in the jobs' order.
+    rows: &'a [usize],
     pad: usize,
     started: Instant,
     prepared: Instant,
@@ -404,30 +405,21 @@ static TRACED_CALLS: AtomicU64 = AtomicU64::new(0);
 /// Each traced request's queue wait and its share of the engine call, as two spans under
 /// its model span. Every member of the call gets its own `compute` span carrying the
 /// call's id, size, rows, padding and instance (docs/tracing.md says why not links).
-fn trace_call(
-    context: &WorkerContext,
-    jobs: &Batch,
-    call: &Call,
-    finished: Instant,
-    error: Option<&BackendError>,
-) {
+fn trace_call(jobs: &Batch, call: &Call<'_>, finished: Instant, error: Option<&BackendError>) {
     if jobs.iter().all(|job| job.trace.is_none()) {
         return;
     }
     let id = TRACED_CALLS.fetch_add(1, Ordering::Relaxed);
-    for job in jobs {
+    let call_rows: usize = call.rows.iter().sum();
+    for (job, rows) in jobs.iter().zip(call.rows) {
         let Some(trace) = &job.trace else { continue };
-        let rows = match job.inputs.first() {
-            Some(t) if context.batched => t.shape.first().copied().unwrap_or(1),
-            _ => 1,
-        };
         trace.record("queue", job.arrived.into_std(), call.started, Vec::new());
         let mut attributes = vec![
             KeyValue::new("wharf.batch.id", id as i64),
             KeyValue::new("wharf.batch.requests", jobs.len() as i64),
-            KeyValue::new("wharf.batch.rows", call.rows as i64),
+            KeyValue::new("wharf.batch.rows", call_rows as i64),
             KeyValue::new("wharf.batch.padding", call.pad as i64),
-            KeyValue::new("wharf.request.rows", rows as i64),
+            KeyValue::new("wharf.request.rows", *rows as i64),
             KeyValue::new("wharf.instance", call.instance as i64),
             KeyValue::new(
                 "wharf.compute.input_us",
