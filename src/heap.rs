@@ -23,6 +23,11 @@ static GLOBAL: Counting<MiMalloc> = Counting(MiMalloc);
 /// and `release_freed` after loading, PP-OCR rec on one instance holds 84 MiB under load
 /// against glibc's 100, at the same throughput (benches/README.md); with mimalloc's
 /// defaults it held about 50 MiB more than glibc once loaded. Call first thing in `main`.
+///
+/// Tried for issue 33 and not kept: a zero purge delay (the cheque's peak at concurrency 4
+/// ~70 MiB lower, a trivial model's throughput a tenth lower), and tensors over 1 MiB
+/// mapped from the OS for each call (~80 MiB lower, PP-OCR on tract a third slower: the
+/// fresh pages' faults).
 pub fn tune() {
     // The option numbers of mimalloc 2 and 3 alike (mimalloc.h's mi_option_e, which the
     // crate's bindings do not name).
@@ -39,6 +44,14 @@ pub fn tune() {
 /// Hands what loading freed back to the OS now, the loader threads' heaps included.
 pub fn release_freed() {
     // SAFETY: takes no arguments; safe to call from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
+/// Hands this thread's freed memory back to the OS now, instead of when the thread next
+/// allocates after the purge delay: an idle worker would otherwise sit on the largest
+/// working set its last call had.
+pub fn release_thread_freed() {
+    // SAFETY: takes no arguments; collects the calling thread's own heap.
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 

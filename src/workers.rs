@@ -28,6 +28,10 @@ use crate::{
     tensor::{concat_rows, split_rows, Tensor},
 };
 
+/// A call at least this long has scratch memory worth handing back when its worker goes
+/// idle (`heap::release_thread_freed`).
+const HEAVY_CALL: std::time::Duration = std::time::Duration::from_millis(2);
+
 pub struct WorkerPool {
     threads: Vec<JoinHandle<()>>,
 }
@@ -167,6 +171,7 @@ fn work(
         }
         // Engine panics are caught closer in; this catches a fault of wharf's own, so the
         // instance is never lost: the batch's callers get INTERNAL (their replies drop).
+        let started = Instant::now();
         if let Err(payload) = catch_unwind(AssertUnwindSafe(|| serve(context, &mut engine, batch)))
         {
             error!(model = %context.model_name, panic = %panic_message(payload.as_ref()), "a batch failed outside the engine");
@@ -175,6 +180,12 @@ fn work(
         next = context.feed.get().and_then(Feed::next);
         if next.is_none() {
             stats.record_busy(context.busy.fetch_sub(1, Ordering::Relaxed) - 1);
+            // Going idle after a heavy call: give its scratch memory back (a trivial
+            // model's calls skip the walk over the thread's heap).
+
+            if started.elapsed() >= HEAVY_CALL {
+                crate::heap::release_thread_freed();
+            }
         }
     }
 }

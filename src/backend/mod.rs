@@ -98,6 +98,19 @@ impl Default for EngineTraits {
     }
 }
 
+/// How calls will come to a model, as its config and batching policy say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallPlan {
+    /// Dimension 0 of every tensor is the batch's rows, each computed independently of
+    /// the others (`max_batch_size` > 0).
+    pub batched: bool,
+    /// The row counts every call carries (formed batches are padded up to them); empty:
+    /// any.
+    pub batch_sizes: Vec<usize>,
+    /// Every dimension but the rows is fixed.
+    pub fixed_shapes: bool,
+}
+
 pub trait Model: Send + Sync + 'static {
     fn signature(&self) -> &Signature;
 
@@ -106,11 +119,10 @@ pub trait Model: Send + Sync + 'static {
         EngineTraits::default()
     }
 
-    /// How calls will come, told once before the first instance is made: the row counts
-    /// every call carries (formed batches are padded up to them; empty: any), and whether
-    /// every other dimension is fixed. An engine that prepares each input shape anew may
-    /// then keep one prepared session, or one captured graph, per count. Others ignore it.
-    fn plan_calls(&self, _batch_sizes: &[usize], _fixed_shapes: bool) {}
+    /// How calls will come, told once before the first instance is made. An engine that
+    /// prepares each input shape anew may then keep one prepared session, or one captured
+    /// graph, per row count, or run a batch's rows one by one. Others ignore it.
+    fn plan_calls(&self, _calls: &CallPlan) {}
 
     /// A fresh instance that shares this model and owns only its mutable run state.
     /// Called on the thread that will use it, so instances need not be `Send`.

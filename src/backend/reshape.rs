@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{BackendError, EngineTraits, Instance, Model, Signature};
+use super::{BackendError, CallPlan, EngineTraits, Instance, Model, Signature};
 use crate::tensor::{shape_string, Tensor};
 
 /// One tensor's two shapes, batch dimension excluded; -1 is any size, told by the
@@ -53,8 +53,8 @@ impl Model for Reshaped {
         self.inner.traits()
     }
 
-    fn plan_calls(&self, batch_sizes: &[usize], fixed_shapes: bool) {
-        self.inner.plan_calls(batch_sizes, fixed_shapes)
+    fn plan_calls(&self, calls: &CallPlan) {
+        self.inner.plan_calls(calls)
     }
 
     fn new_instance(self: Arc<Self>) -> Result<Box<dyn Instance>, BackendError> {

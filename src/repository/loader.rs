@@ -25,7 +25,7 @@ use crate::{
     backend::{
         reshape::{Reshaped, Shapes},
         tract::TractModel,
-        BackendError, Model,
+        BackendError, CallPlan, Model,
     },
     batching::{cost::WorkEstimate, BatchPolicy, Scheduler},
     config::LoadConfig,
@@ -333,7 +333,11 @@ fn load_version(
             // Padded calls carry only the buckets' row counts: sessions (and CUDA graphs,
             // where the other dims are fixed too) can be made per count.
             let fixed_shapes = spec.inputs.iter().all(|i| i.dims.iter().all(|d| *d > 0));
-            model.plan_calls(&batch_buckets(config, &policy), fixed_shapes);
+            model.plan_calls(&CallPlan {
+                batched: spec.max_batch_size > 0,
+                batch_sizes: batch_buckets(config, &policy),
+                fixed_shapes,
+            });
             let candidates = candidate_rows(&policy, spec.max_batch_size);
             let budgeted = config.memory_budget().is_some();
             let profile = if model.traits().warms {

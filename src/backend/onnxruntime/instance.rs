@@ -15,7 +15,7 @@ use super::{
     values::{element_type, from_ort, to_ort},
 };
 use crate::{
-    backend::{BackendError, EngineTraits, Instance, Model, Signature},
+    backend::{BackendError, CallPlan, EngineTraits, Instance, Model, Signature},
     tensor::{le_chunks as le, DataType, Tensor, TensorData},
 };
 
@@ -60,8 +60,10 @@ impl Model for OrtModel {
         }
     }
 
-    fn plan_calls(&self, batch_sizes: &[usize], fixed_shapes: bool) {
-        let _ = self.plan.set((batch_sizes.to_vec(), fixed_shapes));
+    fn plan_calls(&self, calls: &CallPlan) {
+        let _ = self
+            .plan
+            .set((calls.batch_sizes.clone(), calls.fixed_shapes));
     }
 
     fn new_instance(self: Arc<Self>) -> Result<Box<dyn Instance>, BackendError> {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use wharf::{
     backend::{
         onnxruntime::{GpuOptions, OrtModel, OrtOptions},
-        Model,
+        CallPlan, Model,
     },
     tensor::{Tensor, TensorData},
 };
@@ -143,7 +143,11 @@ pub fn run(args: &EngineCallsArgs) -> anyhow::Result<Report> {
         let mut planned = sizes.clone();
         planned.sort_unstable();
         planned.dedup();
-        model.plan_calls(&planned, true);
+        model.plan_calls(&CallPlan {
+            batched: true,
+            batch_sizes: planned,
+            fixed_shapes: true,
+        });
     }
     let mut instance = Arc::clone(&model).new_instance()?;
     let order: Vec<usize> = match args.order {
