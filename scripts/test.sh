@@ -38,7 +38,7 @@ export ORT_DYLIB_PATH
 # binary keeps its ASLR and sheds ~2 MB of relocation table.
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
     cargo rustc --release --locked --no-default-features --bin wharf -- -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs
-    mkdir -p target/static && cp target/release/wharf target/static/wharf
+    mkdir -p target/static && cp target/release/wharf "target/static/wharf-$(dpkg --print-architecture)"
 else
     echo "no Docker engine: the container build-and-run test will skip"
 fi

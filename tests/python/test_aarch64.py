@@ -3,9 +3,11 @@ smoke test (health, metadata, infer) and one PP-OCR cheque on tract, whose lines
 the x86-64 build's, text and boxes. Runs where WHARF_AARCH64 names the cross-built binary
 (`bash scripts/test-aarch64.sh` builds it and sets it); skipped otherwise. Timings under
 emulation mean nothing and none are taken."""
+import json
 import os
 import pathlib
 import shutil
+import subprocess
 import tempfile
 
 import numpy as np
@@ -21,18 +23,22 @@ pytestmark = pytest.mark.skipif(
     not AARCH64, reason="WHARF_AARCH64 unset: bash scripts/test-aarch64.sh cross-builds and runs this")
 
 
-@pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    """A launcher that runs the aarch64 binary under qemu, for conftest's server helpers.
+def launcher(folder: pathlib.Path, binary) -> str:
+    """A launcher that runs an aarch64 binary under qemu, for conftest's server helpers.
     The emulated CPU is a Cortex-A72 (a Raspberry Pi 4's core, NEON only): qemu's default
     offers SVE2 with 512-bit vectors, which tract then computes with and qemu emulates
     some 15 times slower than NEON (the classifier at 1.7 s a row instead of 0.1 s)."""
     qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
     assert qemu, "qemu-user-static is not installed"
-    launcher = tmp_path_factory.mktemp("aarch64") / "wharf"
-    launcher.write_text(f'#!/bin/sh\nexec {qemu} -cpu cortex-a72 {AARCH64} "$@"\n')
-    launcher.chmod(0o755)
-    return str(launcher)
+    path = folder / "wharf"
+    path.write_text(f'#!/bin/sh\nexec {qemu} -cpu cortex-a72 {binary} "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    return launcher(tmp_path_factory.mktemp("aarch64"), AARCH64)
 
 
 def test_the_binary_is_aarch64():
@@ -41,7 +47,12 @@ def test_the_binary_is_aarch64():
 
 
 def test_health_metadata_and_infer(emulated, monkeypatch):
-    monkeypatch.setattr(conftest, "WHARF", emulated)
+    smoke(emulated, monkeypatch)
+
+
+def smoke(binary, monkeypatch):
+    """Health, metadata and infer on `simple`-shaped add_sub."""
+    monkeypatch.setattr(conftest, "WHARF", binary)
     with tempfile.TemporaryDirectory() as tmp:
         repo = pathlib.Path(tmp)
         make_repository(repo)
@@ -88,3 +99,44 @@ def test_a_cheque_reads_as_on_x86_64(emulated, monkeypatch):
     assert len(native_lines) > 5
     assert lines == native_lines
     np.testing.assert_allclose(boxes, native_boxes, atol=1.0)
+
+
+STATIC = ROOT / "target" / "static"
+
+
+def buildah(*args) -> str:
+    result = subprocess.run(["buildah", *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.skipif(not shutil.which("buildah") or not (STATIC / "wharf-amd64").exists()
+                    or not (STATIC / "wharf-arm64").exists(),
+                    reason="needs buildah and both static binaries (scripts/test-aarch64.sh)")
+def test_the_image_is_built_for_both_architectures(tmp_path, monkeypatch):
+    """The Dockerfile's prebuilt stage for linux/amd64 and linux/arm64 in one manifest
+    list, built without emulation (buildah: no Docker engine needed). Each image is at
+    most 40 MB and carries its architecture's binary; the arm64 image's binary, taken out
+    of the image, passes the smoke test under qemu. (Running the image itself under
+    emulation needs binfmt_misc, which a container build host may not have.)"""
+    name = "localhost/wharf-multiarch-test"
+    subprocess.run(["buildah", "manifest", "rm", name], capture_output=True)
+    buildah("build", "--platform", "linux/amd64,linux/arm64", "--build-arg", "BINARY=prebuilt",
+            "--manifest", name, str(ROOT))
+    manifest = json.loads(buildah("manifest", "inspect", name))
+    platforms = {m["platform"]["architecture"]: m["digest"] for m in manifest["manifests"]}
+    assert set(platforms) == {"amd64", "arm64"}, manifest
+    for arch in ("amd64", "arm64"):
+        container = buildah("from", f"{name}@{platforms[arch]}")
+        try:
+            root = pathlib.Path(buildah("mount", container))
+            binary = (root / "wharf").read_bytes()
+            assert binary == (STATIC / f"wharf-{arch}").read_bytes()
+            total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+            assert total <= 40_000_000, f"{arch}: {total} bytes"
+            if arch == "arm64":
+                (tmp_path / "wharf-arm64").write_bytes(binary)
+                (tmp_path / "wharf-arm64").chmod(0o755)
+        finally:
+            subprocess.run(["buildah", "rm", container], capture_output=True)
+    smoke(launcher(tmp_path, tmp_path / "wharf-arm64"), monkeypatch)

@@ -23,7 +23,7 @@ BIN = pathlib.Path(sys.executable).parent
 # Debian's docker.io client has BuildKit built in (the stages an image does not need are
 # skipped, so nothing is pulled); a newer client without the buildx plugin cannot.
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else shutil.which("docker")
-STATIC = ROOT / "target" / "static" / "wharf"
+STATIC = ROOT / "target" / "static" / "wharf-amd64"
 RELEASE = ROOT / "target" / "release" / "wharf"
 ORT_PAYLOAD = ROOT / "target" / "docker-onnxruntime"
 HARDENED = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
