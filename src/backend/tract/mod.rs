@@ -2,12 +2,14 @@
 //! instances; each instance keeps its own run state per plan. A batched model's rows run
 //! whole or one by one, whichever its first multi-row call measures faster.
 
+mod plans;
+
 use std::{
     num::NonZeroUsize,
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, OnceLock,
+        Arc, OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -17,27 +19,26 @@ use lru::LruCache;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::{Factoid, InferenceFact};
 
+use self::plans::{InputShapes, Plans};
 use super::{BackendError, CallPlan, EngineTraits, Instance, Model, Signature};
 use crate::tensor::{self, DataType, Tensor as WharfTensor, TensorData};
 
-/// Plans kept per model. Each optimized plan holds its own packed weights, so the bound is
-/// what keeps a stream of odd shapes (det on arbitrary image sizes) from growing memory.
-const PLAN_CACHE_CAPACITY: NonZeroUsize = NonZeroUsize::new(16).expect("non-zero");
+/// Plans kept per model, and the heap their builds may keep together (what the counting
+/// allocator saw each build keep). Each optimised plan holds its own packed copy of the
+/// weights (PP-OCR rec 12.6 MiB, det 6.6-7.7, cls 1.8), and pages of other sizes and line
+/// groups of other widths each need one: with 16 plans and no byte bound, twenty varied
+/// pages took the pipeline to 555 MiB. 64 MiB holds five rec plans, a page's groups.
+const PLAN_CACHE_CAPACITY: usize = 16;
+const PLAN_CACHE_BYTES: u64 = 64 << 20;
 /// Run states kept per instance; a state is cheap to rebuild, so a handful suffices.
 const STATE_CACHE_CAPACITY: NonZeroUsize = NonZeroUsize::new(8).expect("non-zero");
-
-type InputShapes = Vec<Vec<usize>>;
-type Plan = Arc<TypedRunnableModel>;
-/// A plan being built or built; a failed build is cached too, so a shape the graph
-/// rejects costs one attempt, not one per request.
-type PlanCell = Arc<OnceLock<Result<Plan, String>>>;
 
 pub struct TractModel {
     /// The parsed graph before shapes are fixed; cloned and specialised per shape.
     graph: InferenceModel,
     signature: Signature,
     input_types: Vec<DatumType>,
-    plans: Mutex<LruCache<InputShapes, PlanCell>>,
+    plans: Plans<TypedRunnableModel>,
     /// Dimension 0 is independent rows (`CallPlan::batched`), so a batch may run row by row.
     batched: AtomicBool,
     /// How multi-row calls run, decided by the first one.
@@ -79,23 +80,18 @@ impl TractModel {
             graph,
             signature,
             input_types,
-            plans: Mutex::new(LruCache::new(PLAN_CACHE_CAPACITY)),
+            plans: Plans::new(PLAN_CACHE_CAPACITY, PLAN_CACHE_BYTES),
             batched: AtomicBool::new(false),
             rows: OnceLock::new(),
         }))
     }
 
     /// The plan for these shapes, built on first use and shared afterwards.
-    fn plan(&self, shapes: &InputShapes) -> Result<Plan, BackendError> {
-        let cell = {
-            let mut plans = self.plans.lock().expect("plan cache lock");
-            plans
-                .get_or_insert(shapes.clone(), Default::default)
-                .clone()
-        };
-        // Built outside the lock: other shapes stay servable while this one compiles.
-        cell.get_or_init(|| self.build_plan(shapes).map_err(|e| format!("{e:#}")))
-            .clone()
+    fn plan(&self, shapes: &InputShapes) -> Result<Arc<TypedRunnableModel>, BackendError> {
+        self.plans
+            .get(shapes, || {
+                self.build_plan(shapes).map_err(|e| format!("{e:#}"))
+            })
             .map_err(|reason| BackendError::ShapeRejected {
                 shapes: shapes
                     .iter()
@@ -106,12 +102,7 @@ impl TractModel {
             })
     }
 
-    /// Drops a plan that will not be asked for again.
-    fn forget_plan(&self, shapes: &InputShapes) {
-        self.plans.lock().expect("plan cache lock").pop(shapes);
-    }
-
-    fn build_plan(&self, shapes: &InputShapes) -> TractResult<Plan> {
+    fn build_plan(&self, shapes: &InputShapes) -> TractResult<Arc<TypedRunnableModel>> {
         let mut graph = self.graph.clone();
         for (ix, (shape, dt)) in shapes.iter().zip(&self.input_types).enumerate() {
             graph.set_input_fact(ix, InferenceFact::dt_shape(*dt, shape.clone()))?;
@@ -172,16 +163,29 @@ impl Instance for TractInstance {
 impl TractInstance {
     fn run_whole(&mut self, inputs: &[WharfTensor]) -> Result<Vec<WharfTensor>, BackendError> {
         let shapes: InputShapes = inputs.iter().map(|t| t.shape.clone()).collect();
-        let state = match self.states.get_mut(&shapes) {
-            Some(state) => state,
-            None => {
-                let plan = self.model.plan(&shapes)?;
-                let state = plan
-                    .spawn()
-                    .map_err(|e| BackendError::Execution(format!("{e:#}")))?;
-                self.states.get_or_insert_mut(shapes, || state)
+        // Asked each call, so that the cache knows what is in use.
+        let plan = self.model.plan(&shapes)?;
+        if !self
+            .states
+            .peek(&shapes)
+            .is_some_and(|state| Arc::ptr_eq(state.plan(), &plan))
+        {
+            let state = plan
+                .spawn()
+                .map_err(|e| BackendError::Execution(format!("{e:#}")))?;
+            self.states.put(shapes.clone(), state);
+            // A state holds its plan: those of plans the cache let go would keep them.
+            let stale: Vec<InputShapes> = self
+                .states
+                .iter()
+                .filter(|(shapes, state)| !self.model.plans.holds(shapes, state.plan()))
+                .map(|(shapes, _)| shapes.clone())
+                .collect();
+            for shapes in stale {
+                self.states.pop(&shapes);
             }
-        };
+        }
+        let state = self.states.get_mut(&shapes).expect("put above");
         let values = inputs
             .iter()
             .map(|t| to_tract(t).map(TValue::from))
@@ -259,7 +263,7 @@ impl TractInstance {
         if choice == Rows::OneByOne {
             let batch: InputShapes = inputs.iter().map(|t| t.shape.clone()).collect();
             self.states.pop(&batch);
-            self.model.forget_plan(&batch);
+            self.model.plans.forget(&batch);
         }
         tracing::debug!(
             rows,
@@ -410,8 +414,7 @@ mod tests {
     }
 
     fn planned(model: &TractModel) -> Vec<InputShapes> {
-        let plans = model.plans.lock().unwrap();
-        let mut shapes: Vec<_> = plans.iter().map(|(k, _)| k.clone()).collect();
+        let mut shapes = model.plans.contents().0;
         shapes.sort();
         shapes
     }
@@ -461,6 +464,25 @@ mod tests {
         let alone = rows_alone(&model, &batch, 2);
         for (a, b) in floats(&first[0]).iter().zip(&alone) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn an_instance_lets_go_the_states_of_plans_the_cache_let_go() {
+        let mut model = classifier();
+        // Room for the newest plan only.
+        Arc::get_mut(&mut model).unwrap().plans = Plans::new(16, 1);
+        let mut instance = TractInstance {
+            model: Arc::clone(&model),
+            states: LruCache::new(STATE_CACHE_CAPACITY),
+        };
+        for rows in [1, 2, 1] {
+            let batch = WharfTensor::noise("x", vec![rows, 3, 48, 192], 1);
+            assert_eq!(instance.run(&[batch]).unwrap()[0].shape, vec![rows, 2]);
+            let only = vec![vec![rows, 3, 48, 192]];
+            assert_eq!(planned(&model), vec![only.clone()]);
+            let states: Vec<_> = instance.states.iter().map(|(k, _)| k.clone()).collect();
+            assert_eq!(states, vec![only], "a state kept its plan alive");
         }
     }
 
