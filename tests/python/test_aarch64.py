@@ -140,3 +140,22 @@ def test_the_image_is_built_for_both_architectures(tmp_path, monkeypatch):
         finally:
             subprocess.run(["buildah", "rm", container], capture_output=True)
     smoke(launcher(tmp_path, tmp_path / "wharf-arm64"), monkeypatch)
+
+
+DOCKER = "/usr/bin/docker"  # Debian's docker.io client, BuildKit built in (test_container.py)
+
+
+@pytest.mark.skipif(not os.path.exists(DOCKER) or not (STATIC / "wharf-arm64").exists()
+                    or subprocess.run([DOCKER, "info"], capture_output=True).returncode != 0,
+                    reason="needs a Docker engine and the arm64 static binary")
+def test_docker_builds_the_arm64_image_too():
+    """The same Dockerfile through Docker's own client, one platform a build (a manifest
+    list needs buildx or buildah, above)."""
+    tag = "wharf:arm64-test"
+    subprocess.run([DOCKER, "build", "-q", "--platform", "linux/arm64", "--build-arg", "BINARY=prebuilt",
+                    "-t", tag, str(ROOT)], check=True, capture_output=True,
+                   env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    arch, size = subprocess.run([DOCKER, "image", "inspect", "-f", "{{.Architecture}} {{.Size}}", tag],
+                                check=True, capture_output=True, text=True).stdout.split()
+    assert arch == "arm64"
+    assert int(size) <= 40_000_000, size
