@@ -41,17 +41,12 @@ pub fn tune() {
     }
 }
 
-/// Hands what loading freed back to the OS now, the loader threads' heaps included.
+/// Hands freed memory back to the OS now (the calling thread's heap, and what other
+/// threads left), instead of when a thread next allocates after the purge delay: after
+/// loading, and when a worker goes idle after a heavy call, which would otherwise sit on
+/// the largest working set that call had.
 pub fn release_freed() {
     // SAFETY: takes no arguments; safe to call from any thread at any time.
-    unsafe { libmimalloc_sys::mi_collect(true) }
-}
-
-/// Hands this thread's freed memory back to the OS now, instead of when the thread next
-/// allocates after the purge delay: an idle worker would otherwise sit on the largest
-/// working set its last call had.
-pub fn release_thread_freed() {
-    // SAFETY: takes no arguments; collects the calling thread's own heap.
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 

@@ -29,7 +29,7 @@ use crate::{
 };
 
 /// A call at least this long has scratch memory worth handing back when its worker goes
-/// idle (`heap::release_thread_freed`).
+/// idle (`heap::release_freed`).
 const HEAVY_CALL: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub struct WorkerPool {
@@ -184,7 +184,7 @@ fn work(
             // model's calls skip the walk over the thread's heap).
 
             if started.elapsed() >= HEAVY_CALL {
-                crate::heap::release_thread_freed();
+                crate::heap::release_freed();
             }
         }
     }
