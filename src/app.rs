@@ -1,7 +1,7 @@
 //! Wiring: binds the listener, starts loading the repository, serves gRPC (inference,
 //! health, reflection), and runs the drain sequence on shutdown.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use thiserror::Error;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -447,31 +447,43 @@ async fn sample_saturation(repository: Arc<Repository>, metrics: Arc<Metrics>, d
     }
 }
 
+/// Sets a service's health only when it changes: the health protocol's Watch sends a message
+/// per change of status, so a registry change that leaves a service as it was repeats nothing.
+async fn set_health(
+    reporter: &HealthReporter,
+    last: &mut HashMap<String, bool>,
+    service: &str,
+    up: bool,
+) {
+    if last.insert(service.to_owned(), up) == Some(up) {
+        return;
+    }
+    let status = if up {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status(service, status).await;
+}
+
 /// Keeps gRPC health in step with the models: "" and the inference service follow server
 /// readiness, and each model name follows whether a version of it is READY.
 async fn follow_health(reporter: HealthReporter, inference: Arc<Inference>, strict: bool) {
     let repository = Arc::clone(inference.repository());
     let mut changes = repository.registry().subscribe();
     let drain = inference.drain().clone();
+    // Seeded with what `serve` set "" to before this task started.
+    let mut last = HashMap::from([(String::new(), false)]);
     loop {
-        let serving = |up: bool| {
-            if up {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            }
-        };
         let drained = inference.is_draining();
         // Models first: whoever sees the server SERVING finds its models' states current.
         for row in repository.registry().index() {
             let up = !drained && repository.registry().is_ready(&row.name, "");
-            reporter.set_service_status(&row.name, serving(up)).await;
+            set_health(&reporter, &mut last, &row.name, up).await;
         }
         let ready = inference.server_ready(strict);
-        reporter
-            .set_service_status(INFERENCE_SERVICE, serving(ready))
-            .await;
-        reporter.set_service_status("", serving(ready)).await;
+        set_health(&reporter, &mut last, INFERENCE_SERVICE, ready).await;
+        set_health(&reporter, &mut last, "", ready).await;
         if drained {
             return;
         }

@@ -60,10 +60,11 @@ impl Inference {
     }
 
     /// The server's readiness, the one rule for ServerReady, gRPC health and `/ready`: not
-    /// draining, loading settled, and (`strict`, Triton's default) every model READY.
+    /// draining, the start-up load finished, and (`strict`, Triton's default) every model READY
+    /// (a LOADING version counts as not READY, as in Triton).
     pub fn server_ready(&self, strict: bool) -> bool {
         let registry = self.repository.registry();
-        !self.is_draining() && registry.settled() && (!strict || registry.all_ready())
+        !self.is_draining() && registry.started() && (!strict || registry.all_ready())
     }
 
     /// Requests admitted and not yet answered.

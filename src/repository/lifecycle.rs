@@ -151,6 +151,7 @@ impl Repository {
             .collect();
         let wanted = self.with_unserved_steps(wanted.into_iter().map(|n| (n, None)).collect());
         self.load_models(wanted, parallelism, runtime);
+        self.registry.mark_started();
     }
 
     /// `wanted` with the step models its ensembles name, and theirs, that serve no

@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, RwLock,
     },
 };
@@ -175,6 +175,9 @@ pub struct Registry {
     models: RwLock<BTreeMap<String, ModelEntry>>,
     /// Bumped on every state change, so that health can follow without polling.
     changes: watch::Sender<u64>,
+    /// The start-up load has finished. Later loads (a reload, an explicit load) leave the
+    /// server ready: a pod must not leave its Service each time a model is swapped.
+    started: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -191,6 +194,7 @@ impl Registry {
         Registry {
             models: RwLock::new(models),
             changes: watch::channel(0).0,
+            started: AtomicBool::new(false),
             metrics,
         }
     }
@@ -357,6 +361,17 @@ impl Registry {
     /// The model's entry, for metadata and config.
     pub fn entry(&self, name: &str) -> Option<ModelEntry> {
         self.read().get(name).cloned()
+    }
+
+    /// Marks the start-up load finished, announcing it.
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::Release);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// True once the start-up load has finished, whatever has loaded since.
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
     }
 
     /// True once nothing is LOADING any more.

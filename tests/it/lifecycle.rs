@@ -85,6 +85,87 @@ async fn health_follows_models() {
     t.server.shutdown().await.unwrap();
 }
 
+/// A model loaded after start-up leaves the server ready (without strict readiness, as in
+/// Triton): a pod stays in its Service while a model is swapped. And the health protocol's
+/// Watch answers each change of status, so its watcher hears nothing until the drain.
+#[tokio::test]
+async fn loading_after_start_up_keeps_the_server_ready_and_repeats_no_status() {
+    let dir = repository(&[
+        (
+            "quick",
+            test_models().join("identity_fp32/1/model.onnx"),
+            "max_batch_size: 8\n",
+        ),
+        // Its warm-up runs a ~350 ms call four times: LOADING for a second or more.
+        (
+            "slow_to_load",
+            test_models().join("slow/1/model.onnx"),
+            "max_batch_size: 0\nmodel_warmup:\n  - { name: long, batch_size: 1, count: 4, inputs: { x: { data_type: TYPE_FP32, dims: [1024, 1024], zero_data: true } } }\n",
+        ),
+    ]);
+    let mut config = ServerConfig::local(dir.path());
+    config.control.strict_readiness = false;
+    config.control.model_control_mode = wharf::config::ControlMode::Explicit;
+    config.control.load_model = vec!["quick".into()];
+    let mut t = TestServer::start(config).await;
+    reaches(&t.channel, "", ServingStatus::Serving).await;
+    let mut watch = HealthClient::new(t.channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+
+    let mut loader = t.client.clone();
+    let load = tokio::spawn(async move {
+        let request = pb::RepositoryModelLoadRequest {
+            model_name: "slow_to_load".into(),
+            ..Default::default()
+        };
+        loader.repository_model_load(request).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let index = t.index().await;
+        let row = index.iter().find(|r| r.name == "slow_to_load");
+        if row.is_some_and(|r| r.state == "LOADING") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never seen LOADING: {index:?}");
+        tokio::task::yield_now().await;
+    }
+    let ready = t.client.server_ready(pb::ServerReadyRequest {}).await;
+    assert!(
+        ready.unwrap().into_inner().ready,
+        "not ready while a model loads"
+    );
+    assert_eq!(
+        health(&t.channel, "").await.unwrap(),
+        ServingStatus::Serving
+    );
+    load.await.unwrap().unwrap();
+    let unload = pb::RepositoryModelUnloadRequest {
+        model_name: "slow_to_load".into(),
+        ..Default::default()
+    };
+    t.client.repository_model_unload(unload).await.unwrap();
+
+    // A repeat would be waiting already, so the watch would answer it before the drain starts.
+    let shutdown = tokio::spawn(t.server.shutdown());
+    let next = watch.next().await.unwrap().unwrap().status();
+    assert_eq!(
+        next,
+        ServingStatus::NotServing,
+        "the watch repeated a status"
+    );
+    shutdown.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn shutdown_finishes_admitted_requests_and_refuses_new_ones() {
     let t = TestServer::default().await;
