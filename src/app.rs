@@ -179,7 +179,7 @@ impl App {
         // a pod limited to one CPU on a 64-core node sees as 1.
         let (cpus, load_parallelism) =
             (crate::cpus::available(), config.runtime.load_parallelism());
-        info!(%grpc_addr, %metrics_addr, %http_addr, cpus, runtime_threads, load_parallelism, repository = %config.load.model_repository.display(), "listening");
+        info!(%grpc_addr, %metrics_addr, %http_addr, cpus, runtime_threads, load_parallelism, purge_delay_ms = crate::heap::purge_delay_ms(), repository = %config.load.model_repository.display(), "listening");
         let inference = Arc::new(Inference::new(
             Arc::clone(&repository),
             drain.clone(),

@@ -18,27 +18,38 @@ use mimalloc::MiMalloc;
 static GLOBAL: Counting<MiMalloc> = Counting(MiMalloc);
 
 /// mimalloc's options that keep the resident set near glibc's: freed memory goes back to
-/// the OS after 100 ms instead of a second, and arenas reserved from now on are committed
-/// as they are used. With transparent huge pages off (the `no_thp` feature in Cargo.toml)
+/// the OS after 100 ms (unless `MIMALLOC_PURGE_DELAY`, mimalloc's own variable, says
+/// otherwise), and arenas reserved from now on are committed as they are used. With transparent huge pages off (the `no_thp` feature in Cargo.toml)
 /// and `release_freed` after loading, PP-OCR rec on one instance holds 84 MiB under load
 /// against glibc's 100, at the same throughput (benches/README.md); with mimalloc's
 /// defaults it held about 50 MiB more than glibc once loaded. Call first thing in `main`.
 ///
-/// Tried for issue 33 and not kept: a zero purge delay (the cheque's peak at concurrency 4
-/// ~70 MiB lower, a trivial model's throughput a tenth lower), and tensors over 1 MiB
-/// mapped from the OS for each call (~80 MiB lower, PP-OCR on tract a third slower: the
-/// fresh pages' faults).
+/// A shorter delay is the edge's choice, not the default: `MIMALLOC_PURGE_DELAY=10` cuts
+/// the cheque's peak at concurrency 4 on tract by ~40-60 MiB, and costs PP-OCR 6-10% of
+/// its images/s and a trivial model 5-10% of its requests/s at concurrency 64, as freed
+/// pages fault in again (benches/README.md, issue 33). Tried and not kept:
+/// tensors over 1 MiB mapped from the OS for each call (~80 MiB lower, PP-OCR on tract a
+/// third slower: the fresh pages' faults).
 pub fn tune() {
-    // The option numbers of mimalloc 2 and 3 alike (mimalloc.h's mi_option_e, which the
-    // crate's bindings do not name).
-    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // SAFETY: plain setters of process-wide integers; called before any thread is started
     // (mimalloc's note: the setter is not thread safe).
     unsafe {
         libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
-        libmimalloc_sys::mi_option_set(PURGE_DELAY, 100);
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            libmimalloc_sys::mi_option_set(PURGE_DELAY, 100);
+        }
     }
+}
+
+// The option numbers of mimalloc 2 and 3 alike (mimalloc.h's mi_option_e, which the
+// crate's bindings do not name).
+const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// How long freed memory waits before it goes back to the OS, in milliseconds.
+pub fn purge_delay_ms() -> std::ffi::c_long {
+    // SAFETY: a plain getter of a process-wide integer.
+    unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) }
 }
 
 /// Hands freed memory back to the OS now (the calling thread's heap, and what other

@@ -230,19 +230,26 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
         ])
         .arg("--model-repository")
         .arg(test_models())
+        // mimalloc's own variable outranks wharf's default of 100 ms, and is logged.
+        .env("MIMALLOC_PURGE_DELAY", "10")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (addr, metrics_addr) = lines
+    let (addr, metrics_addr, purge_delay_ms) = lines
         .by_ref()
         .map_while(Result::ok)
         .find_map(|line| {
             let v: serde_json::Value = serde_json::from_str(&line).ok()?;
             let field = |key: &str| v["fields"][key].as_str().map(str::to_owned);
-            Some((field("grpc_addr")?, field("metrics_addr")?))
+            Some((
+                field("grpc_addr")?,
+                field("metrics_addr")?,
+                v["fields"]["purge_delay_ms"].as_i64(),
+            ))
         })
         .expect("the bound ports are logged");
+    assert_eq!(purge_delay_ms, Some(10));
     let metrics_addr: std::net::SocketAddr = metrics_addr.parse().unwrap();
     // Keep draining the child's log so it never blocks on a full pipe.
     let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
