@@ -45,6 +45,16 @@ def main():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
     )
 
+    # Wrong shape, for some widths only: declares a batch dimension, but folds each row
+    # into rows of 4. A row of 4 stays one row; a row of 8 becomes two.
+    save(
+        "fold_rows",
+        [helper.make_node("Reshape", ["x", "fours"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.array([-1, 4], dtype=np.int64), "fours")],
+    )
+
     # Not faulty: a model that takes a while (~50 ms on tract) whatever its input's size, to
     # hold requests in flight or in the queue. Its input (any length) is summed, spread
     # over a 384x384 matrix and multiplied by itself 12 times.

@@ -123,6 +123,43 @@ async fn an_output_without_the_batch_dimension_is_an_error_naming_it() {
     t.server.shutdown().await.unwrap();
 }
 
+/// tract may run a batch's rows one by one (where that measures faster); however it runs
+/// them, rows that fold into other rows are an error naming the output, for the requests
+/// that carry them only.
+#[tokio::test]
+async fn rows_that_fold_into_other_rows_are_an_error_naming_the_output() {
+    let config = "max_batch_size: 8\ndynamic_batching: { max_queue_delay_microseconds: 100000 }\n";
+    let dir = repository(&[("fold", faulty("fold_rows"), config)]);
+    let mut t = TestServer::start(ServerConfig::local(dir.path())).await;
+    let request = |width: usize| raw_request("fold", "x", &[1, width as i64], &vec![1.0; width]);
+    // Two rows of 4 first: the multi-row call that chooses how rows run, and is answered.
+    let (one, two) = tokio::join!(
+        infer(t.client.clone(), request(4)),
+        infer(t.client.clone(), request(4)),
+    );
+    for answer in [one, two] {
+        assert_eq!(answer.unwrap().into_inner().outputs[0].shape, vec![1, 4]);
+    }
+    let (one, two) = tokio::join!(
+        infer(t.client.clone(), request(8)),
+        infer(t.client.clone(), request(8)),
+    );
+    for answer in [one, two] {
+        let e = answer.expect_err("a row of 8 folds into two");
+        assert_eq!(e.code(), Code::Internal, "{}", e.message());
+        assert!(
+            e.message().starts_with(
+                "model 'fold': the engine returned a wrong output: output 'y' has shape"
+            ),
+            "{}",
+            e.message()
+        );
+    }
+    let good = t.client.model_infer(request(4)).await;
+    assert!(good.is_ok(), "the server serves on: {good:?}");
+    t.server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn loads_that_panic_or_hang_end_unavailable_and_healthy_models_still_load() {
     let plain = "max_batch_size: 0\n";

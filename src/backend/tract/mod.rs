@@ -443,6 +443,58 @@ mod tests {
         assert_eq!(planned(&model), vec![vec![vec![1, 3, 48, 192]]]);
     }
 
+    fn faulty(name: &str) -> Arc<TractModel> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/faulty/{name}.onnx"));
+        let model = TractModel::load(&path).expect("the test model loads");
+        batched(&model);
+        model.rows.set(Rows::OneByOne).unwrap();
+        model
+    }
+
+    fn int64s(name: &str, shape: Vec<usize>, values: &[i64]) -> WharfTensor {
+        WharfTensor {
+            name: name.into(),
+            datatype: DataType::Int64,
+            shape,
+            data: TensorData::Fixed(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        }
+    }
+
+    #[test]
+    fn one_by_one_an_output_not_led_by_the_row_is_a_bad_output_naming_it() {
+        // A row of 4 stays one row: served. A row of 8 folds into two: refused by name.
+        let model = faulty("fold_rows");
+        let mut instance = Arc::clone(&model).new_instance().unwrap();
+        let fours = WharfTensor::noise("x", vec![2, 4], 1);
+        assert_eq!(instance.run(&[fours]).unwrap()[0].shape, vec![2, 4]);
+        let eights = WharfTensor::noise("x", vec![2, 8], 1);
+        match instance.run(&[eights]) {
+            Err(BackendError::BadOutput(message)) => assert_eq!(
+                message,
+                "output 'y' has shape [2, 4] for one row; a batched model's outputs lead with the row"
+            ),
+            other => panic!("expected BadOutput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_panic_in_one_row_leaves_the_model_serving() {
+        // gather_index's tract panics on an index past its table's 4 rows; the worker
+        // catches it and builds a fresh instance, which must find the model whole.
+        let model = faulty("gather_index");
+        let mut instance = Arc::clone(&model).new_instance().unwrap();
+        let bad = int64s("index", vec![2, 1], &[0, 9]);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = instance.run(&[bad]);
+        }));
+        assert!(panicked.is_err(), "tract panics on the second row");
+        let mut fresh = Arc::clone(&model).new_instance().unwrap();
+        let good = int64s("index", vec![2, 1], &[3, 1]);
+        let answer = fresh.run(&[good]).unwrap();
+        assert_eq!(answer[0].shape, vec![2, 1, 3]);
+        assert_eq!(floats(&answer[0]), vec![9.0, 10.0, 11.0, 3.0, 4.0, 5.0]);
+    }
+
     #[test]
     fn the_first_multi_row_call_chooses_once_and_one_by_one_forgets_the_batch_plan() {
         let model = classifier();
