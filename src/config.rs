@@ -185,8 +185,9 @@ pub struct ControlConfig {
     #[arg(long = "repository-poll-secs", id = "repository_poll_secs", env = "WHARF_REPOSITORY_POLL_SECS", default_value = "15", value_parser = parse_secs)]
     #[serde(rename = "repository_poll_secs", deserialize_with = "de_secs")]
     pub repository_poll: Duration,
-    /// Ready only when every model is READY (Triton's default); otherwise once the
-    /// start-up load has finished, whatever failed, and loads after it leave it ready
+    /// Ready only when every model is READY (Triton's default; a version loading beside a
+    /// READY one counts, so a swap keeps the server ready); otherwise once the start-up
+    /// load has finished, whatever failed, and loads after it leave it ready
     #[arg(long, env = "WHARF_STRICT_READINESS", default_value_t = true, action = ArgAction::Set)]
     pub strict_readiness: bool,
 }

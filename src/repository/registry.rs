@@ -385,16 +385,23 @@ impl Registry {
     }
 
     /// True when every version meant to serve is READY (models not loaded, and versions
-    /// unloaded on purpose, do not count). A model whose last reload failed while an
-    /// older version serves on counts as ready: it answers.
+    /// unloaded on purpose, do not count). A model that answers counts as ready: one whose
+    /// last reload failed while an older version serves on, and one with a version LOADING
+    /// beside a READY one (a swap: every pod of a Deployment swaps at once, and none should
+    /// leave its Service for it).
     pub fn all_ready(&self) -> bool {
         self.read().values().all(|entry| {
             let ready = |s: &VersionState| matches!(s, VersionState::Ready(_));
+            let serving = entry.versions.values().any(ready);
             entry.failure.is_none()
                 && if entry.reload_failure.is_some() {
-                    entry.versions.values().any(ready)
+                    serving
                 } else {
-                    entry.versions.values().filter(|s| s.wanted()).all(ready)
+                    entry
+                        .versions
+                        .values()
+                        .filter(|s| s.wanted())
+                        .all(|s| ready(s) || (serving && matches!(s, VersionState::Loading)))
                 }
         })
     }

@@ -292,7 +292,20 @@ def test_three_swaps_and_a_broken_version_under_16_clients_fail_no_request(tmp_p
                     failed.append(str(e))
             client.close()
 
+        # Strict readiness (the default) holds through the swaps: a version LOADING beside
+        # a READY one leaves the server ready, so no pod leaves its Service for a swap.
+        not_ready, probes = [], [0]
+
+        def prober():
+            client = grpcclient.InferenceServerClient(address)
+            while not stop.is_set():
+                if not client.is_server_ready():
+                    not_ready.append(time.monotonic() - started)
+                probes[0] += 1
+            client.close()
+
         threads = [threading.Thread(target=caller, args=(k,)) for k in range(16)]
+        threads.append(threading.Thread(target=prober))
         for t in threads:
             t.start()
         until(lambda: sum(ok) > 100, "the clients are running")
@@ -326,6 +339,7 @@ def test_three_swaps_and_a_broken_version_under_16_clients_fail_no_request(tmp_p
               f"{len(failed)} failed, versions of m seen {sorted(seen)}")
         assert not failed, failed[:3]
         assert seen == {"1", "2"}
+        assert probes[0] > 0 and not not_ready, f"not ready at {not_ready[:3]} s of {probes[0]} probes"
         control.close()
 
 
