@@ -182,7 +182,6 @@ fn work(
             stats.record_busy(context.busy.fetch_sub(1, Ordering::Relaxed) - 1);
             // Going idle after a heavy call: give its scratch memory back (a trivial
             // model's calls skip the walk over the thread's heap).
-
             if started.elapsed() >= HEAVY_CALL {
                 crate::heap::release_freed();
             }
