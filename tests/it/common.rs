@@ -184,6 +184,14 @@ pub fn repository(models: &[(&str, PathBuf, &str)]) -> tempfile::TempDir {
     dir
 }
 
+/// A config for tests/models' `slow` whose warm-up runs its ~350 ms call `count` times, so
+/// that its load takes a while.
+pub fn slow_warmup_config(count: u32) -> String {
+    format!(
+        "max_batch_size: 0\nmodel_warmup:\n  - {{ name: long, batch_size: 1, count: {count}, inputs: {{ x: {{ data_type: TYPE_FP32, dims: [1024, 1024], zero_data: true }} }} }}\n"
+    )
+}
+
 /// A repository holding one model `name`, version 1, copied from `onnx`, with `config` as
 /// its config.yaml.
 pub fn one_model_repository(name: &str, onnx: &Path, config: &str) -> tempfile::TempDir {

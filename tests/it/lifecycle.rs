@@ -52,6 +52,25 @@ async fn reaches(channel: &tonic::transport::Channel, service: &str, wanted: Ser
         .expect("health reaches the wanted state");
 }
 
+/// A Watch on the server's health, once it is SERVING, past its first message (SERVING).
+async fn watch_serving_server(
+    channel: &tonic::transport::Channel,
+) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    reaches(channel, "", ServingStatus::Serving).await;
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+    watch
+}
+
 #[tokio::test]
 async fn health_follows_models() {
     let t = TestServer::default().await;
@@ -100,7 +119,7 @@ async fn loading_after_start_up_keeps_the_server_ready_and_repeats_no_status() {
         (
             "slow_to_load",
             test_models().join("slow/1/model.onnx"),
-            "max_batch_size: 0\nmodel_warmup:\n  - { name: long, batch_size: 1, count: 4, inputs: { x: { data_type: TYPE_FP32, dims: [1024, 1024], zero_data: true } } }\n",
+            &slow_warmup_config(4),
         ),
     ]);
     let mut config = ServerConfig::local(dir.path());
@@ -108,18 +127,7 @@ async fn loading_after_start_up_keeps_the_server_ready_and_repeats_no_status() {
     config.control.model_control_mode = wharf::config::ControlMode::Explicit;
     config.control.load_model = vec!["quick".into()];
     let mut t = TestServer::start(config).await;
-    reaches(&t.channel, "", ServingStatus::Serving).await;
-    let mut watch = HealthClient::new(t.channel.clone())
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        watch.next().await.unwrap().unwrap().status(),
-        ServingStatus::Serving
-    );
+    let mut watch = watch_serving_server(&t.channel).await;
 
     let mut loader = t.client.clone();
     let load = tokio::spawn(async move {
@@ -169,18 +177,7 @@ async fn loading_after_start_up_keeps_the_server_ready_and_repeats_no_status() {
 #[tokio::test]
 async fn shutdown_finishes_admitted_requests_and_refuses_new_ones() {
     let t = TestServer::default().await;
-    reaches(&t.channel, "", ServingStatus::Serving).await;
-    let mut watch = HealthClient::new(t.channel.clone())
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        watch.next().await.unwrap().unwrap().status(),
-        ServingStatus::Serving
-    );
+    let mut watch = watch_serving_server(&t.channel).await;
 
     // Admit a request that takes a while, and make sure it is running before the drain.
     let mut client = t.client.clone();

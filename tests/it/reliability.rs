@@ -172,7 +172,7 @@ async fn loads_that_panic_or_hang_end_unavailable_and_healthy_models_still_load(
         (
             "slow_to_load",
             test_models().join("slow/1/model.onnx"),
-            "max_batch_size: 0\nmodel_warmup:\n  - { name: long, batch_size: 1, count: 8, inputs: { x: { data_type: TYPE_FP32, dims: [1024, 1024], zero_data: true } } }\n",
+            &slow_warmup_config(8),
         ),
         (
             "healthy",
@@ -226,12 +226,28 @@ async fn a_failed_load_gets_the_code_of_its_cause() {
         (
             "slow_to_load",
             test_models().join("slow/1/model.onnx"),
-            "max_batch_size: 0\nmodel_warmup:\n  - { name: long, batch_size: 1, count: 8, inputs: { x: { data_type: TYPE_FP32, dims: [1024, 1024], zero_data: true } } }\n",
+            &slow_warmup_config(8),
         ),
-        ("too_big", test_models().join("identity_fp32/1/model.onnx"), gpu),
-        ("no_file", test_models().join("identity_fp32/1/model.onnx"), "max_batch_size: 8\n"),
-        ("bad_config", test_models().join("identity_fp32/1/model.onnx"), "max_batch_size: four\n"),
-        ("healthy", test_models().join("identity_fp32/1/model.onnx"), "max_batch_size: 8\n"),
+        (
+            "too_big",
+            test_models().join("identity_fp32/1/model.onnx"),
+            gpu,
+        ),
+        (
+            "no_file",
+            test_models().join("identity_fp32/1/model.onnx"),
+            "max_batch_size: 8\n",
+        ),
+        (
+            "bad_config",
+            test_models().join("identity_fp32/1/model.onnx"),
+            "max_batch_size: four\n",
+        ),
+        (
+            "healthy",
+            test_models().join("identity_fp32/1/model.onnx"),
+            "max_batch_size: 8\n",
+        ),
     ]);
     std::fs::remove_file(dir.path().join("no_file/1/model.onnx")).unwrap();
     let mut config = ServerConfig::local(dir.path());
