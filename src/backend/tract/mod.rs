@@ -3,6 +3,7 @@
 //! whole or one by one, whichever its first multi-row call measures faster.
 
 mod plans;
+mod shared_weights;
 
 use std::{
     num::NonZeroUsize,
@@ -19,15 +20,20 @@ use lru::LruCache;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::{Factoid, InferenceFact};
 
-use self::plans::{InputShapes, Plans};
+use self::{
+    plans::{InputShapes, Plans},
+    shared_weights::SharedWeights,
+};
 use super::{BackendError, CallPlan, EngineTraits, Instance, Model, Signature};
 use crate::tensor::{self, DataType, Tensor as WharfTensor, TensorData};
 
 /// Plans kept per model, and the heap their builds may keep together (what the counting
-/// allocator saw each build keep). Each optimised plan holds its own packed copy of the
-/// weights (PP-OCR rec 12.6 MiB, det 6.6-7.7, cls 1.8), and pages of other sizes and line
-/// groups of other widths each need one: with 16 plans and no byte bound, twenty varied
-/// pages took the pipeline to 555 MiB. 64 MiB holds five rec plans, a page's groups.
+/// allocator saw each build keep). A model's first plan holds its packed weights (PP-OCR
+/// rec 12.6 MiB, det 6.6-7.7, cls 1.8); later ones hold only what they do not share with
+/// an earlier plan (`shared_weights`: rec 2.7-6.8 MiB a width), and pages of other sizes
+/// and line groups of other widths each need one: with 16 plans and no byte bound, twenty
+/// varied pages took the pipeline to 555 MiB. A plan let go whose weights a later plan
+/// shares leaves them counted with neither: the bound is the heap's, give or take that.
 const PLAN_CACHE_CAPACITY: usize = 16;
 const PLAN_CACHE_BYTES: u64 = 64 << 20;
 /// Run states kept per instance; a state is cheap to rebuild, so a handful suffices.
@@ -39,6 +45,8 @@ pub struct TractModel {
     signature: Signature,
     input_types: Vec<DatumType>,
     plans: Plans<TypedRunnableModel>,
+    /// The packed weights its plans hold, each kept once.
+    weights: SharedWeights,
     /// Dimension 0 is independent rows (`CallPlan::batched`), so a batch may run row by row.
     batched: AtomicBool,
     /// How multi-row calls run, decided by the first one.
@@ -49,8 +57,7 @@ pub struct TractModel {
 /// batch costs more per row than its rows one by one (PP-OCR's recogniser at 320 wide:
 /// 22 ms a row alone, 37 ms a row in a batch of 8; its direction classifier 1.7 against
 /// 3.7 ms), while a tiny model gains from one call. One by one also needs one plan per
-/// row shape instead of one per row count and shape, and each plan holds its own packed
-/// copy of the weights (12 MiB for the recogniser).
+/// row shape instead of one per row count and shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rows {
     Whole,
@@ -81,6 +88,7 @@ impl TractModel {
             signature,
             input_types,
             plans: Plans::new(PLAN_CACHE_CAPACITY, PLAN_CACHE_BYTES),
+            weights: SharedWeights::default(),
             batched: AtomicBool::new(false),
             rows: OnceLock::new(),
         }))
@@ -108,8 +116,10 @@ impl TractModel {
             graph.set_input_fact(ix, InferenceFact::dt_shape(*dt, shape.clone()))?;
         }
         let started = Instant::now();
-        let plan = graph.into_optimized()?.into_runnable()?;
-        tracing::debug!(shapes = ?shapes, ms = started.elapsed().as_millis() as u64, "tract: plan built");
+        let mut optimized = graph.into_optimized()?;
+        let shared = self.weights.share(&mut optimized);
+        let plan = optimized.into_runnable()?;
+        tracing::debug!(shapes = ?shapes, ms = started.elapsed().as_millis() as u64, shared_bytes = shared, "tract: plan built");
         Ok(plan)
     }
 }
