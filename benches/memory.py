@@ -7,6 +7,8 @@ for each figure; --baseline measures another build beside this one.
 
     scripts/fetch-ppocr-models.sh && cargo build --release
     .venv-test/bin/python benches/memory.py [--baseline OTHER_WHARF] [--engines tract,onnxruntime] [--varied 20]
+
+WHARF_BIN names the build measured as "this build" (default target/release/wharf).
 """
 import argparse
 import concurrent.futures
@@ -27,7 +29,7 @@ from conftest import PIPELINE, pipeline_repository  # noqa: E402
 from ocr_images import render_varied  # noqa: E402
 from serving import free_port, stop, wait_ready  # noqa: E402
 
-WHARF = ROOT / "target" / "release" / "wharf"
+WHARF = pathlib.Path(__import__("os").environ.get("WHARF_BIN", ROOT / "target" / "release" / "wharf"))
 CHEQUE = (ROOT / "benches" / "data" / "cheque.png").read_bytes()
 ROUNDS = 3
 
