@@ -38,10 +38,20 @@ impl Kept {
 }
 
 impl SharedWeights {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Kept>>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Points every packed constant operand of `model` that an earlier plan already holds
     /// (the same layout and the same values) at that plan's copy, so that this plan's own
     /// is freed; keeps the others for later plans. Returns the bytes no longer held twice.
     pub fn share(&self, model: &mut TypedModel) -> usize {
+        // What plans let go since is forgotten: a server seeing pages of ever new sizes
+        // builds plans for as long as it runs.
+        self.lock().retain(|_, same_key| {
+            same_key.retain(|kept| kept.bytes.strong_count() > 0);
+            !same_key.is_empty()
+        });
         let mut shared = 0;
         for node in model.nodes_mut() {
             let Some(op) = node.op_as_mut::<OptMatMul>() else {
@@ -76,9 +86,8 @@ impl SharedWeights {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         ours.hash(&mut hasher);
         let key = hasher.finish();
-        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = self.lock();
         let same_key = kept.entry(key).or_default();
-        same_key.retain(|kept| kept.bytes.strong_count() > 0);
         // Compared in full: the bytes themselves differ between plans in the padding the
         // layout leaves uninitialised, and a hash alone could collide.
         let earlier = same_key.iter().filter_map(Kept::upgrade).find(|earlier| {
@@ -198,13 +207,22 @@ mod tests {
     }
 
     #[test]
-    fn weights_no_plan_holds_any_more_are_not_shared() {
+    fn weights_no_plan_holds_any_more_are_not_shared_nor_remembered() {
         let weights = SharedWeights::default();
         let mut first = classifier(2);
         weights.share(&mut first);
         drop(first);
         let mut again = classifier(2);
         assert_eq!(weights.share(&mut again), 0);
+        drop(again);
+        // Entries no values of a later plan come by: dropped all the same.
+        let mut other = classifier(1);
+        let stale = weights.lock().values().flatten().next().map(|kept| Kept {
+            like: kept.like.clone(),
+            bytes: Weak::new(),
+        });
+        weights.lock().insert(u64::MAX, stale.into_iter().collect());
+        weights.share(&mut other);
         assert!(
             weights
                 .kept
@@ -213,7 +231,7 @@ mod tests {
                 .values()
                 .flatten()
                 .all(|kept| kept.bytes.strong_count() > 0),
-            "entries of the dropped plan are gone once a plan comes by them"
+            "entries of the dropped plans are gone once the next plan is built"
         );
     }
 }
