@@ -387,11 +387,13 @@ impl Server {
         self.http_addr
     }
 
-    /// Resolves once no model is LOADING any more.
+    /// Resolves once the start-up load has finished and no model is LOADING any more.
+    /// Both: the last model turns READY a moment before the start-up load is marked done,
+    /// and readiness waits for that mark.
     pub async fn loaded(&self) {
         let repository = self.inference.repository();
         let mut changes = repository.registry().subscribe();
-        while !repository.registry().settled() {
+        while !(repository.registry().started() && repository.registry().settled()) {
             if changes.changed().await.is_err() {
                 return;
             }
