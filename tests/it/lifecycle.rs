@@ -52,18 +52,25 @@ async fn reaches(channel: &tonic::transport::Channel, service: &str, wanted: Ser
         .expect("health reaches the wanted state");
 }
 
-/// A Watch on the server's health, once it is SERVING, past its first message (SERVING).
-async fn watch_serving_server(
+/// A Watch on the whole server's health (service "").
+async fn watch_server(
     channel: &tonic::transport::Channel,
 ) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
-    reaches(channel, "", ServingStatus::Serving).await;
-    let mut watch = HealthClient::new(channel.clone())
+    HealthClient::new(channel.clone())
         .watch(HealthCheckRequest {
             service: String::new(),
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+}
+
+/// A Watch on the server's health, once it is SERVING, past its first message (SERVING).
+async fn watch_serving_server(
+    channel: &tonic::transport::Channel,
+) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    reaches(channel, "", ServingStatus::Serving).await;
+    let mut watch = watch_server(channel).await;
     assert_eq!(
         watch.next().await.unwrap().unwrap().status(),
         ServingStatus::Serving
@@ -256,13 +263,7 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
         .connect()
         .await
         .unwrap();
-    let mut watch = HealthClient::new(channel.clone())
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch_server(&channel).await;
     while watch.next().await.unwrap().unwrap().status() != ServingStatus::Serving {}
 
     let mut client = pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel)
