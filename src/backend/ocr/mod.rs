@@ -101,7 +101,12 @@ fn tensor(name: &str, datatype: DataType, dims: &[i64]) -> TensorSignature {
 }
 
 fn f32_tensor(name: &str, shape: Vec<usize>, values: &[f32]) -> Tensor {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    // Sized once: collected from `flat_map` the buffer would grow by doubling, a page's
+    // detector input (15 MB) reallocated and copied on the way.
+    let mut bytes = Vec::with_capacity(std::mem::size_of_val(values));
+    for value in values {
+        bytes.extend_from_slice(&value.to_le_bytes());
+    }
     Tensor {
         name: name.into(),
         datatype: DataType::Fp32,
@@ -111,7 +116,12 @@ fn f32_tensor(name: &str, shape: Vec<usize>, values: &[f32]) -> Tensor {
 }
 
 fn i32_tensor(name: &str, values: &[i32]) -> Tensor {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    // Sized once: collected from `flat_map` the buffer would grow by doubling, a page's
+    // detector input (15 MB) reallocated and copied on the way.
+    let mut bytes = Vec::with_capacity(std::mem::size_of_val(values));
+    for value in values {
+        bytes.extend_from_slice(&value.to_le_bytes());
+    }
     Tensor {
         name: name.into(),
         datatype: DataType::Int32,
