@@ -7,7 +7,8 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage};
 
 use super::{
-    f32_tensor, params::Params, resample, tensor, u8_tensor, BackendError, Signature, Step,
+    f32_tensor, f32_tensor_from, params::Params, resample, tensor, u8_tensor, BackendError,
+    Signature, Step,
 };
 use crate::tensor::{DataType, Tensor, TensorData};
 
@@ -190,24 +191,18 @@ impl ImageDecode {
         };
         let (rw, rh) = (to_32((w * ratio).trunc()), to_32((h * ratio).trunc()));
         let resized = resample::resize(page, rw, rh);
-        // Written straight as the tensor's bytes, channel by channel: no f32 copy of the
-        // page beside them (15 MB for a cheque at 736x1696).
-        let mut bytes = Vec::with_capacity(3 * (rw * rh) as usize * std::mem::size_of::<f32>());
-        for c in 0..3 {
-            for pixel in resized.pixels() {
+        // Channels first, each value written straight into the tensor's bytes: no f32
+        // copy of the page beside them (15 MB for a cheque at 736x1696).
+        let (mean, std) = (self.mean, self.std);
+        let values = (0..3).flat_map(|c| {
+            resized.pixels().map(move |pixel| {
                 // rapidocr's arithmetic: an f32 product with 1/255, then the mean and std
                 // in f64, narrowed once.
                 let scaled = pixel[c] as f32 * (1.0f64 / 255.0) as f32;
-                let value = ((scaled as f64 - self.mean[c]) / self.std[c]) as f32;
-                bytes.extend_from_slice(&value.to_le_bytes());
-            }
-        }
-        Tensor {
-            name: "det_input".into(),
-            datatype: DataType::Fp32,
-            shape: vec![1, 3, rh as usize, rw as usize],
-            data: TensorData::Fixed(bytes.into()),
-        }
+                ((scaled as f64 - mean[c]) / std[c]) as f32
+            })
+        });
+        f32_tensor_from("det_input", vec![1, 3, rh as usize, rw as usize], values)
     }
 }
 

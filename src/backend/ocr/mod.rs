@@ -101,9 +101,15 @@ fn tensor(name: &str, datatype: DataType, dims: &[i64]) -> TensorSignature {
 }
 
 fn f32_tensor(name: &str, shape: Vec<usize>, values: &[f32]) -> Tensor {
-    // Sized once: collected from `flat_map` the buffer would grow by doubling, a page's
-    // detector input (15 MB) reallocated and copied on the way.
-    let mut bytes = Vec::with_capacity(std::mem::size_of_val(values));
+    f32_tensor_from(name, shape, values.iter().copied())
+}
+
+/// Values written straight as the tensor's bytes, into a buffer sized once from `shape`:
+/// collected from `flat_map` it would grow by doubling, a page's detector input (15 MB)
+/// reallocated and copied on the way.
+fn f32_tensor_from(name: &str, shape: Vec<usize>, values: impl IntoIterator<Item = f32>) -> Tensor {
+    let mut bytes =
+        Vec::with_capacity(shape.iter().product::<usize>() * std::mem::size_of::<f32>());
     for value in values {
         bytes.extend_from_slice(&value.to_le_bytes());
     }
@@ -116,12 +122,7 @@ fn f32_tensor(name: &str, shape: Vec<usize>, values: &[f32]) -> Tensor {
 }
 
 fn i32_tensor(name: &str, values: &[i32]) -> Tensor {
-    // Sized once: collected from `flat_map` the buffer would grow by doubling, a page's
-    // detector input (15 MB) reallocated and copied on the way.
-    let mut bytes = Vec::with_capacity(std::mem::size_of_val(values));
-    for value in values {
-        bytes.extend_from_slice(&value.to_le_bytes());
-    }
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     Tensor {
         name: name.into(),
         datatype: DataType::Int32,
