@@ -53,28 +53,12 @@ impl SharedWeights {
             !same_key.is_empty()
         });
         let mut shared = 0;
-        for node in model.nodes_mut() {
-            let Some(op) = node.op_as_mut::<OptMatMul>() else {
-                continue;
-            };
-            for spec in &mut op.micro_ops {
-                let ProtoFusedSpec::AddMatMul { a, b, .. } = spec else {
-                    continue;
-                };
-                for operand in [a, b] {
-                    let MatMulOperand::Const(value) = operand else {
-                        continue;
-                    };
-                    let Some(packed) = value.downcast_mut::<EagerPackedInput>() else {
-                        continue;
-                    };
-                    if let Some(earlier) = self.earlier_or_keep(packed) {
-                        shared += packed.packed.len();
-                        packed.packed = earlier;
-                    }
-                }
+        for_each_packed(model, |packed| {
+            if let Some(earlier) = self.earlier_or_keep(packed) {
+                shared += packed.packed.len();
+                packed.packed = earlier;
             }
-        }
+        });
         shared
     }
 
@@ -107,6 +91,27 @@ impl SharedWeights {
                     bytes: Arc::downgrade(&packed.packed),
                 });
                 None
+            }
+        }
+    }
+}
+
+/// Calls `visit` with each packed constant operand of the model's matrix products.
+fn for_each_packed(model: &mut TypedModel, mut visit: impl FnMut(&mut EagerPackedInput)) {
+    for node in model.nodes_mut() {
+        let Some(op) = node.op_as_mut::<OptMatMul>() else {
+            continue;
+        };
+        for spec in &mut op.micro_ops {
+            let ProtoFusedSpec::AddMatMul { a, b, .. } = spec else {
+                continue;
+            };
+            for operand in [a, b] {
+                if let MatMulOperand::Const(value) = operand {
+                    if let Some(packed) = value.downcast_mut::<EagerPackedInput>() {
+                        visit(packed);
+                    }
+                }
             }
         }
     }
@@ -146,25 +151,9 @@ mod tests {
         graph.into_optimized().expect("optimises")
     }
 
-    fn packed(model: &TypedModel) -> Vec<Arc<Blob>> {
+    fn packed(model: &mut TypedModel) -> Vec<Arc<Blob>> {
         let mut out = Vec::new();
-        for node in model.nodes() {
-            for spec in node
-                .op_as::<OptMatMul>()
-                .iter()
-                .flat_map(|op| &op.micro_ops)
-            {
-                if let ProtoFusedSpec::AddMatMul { a, b, .. } = spec {
-                    for operand in [a, b] {
-                        if let MatMulOperand::Const(value) = operand {
-                            if let Some(p) = value.downcast_ref::<EagerPackedInput>() {
-                                out.push(Arc::clone(&p.packed));
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        for_each_packed(model, |p| out.push(Arc::clone(&p.packed)));
         out
     }
 
@@ -185,8 +174,8 @@ mod tests {
         let mut two_rows = classifier(2);
         let shared = weights.share(&mut two_rows);
         assert!(shared > 0, "the second plan shares the first one's weights");
-        let earlier = packed(&one_row);
-        let reused: usize = packed(&two_rows)
+        let earlier = packed(&mut one_row);
+        let reused: usize = packed(&mut two_rows)
             .iter()
             .filter(|b| earlier.iter().any(|e| Arc::ptr_eq(e, b)))
             .map(|b| b.len())
